@@ -1,0 +1,31 @@
+//! Store keys, one per entity, so writers of different entities never contend. Keys use `.` as
+//! the separator because both backends (Redis, NATS KV) accept it and KV can filter on it.
+use crate::ClusterId;
+
+/// The manager's record of a cluster: spec, state, active operation.
+pub fn cluster(id: &ClusterId) -> String {
+    format!("cluster.{id}")
+}
+pub const CLUSTER_PREFIX: &str = "cluster.";
+/// Infrastructure owned by the cloud-controller.
+pub fn cloud(id: &ClusterId) -> String {
+    format!("cloud.{id}")
+}
+/// Bootstrap checkpoints and secrets owned by the bootstrap-controller.
+pub fn bootstrap(id: &ClusterId) -> String {
+    format!("bootstrap.{id}")
+}
+/// In-cluster component checkpoints owned by the k8s-controller.
+pub fn k8s(id: &ClusterId) -> String {
+    format!("k8s.{id}")
+}
+/// The per-cluster lease every worker holds while it acts on the cluster.
+pub fn cluster_lease(id: &ClusterId) -> String {
+    format!("cluster.{id}")
+}
+/// The lease that makes one manager replica at a time run the reconciler.
+pub const RECONCILER_LEASE: &str = "reconciler";
+/// Resources of the simulated provider for one cluster (`sim.<cluster>.<resource id>`).
+pub fn sim_prefix(id: &ClusterId) -> String {
+    format!("sim.{id}.")
+}

@@ -1,0 +1,124 @@
+//! What the services keep in the state store, one record per entity and owner.
+use crate::saga::Phase;
+use crate::seal::Sealed;
+use crate::spec::{ClusterSpec, ClusterType, Distro, Provider};
+use crate::state::{ClusterState, OpKind};
+use crate::{ClusterId, OperationId};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// The manager's record of one cluster (key `cluster.<id>`); only the manager writes it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterRecord {
+    pub id: ClusterId,
+    pub spec: ClusterSpec,
+    pub provider: Provider,
+    pub cluster_type: ClusterType,
+    pub distro: Option<Distro>,
+    pub state: ClusterState,
+    pub created_at_ms: u64,
+    pub updated_at_ms: u64,
+    /// The operation under way, if any.
+    pub operation: Option<OperationRecord>,
+    /// The most recent finished operation, kept for `info`.
+    pub last_operation: Option<OperationRecord>,
+    /// The newest agent heartbeat, if any.
+    #[serde(default)]
+    pub last_heartbeat_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OperationRecord {
+    pub id: OperationId,
+    pub kind: OpKind,
+    /// The phase currently dispatched (or, once finished, the last one run).
+    pub phase: Phase,
+    /// How often this phase was dispatched; part of the command's message id so that a
+    /// re-dispatch by the reconciler is not swallowed by deduplication.
+    pub dispatch: u32,
+    pub dispatched_at_ms: u64,
+    pub started_at_ms: u64,
+    pub finished_at_ms: Option<u64>,
+    /// For scale operations: the worker count asked for.
+    pub target_workers: Option<u32>,
+    pub phases_done: Vec<Phase>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    LoadBalancer,
+    Datastore,
+    ControlPlane,
+    Worker,
+    /// A node of a managed cluster's node pool.
+    Managed,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::LoadBalancer => "lb",
+            Self::Datastore => "ds",
+            Self::ControlPlane => "cp",
+            Self::Worker => "wp",
+            Self::Managed => "mp",
+        }
+    }
+    /// The deterministic VM name ksctl uses: `<cluster>-vm-<role>-<index>`.
+    pub fn vm_name(self, cluster: &ClusterId, index: u32) -> String {
+        format!("{cluster}-vm-{}-{index}", self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Vm {
+    pub id: String,
+    pub name: String,
+    pub role: Role,
+    pub index: u32,
+    pub public_ip: String,
+    pub private_ip: String,
+}
+
+/// Infrastructure the cloud-controller created (key `cloud.<id>`); each id is written right after
+/// the call that created it returns.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct InfraRecord {
+    pub network: Option<String>,
+    /// Security group / firewall id per role.
+    pub firewalls: BTreeMap<String, String>,
+    pub ssh_key_id: Option<String>,
+    pub ssh_private_key: Option<Sealed>,
+    pub vms: BTreeMap<String, Vm>,
+    pub managed_cluster: Option<String>,
+    pub node_pool: Option<String>,
+    pub node_pool_size: u32,
+    /// For managed clusters the provider hands out the kubeconfig.
+    pub kubeconfig: Option<Sealed>,
+}
+
+impl InfraRecord {
+    pub fn vms_of(&self, role: Role) -> impl Iterator<Item = &Vm> {
+        self.vms.values().filter(move |v| v.role == role)
+    }
+}
+
+/// Bootstrap checkpoints and secrets (key `bootstrap.<id>`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct BootstrapRecord {
+    /// `<step>@<host>` for every host step that finished.
+    pub steps_done: BTreeSet<String>,
+    pub ca_cert: Option<Sealed>,
+    pub ca_key: Option<Sealed>,
+    pub join_token: Option<Sealed>,
+    pub kubeconfig: Option<Sealed>,
+}
+
+/// In-cluster component checkpoints (key `k8s.<id>`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct K8sRecord {
+    pub installed: BTreeSet<String>,
+    pub drained: BTreeSet<String>,
+}

@@ -1,0 +1,348 @@
+//! The create request's cluster spec (every field of ksctl's create payload) and its validation.
+use crate::ids::validate_name;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Provider {
+    /// The simulator: cloud, hosts and Kubernetes API kept in the state store.
+    Sim,
+    Aws,
+    Azure,
+    /// kind on the local Docker engine (managed clusters only).
+    Local,
+    /// Bring-your-own hosts over SSH (self-managed only).
+    Byo,
+}
+
+impl Provider {
+    pub const ALL: [Provider; 5] = [Self::Sim, Self::Aws, Self::Azure, Self::Local, Self::Byo];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sim => "sim",
+            Self::Aws => "aws",
+            Self::Azure => "azure",
+            Self::Local => "local",
+            Self::Byo => "byo",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.as_str() == s)
+    }
+}
+
+impl fmt::Display for Provider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClusterType {
+    Managed,
+    Selfmanaged,
+}
+
+impl ClusterType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Managed => "managed",
+            Self::Selfmanaged => "selfmanaged",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Distro {
+    K3s,
+    Kubeadm,
+}
+
+/// Instance sizes per role; `None` means the provider's default.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeSizes {
+    pub managed: Option<String>,
+    pub control_plane: Option<String>,
+    pub worker: Option<String>,
+    pub datastore: Option<String>,
+    pub load_balancer: Option<String>,
+}
+
+/// What a user asks for. Provider, type and distro are kept as strings here so that an unknown
+/// value gets a field-level validation error instead of an opaque parse failure.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSpec {
+    pub cluster_name: String,
+    pub region: String,
+    pub cloud_provider: String,
+    pub cluster_type: String,
+    #[serde(default)]
+    pub kubernetes_distro: Option<String>,
+    #[serde(default = "default_k8s_version")]
+    pub kubernetes_version: String,
+    #[serde(default)]
+    pub etcd_version: Option<String>,
+    #[serde(default)]
+    pub node_sizes: NodeSizes,
+    #[serde(default)]
+    pub managed_nodes: u32,
+    #[serde(default)]
+    pub control_plane_nodes: u32,
+    #[serde(default)]
+    pub worker_nodes: u32,
+    #[serde(default)]
+    pub datastore_nodes: u32,
+    #[serde(default)]
+    pub cni: Option<String>,
+    #[serde(default)]
+    pub addons: Vec<String>,
+}
+
+fn default_k8s_version() -> String {
+    "1.31".to_string()
+}
+
+/// A spec that passed validation, with its enums parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shape {
+    pub provider: Provider,
+    pub cluster_type: ClusterType,
+    pub distro: Option<Distro>,
+}
+
+/// One thing wrong with one field of a request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// Largest count accepted per role; beyond it a request is almost certainly a typo.
+pub const MAX_NODES_PER_ROLE: u32 = 100;
+pub const KNOWN_CNIS: [&str; 4] = ["flannel", "calico", "cilium", "none"];
+
+impl ClusterSpec {
+    /// Validates every field and returns all problems at once, so the caller can fix them in one go.
+    /// `enabled` lists the providers this control plane can serve.
+    pub fn validate(&self, enabled: &[Provider]) -> Result<Shape, Vec<FieldError>> {
+        let mut errs = Vec::new();
+        let mut err = |field: &str, message: String| {
+            errs.push(FieldError { field: field.into(), message })
+        };
+        if let Err(e) = validate_name(&self.cluster_name) {
+            err("cluster_name", e);
+        }
+        if self.region.is_empty()
+            || self.region.len() > 40
+            || !self.region.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+        {
+            err("region", "must be 1 to 40 lowercase letters, digits or '-'".into());
+        }
+        let provider = match Provider::parse(&self.cloud_provider) {
+            None => {
+                err(
+                    "cloud_provider",
+                    format!("unknown provider {:?}; expected one of sim, aws, azure, local, byo", self.cloud_provider),
+                );
+                None
+            }
+            Some(p) if !enabled.contains(&p) => {
+                let names: Vec<_> = enabled.iter().map(|p| p.as_str()).collect();
+                err(
+                    "cloud_provider",
+                    format!("provider {p} is not enabled in this control plane (enabled: {})", names.join(", ")),
+                );
+                None
+            }
+            Some(p) => Some(p),
+        };
+        let cluster_type = match self.cluster_type.as_str() {
+            "managed" => Some(ClusterType::Managed),
+            "selfmanaged" => Some(ClusterType::Selfmanaged),
+            other => {
+                err("cluster_type", format!("unknown type {other:?}; expected managed or selfmanaged"));
+                None
+            }
+        };
+        let distro = match self.kubernetes_distro.as_deref() {
+            None | Some("") => None,
+            Some("k3s") => Some(Distro::K3s),
+            Some("kubeadm") => Some(Distro::Kubeadm),
+            Some(other) => {
+                err("kubernetes_distro", format!("unknown distro {other:?}; expected k3s or kubeadm"));
+                None
+            }
+        };
+        if !is_version(&self.kubernetes_version) {
+            err("kubernetes_version", format!("{:?} is not a version like 1.31 or v1.31.2+k3s1", self.kubernetes_version));
+        }
+        if let Some(v) = &self.etcd_version
+            && !is_version(v)
+        {
+            err("etcd_version", format!("{v:?} is not a version like 3.5.15"));
+        }
+        if let Some(cni) = &self.cni
+            && !KNOWN_CNIS.contains(&cni.as_str())
+        {
+            err("cni", format!("unknown CNI {cni:?}; expected one of {}", KNOWN_CNIS.join(", ")));
+        }
+        for (field, n) in [
+            ("managed_nodes", self.managed_nodes),
+            ("control_plane_nodes", self.control_plane_nodes),
+            ("worker_nodes", self.worker_nodes),
+            ("datastore_nodes", self.datastore_nodes),
+        ] {
+            if n > MAX_NODES_PER_ROLE {
+                err(field, format!("{n} is more than the limit of {MAX_NODES_PER_ROLE}"));
+            }
+        }
+        match cluster_type {
+            Some(ClusterType::Managed) => {
+                if self.managed_nodes < 1 {
+                    err("managed_nodes", "a managed cluster needs at least 1 node".into());
+                }
+                if provider == Some(Provider::Byo) {
+                    err("cluster_type", "provider byo supports only selfmanaged clusters".into());
+                }
+            }
+            Some(ClusterType::Selfmanaged) => {
+                if provider == Some(Provider::Local) {
+                    err("cluster_type", "provider local supports only managed clusters".into());
+                }
+                if self.kubernetes_distro.as_deref().unwrap_or("").is_empty() {
+                    err("kubernetes_distro", "required for selfmanaged clusters (k3s or kubeadm)".into());
+                }
+                for (field, n) in [("control_plane_nodes", self.control_plane_nodes), ("datastore_nodes", self.datastore_nodes)] {
+                    if n < 3 || n % 2 == 0 {
+                        err(field, format!("must be odd and at least 3 for high availability, got {n}"));
+                    }
+                }
+            }
+            None => {}
+        }
+        if !errs.is_empty() {
+            return Err(errs);
+        }
+        Ok(Shape {
+            provider: provider.expect("checked"),
+            cluster_type: cluster_type.expect("checked"),
+            distro,
+        })
+    }
+}
+
+fn is_version(v: &str) -> bool {
+    let v = v.strip_prefix('v').unwrap_or(v);
+    let (core, suffix) = match v.find(['+', '-']) {
+        Some(i) => (&v[..i], &v[i + 1..]),
+        None => (v, ""),
+    };
+    let parts: Vec<_> = core.split('.').collect();
+    (2..=3).contains(&parts.len())
+        && parts.iter().all(|p| !p.is_empty() && p.len() <= 4 && p.bytes().all(|c| c.is_ascii_digit()))
+        && suffix.len() <= 32
+        && suffix.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'.' || c == b'-' || c == b'+')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub fn selfmanaged() -> ClusterSpec {
+        serde_json::from_value(serde_json::json!({
+            "cluster_name": "demo", "region": "local", "cloud_provider": "sim",
+            "cluster_type": "selfmanaged", "kubernetes_distro": "k3s",
+            "control_plane_nodes": 3, "datastore_nodes": 3, "worker_nodes": 2
+        }))
+        .unwrap()
+    }
+
+    fn fields(spec: &ClusterSpec) -> Vec<String> {
+        spec.validate(&[Provider::Sim]).unwrap_err().into_iter().map(|e| e.field).collect()
+    }
+
+    #[test]
+    fn valid_selfmanaged_and_managed() {
+        let s = selfmanaged().validate(&[Provider::Sim]).unwrap();
+        assert_eq!(s.distro, Some(Distro::K3s));
+        let mut m = selfmanaged();
+        m.cluster_type = "managed".into();
+        m.managed_nodes = 1;
+        assert_eq!(m.validate(&[Provider::Sim]).unwrap().cluster_type, ClusterType::Managed);
+    }
+
+    #[test]
+    fn each_rule_names_its_field() {
+        let mut s = selfmanaged();
+        s.control_plane_nodes = 2;
+        assert_eq!(fields(&s), ["control_plane_nodes"]);
+        let mut s = selfmanaged();
+        s.datastore_nodes = 1;
+        assert_eq!(fields(&s), ["datastore_nodes"]);
+        let mut s = selfmanaged();
+        s.cloud_provider = "gcp".into();
+        assert_eq!(fields(&s), ["cloud_provider"]);
+        let mut s = selfmanaged();
+        s.cloud_provider = "aws".into();
+        assert_eq!(fields(&s), ["cloud_provider"], "not enabled");
+        let mut s = selfmanaged();
+        s.kubernetes_distro = None;
+        assert_eq!(fields(&s), ["kubernetes_distro"]);
+        let mut s = selfmanaged();
+        s.kubernetes_distro = Some("rke2".into());
+        assert_eq!(fields(&s), ["kubernetes_distro"]);
+        let mut s = selfmanaged();
+        s.cluster_type = "hosted".into();
+        assert_eq!(fields(&s), ["cluster_type"]);
+        let mut s = selfmanaged();
+        s.cluster_name = "Bad_Name".into();
+        assert_eq!(fields(&s), ["cluster_name"]);
+        let mut s = selfmanaged();
+        s.cluster_type = "managed".into();
+        assert_eq!(fields(&s), ["managed_nodes"]);
+        let mut s = selfmanaged();
+        s.kubernetes_version = "latest".into();
+        assert_eq!(fields(&s), ["kubernetes_version"]);
+        let mut s = selfmanaged();
+        s.worker_nodes = 1000;
+        assert_eq!(fields(&s), ["worker_nodes"]);
+    }
+
+    #[test]
+    fn all_errors_reported_at_once() {
+        let mut s = selfmanaged();
+        s.cluster_name = "-x".into();
+        s.control_plane_nodes = 4;
+        assert_eq!(fields(&s).len(), 2);
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected() {
+        let r: Result<ClusterSpec, _> = serde_json::from_value(serde_json::json!({
+            "cluster_name": "a", "region": "r", "cloud_provider": "sim", "cluster_type": "managed",
+            "worker_count": 3
+        }));
+        assert!(r.unwrap_err().to_string().contains("worker_count"));
+    }
+
+    #[test]
+    fn versions() {
+        for ok in ["1.31", "v1.31.2", "v1.30.3+k3s1", "3.5.15"] {
+            assert!(is_version(ok), "{ok}");
+        }
+        for bad in ["", "1", "latest", "1.x", "1.2.3.4"] {
+            assert!(!is_version(bad), "{bad}");
+        }
+    }
+}

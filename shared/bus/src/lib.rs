@@ -1,1 +1,15 @@
+//! The bus: every stream, subject and consumer name (declared once, here), stream set-up, the
+//! ack-owning envelope, durable publishing with deterministic message ids, events, and the worker
+//! loop every service runs its consumers with.
 
+pub mod envelope;
+pub mod error;
+pub mod publish;
+pub mod subjects;
+pub mod worker;
+
+pub use envelope::Envelope;
+pub use error::{BusError, HandlerError};
+pub use publish::Publisher;
+pub use subjects::{BusSettings, ensure_streams};
+pub use worker::{Handler, WorkerOptions, run_consumer};

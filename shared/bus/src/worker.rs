@@ -1,0 +1,138 @@
+//! The loop every service runs its durable consumers with: bounded concurrency per replica,
+//! ack kinds chosen from the handler's outcome, delayed NAKs with backoff, graceful shutdown.
+use crate::envelope::Envelope;
+use crate::error::{BusError, HandlerError};
+use async_nats::jetstream::consumer::{Consumer, pull};
+use futures::StreamExt;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+
+#[async_trait::async_trait]
+pub trait Handler: Send + Sync + 'static {
+    /// Handles one message. `Ok`: its effects are durable and its follow-ups published.
+    async fn handle(&self, env: &Envelope) -> Result<(), HandlerError>;
+}
+
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    /// Messages handled at once by this replica.
+    pub max_jobs: usize,
+    /// First retry delay; doubled per delivery up to `max_backoff`.
+    pub base_backoff: Duration,
+    pub max_backoff: Duration,
+    /// How long in-flight work may take to finish after shutdown is signalled.
+    pub drain_deadline: Duration,
+}
+
+impl Default for WorkerOptions {
+    fn default() -> Self {
+        Self {
+            max_jobs: 16,
+            base_backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(30),
+            drain_deadline: Duration::from_secs(20),
+        }
+    }
+}
+
+/// Exponential backoff with jitter from the delivery count, so a short outage does not burn
+/// every delivery in milliseconds.
+pub fn backoff(opts: &WorkerOptions, delivered: i64) -> Duration {
+    let exp = (delivered.max(1) - 1).min(16) as u32;
+    let d = opts.base_backoff.saturating_mul(2u32.saturating_pow(exp)).min(opts.max_backoff);
+    let jitter = fastrand_jitter(d.as_millis() as u64 / 4);
+    d + Duration::from_millis(jitter)
+}
+
+fn fastrand_jitter(max: u64) -> u64 {
+    if max == 0 {
+        return 0;
+    }
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() as u64)
+        .unwrap_or(0);
+    nanos % max
+}
+
+/// Pulls from `consumer` until `shutdown` turns true, then drains in-flight work.
+pub async fn run_consumer(
+    name: &str,
+    consumer: Consumer<pull::Config>,
+    handler: Arc<dyn Handler>,
+    opts: WorkerOptions,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), BusError> {
+    let err = |m: String| BusError::Consume { consumer: name.into(), message: m };
+    // Pull no more than we can work on: a prefetched message waits on its ack timer.
+    let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(opts.max_jobs)
+        .messages()
+        .await
+        .map_err(|e| err(e.to_string()))?;
+    let permits = Arc::new(Semaphore::new(opts.max_jobs));
+    let mut tasks = JoinSet::new();
+    loop {
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => p.expect("semaphore never closed"),
+            _ = shutdown.wait_for(|s| *s) => break,
+        };
+        let next = tokio::select! {
+            m = messages.next() => m,
+            _ = shutdown.wait_for(|s| *s) => break,
+        };
+        while tasks.try_join_next().is_some() {}
+        let msg = match next {
+            None => return Err(err("message stream ended".into())),
+            Some(Err(e)) => {
+                tracing::warn!(consumer = name, error = %e, "pull failed; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+            Some(Ok(m)) => m,
+        };
+        let handler = handler.clone();
+        let opts2 = opts.clone();
+        tasks.spawn(async move {
+            let _permit = permit;
+            let env = Envelope::new(msg, opts2.base_backoff);
+            match handler.handle(&env).await {
+                Ok(()) => env.ack().await,
+                Err(HandlerError::Retry { reason, delay }) => {
+                    let d = delay.unwrap_or_else(|| backoff(&opts2, env.delivered()));
+                    tracing::info!(subject = env.subject(), %reason, delay_ms = d.as_millis() as u64, "retrying later");
+                    env.nak(d).await
+                }
+                Err(HandlerError::Permanent(reason)) => {
+                    tracing::warn!(subject = env.subject(), %reason, "giving up on message");
+                    env.term().await
+                }
+            }
+        });
+    }
+    // Graceful shutdown: stop pulling, let in-flight work finish within the deadline; whatever
+    // is still running is aborted and its envelope NAKs itself for another replica.
+    let drain = async { while tasks.join_next().await.is_some() {} };
+    if tokio::time::timeout(opts.drain_deadline, drain).await.is_err() {
+        tracing::warn!(consumer = name, "in-flight work did not finish before the deadline; aborting it");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        let o = WorkerOptions { base_backoff: Duration::from_millis(100), max_backoff: Duration::from_secs(1), ..Default::default() };
+        let d1 = backoff(&o, 1);
+        let d3 = backoff(&o, 3);
+        assert!(d1 >= Duration::from_millis(100) && d1 < Duration::from_millis(126));
+        assert!(d3 >= Duration::from_millis(400));
+        assert!(backoff(&o, 50) <= Duration::from_millis(1250));
+    }
+}

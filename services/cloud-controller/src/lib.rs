@@ -1,1 +1,72 @@
+//! cloud-controller: creates, scales and deletes a cluster's infrastructure. Providers sit behind
+//! [`CloudProvider`]; this build has the `sim` provider (AWS, Azure and kind slot in beside it).
 
+pub mod sim_cloud;
+
+use clap::Parser;
+use ksctl_core::keys;
+use ksctl_core::records::InfraRecord;
+use ksctl_core::saga::{Phase, Service};
+use ksctl_core::spec::Provider;
+use ksctl_runtime::{CommonArgs, PhaseCtx, PhaseError, PhaseWorker, RuntimeError, read_record, update_record};
+use ksctl_store::DynStore;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+#[derive(Debug, Clone, Parser)]
+#[command(name = "ksctl-cloud-controller", about = "ksctl-rs cloud-controller: cluster infrastructure")]
+pub struct Config {
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+/// One cloud. Every method is idempotent: it looks resources up by tag before creating them,
+/// checkpoints each id into the cluster's [`InfraRecord`] right after creating it, and treats
+/// "not found" as done when deleting.
+#[async_trait::async_trait]
+pub trait CloudProvider: Send + Sync {
+    async fn create(&self, ctx: &PhaseCtx<'_>) -> Result<(), PhaseError>;
+    async fn delete(&self, ctx: &PhaseCtx<'_>) -> Result<(), PhaseError>;
+    /// Grows the workers (or the managed node pool) to the operation's target.
+    async fn scale_up(&self, ctx: &PhaseCtx<'_>) -> Result<(), PhaseError>;
+    /// Removes the highest-index workers down to the operation's target.
+    async fn scale_down(&self, ctx: &PhaseCtx<'_>) -> Result<(), PhaseError>;
+}
+
+struct CloudWorker {
+    providers: HashMap<Provider, Arc<dyn CloudProvider>>,
+}
+
+#[async_trait::async_trait]
+impl PhaseWorker for CloudWorker {
+    async fn run(&self, ctx: &PhaseCtx<'_>) -> Result<(), PhaseError> {
+        let provider = ctx.cluster.provider;
+        let p = self.providers.get(&provider).ok_or_else(|| {
+            PhaseError::Permanent(format!("provider {provider} is not available in this cloud-controller"))
+        })?;
+        match ctx.cmd.phase {
+            Phase::CloudCreate => p.create(ctx).await,
+            Phase::CloudDelete => p.delete(ctx).await,
+            Phase::CloudScaleUp => p.scale_up(ctx).await,
+            Phase::CloudScaleDown => p.scale_down(ctx).await,
+            other => Err(PhaseError::Permanent(format!("cloud-controller does not run phase {other}"))),
+        }
+    }
+}
+
+/// Checkpoints into the cluster's infrastructure record.
+pub async fn checkpoint(store: &DynStore, ctx: &PhaseCtx<'_>, f: impl Fn(&mut InfraRecord) + Send) -> Result<InfraRecord, PhaseError> {
+    update_record(store, &keys::cloud(&ctx.cluster.id), f).await
+}
+
+pub async fn infra(store: &DynStore, ctx: &PhaseCtx<'_>) -> Result<InfraRecord, PhaseError> {
+    read_record(store, &keys::cloud(&ctx.cluster.id)).await
+}
+
+pub async fn run(config: Config, shutdown: tokio::sync::watch::Receiver<bool>) -> Result<(), RuntimeError> {
+    let rt = config.common.connect("cloud-controller").await?;
+    let sim_cfg = ksctl_runtime::sim::SimConfig::from_env().map_err(RuntimeError::Config)?;
+    let mut providers: HashMap<Provider, Arc<dyn CloudProvider>> = HashMap::new();
+    providers.insert(Provider::Sim, Arc::new(sim_cloud::SimCloud::new(rt.store.clone(), sim_cfg)));
+    ksctl_runtime::run_controller(rt, Service::Cloud, Arc::new(CloudWorker { providers }), shutdown).await
+}

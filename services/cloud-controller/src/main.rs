@@ -1,1 +1,9 @@
-fn main() {}
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = ksctl_cloud_controller::Config::parse();
+    ksctl_runtime::init_tracing(config.common.log_json);
+    ksctl_cloud_controller::run(config, ksctl_runtime::shutdown_signal()).await?;
+    Ok(())
+}

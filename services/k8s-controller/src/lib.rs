@@ -1,1 +1,69 @@
+//! k8s-controller: installs our in-cluster components, drains nodes before scale-down, and
+//! uninstalls on delete. The Kubernetes API sits behind [`ClusterApi`]; this build has the `sim`
+//! API (the real `kube` client slots in beside it).
 
+pub mod sim_kube;
+
+use clap::Parser;
+use ksctl_core::saga::{Phase, Service};
+use ksctl_core::spec::Provider;
+use ksctl_runtime::{CommonArgs, PhaseCtx, PhaseError, PhaseWorker, RuntimeError};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+#[derive(Debug, Clone, Parser)]
+#[command(name = "ksctl-k8s-controller", about = "ksctl-rs k8s-controller: in-cluster components")]
+pub struct Config {
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+/// The objects we install, in order (namespace first, agent last), as `<kind>/<name>`.
+pub const COMPONENTS: [&str; 9] = [
+    "namespace/ksctl-system",
+    "serviceaccount/ksctl-agent",
+    "rbac/ksctl-agent",
+    "configmap/cluster-config",
+    "crd/clusteraddons.manage.ksctl.io",
+    "crd/stacks.app.ksctl.io",
+    "secret/ksctl-agent-bus",
+    "deployment/ksctl-agent",
+    "service/ksctl-agent",
+];
+
+#[async_trait::async_trait]
+pub trait ClusterApi: Send + Sync {
+    async fn install(&self, ctx: &PhaseCtx<'_>) -> Result<(), PhaseError>;
+    /// Removes our objects; a cluster that never got them (or no longer answers) is done.
+    async fn uninstall(&self, ctx: &PhaseCtx<'_>) -> Result<(), PhaseError>;
+    /// Cordons and drains the workers that scale-down will remove.
+    async fn drain(&self, ctx: &PhaseCtx<'_>) -> Result<(), PhaseError>;
+}
+
+struct K8sWorker {
+    providers: HashMap<Provider, Arc<dyn ClusterApi>>,
+}
+
+#[async_trait::async_trait]
+impl PhaseWorker for K8sWorker {
+    async fn run(&self, ctx: &PhaseCtx<'_>) -> Result<(), PhaseError> {
+        let provider = ctx.cluster.provider;
+        let api = self.providers.get(&provider).ok_or_else(|| {
+            PhaseError::Permanent(format!("provider {provider} has no Kubernetes API client in this k8s-controller"))
+        })?;
+        match ctx.cmd.phase {
+            Phase::K8sInstall => api.install(ctx).await,
+            Phase::K8sUninstall => api.uninstall(ctx).await,
+            Phase::K8sDrain => api.drain(ctx).await,
+            other => Err(PhaseError::Permanent(format!("k8s-controller does not run phase {other}"))),
+        }
+    }
+}
+
+pub async fn run(config: Config, shutdown: tokio::sync::watch::Receiver<bool>) -> Result<(), RuntimeError> {
+    let rt = config.common.connect("k8s-controller").await?;
+    let sim_cfg = ksctl_runtime::sim::SimConfig::from_env().map_err(RuntimeError::Config)?;
+    let mut providers: HashMap<Provider, Arc<dyn ClusterApi>> = HashMap::new();
+    providers.insert(Provider::Sim, Arc::new(sim_kube::SimKube::new(rt.store.clone(), sim_cfg)));
+    ksctl_runtime::run_controller(rt, Service::K8s, Arc::new(K8sWorker { providers }), shutdown).await
+}

@@ -1,0 +1,102 @@
+//! The simulated Kubernetes API: our objects are `k8s_object` resources of the simulated world.
+use crate::{COMPONENTS, ClusterApi};
+use ksctl_core::keys;
+use ksctl_core::records::{BootstrapRecord, InfraRecord, K8sRecord, Role};
+use ksctl_core::spec::ClusterType;
+use ksctl_runtime::sim::{Sim, SimConfig};
+use ksctl_runtime::{PhaseCtx, PhaseError, read_record, update_record};
+use ksctl_store::DynStore;
+
+pub struct SimKube {
+    store: DynStore,
+    sim: Sim,
+}
+
+impl SimKube {
+    pub fn new(store: DynStore, cfg: SimConfig) -> Self {
+        Self { sim: Sim::new(store.clone(), cfg), store }
+    }
+
+    /// The cluster's kubeconfig, opened: managed clusters get it from the cloud, self-managed
+    /// ones from the bootstrap. `None` if the cluster never got that far.
+    async fn kubeconfig(&self, ctx: &PhaseCtx<'_>) -> Result<Option<String>, PhaseError> {
+        let id = &ctx.cluster.id;
+        let sealed = match ctx.cluster.cluster_type {
+            ClusterType::Managed => read_record::<InfraRecord>(&self.store, &keys::cloud(id)).await?.kubeconfig,
+            ClusterType::Selfmanaged => read_record::<BootstrapRecord>(&self.store, &keys::bootstrap(id)).await?.kubeconfig,
+        };
+        sealed.map(|s| ctx.rt.sealer.open_string(&format!("kubeconfig/{id}"), &s)).transpose().map_err(Into::into)
+    }
+}
+
+#[async_trait::async_trait]
+impl ClusterApi for SimKube {
+    async fn install(&self, ctx: &PhaseCtx<'_>) -> Result<(), PhaseError> {
+        let id = &ctx.cluster.id;
+        let kc = self.kubeconfig(ctx).await?.ok_or_else(|| PhaseError::Permanent("no kubeconfig recorded for the cluster".into()))?;
+        if !kc.contains("server:") {
+            return Err(PhaseError::Permanent("the recorded kubeconfig names no API server".into()));
+        }
+        let installed = read_record::<K8sRecord>(&self.store, &keys::k8s(id)).await?.installed;
+        let total = COMPONENTS.len() as u32;
+        for (n, c) in COMPONENTS.iter().enumerate() {
+            if !installed.contains(*c) {
+                let kind = c.split('/').next().unwrap_or(c);
+                self.sim.step(&format!("k8s.{kind}")).await?;
+                self.sim.ensure(id, "k8s_object", c, None, 0, 0).await?;
+                update_record(&self.store, &keys::k8s(id), |r: &mut K8sRecord| {
+                    r.installed.insert(c.to_string());
+                })
+                .await?;
+            }
+            ctx.progress(format!("applied {c}"), n as u32 + 1, total).await;
+        }
+        Ok(())
+    }
+
+    async fn uninstall(&self, ctx: &PhaseCtx<'_>) -> Result<(), PhaseError> {
+        let id = &ctx.cluster.id;
+        let objects: Vec<_> = self.sim.list(id).await?.into_iter().filter(|r| r.kind == "k8s_object").collect();
+        let total = objects.len() as u32;
+        // Reverse order: the agent goes before the namespace it lives in.
+        for (n, o) in objects.iter().rev().enumerate() {
+            self.sim.step("k8s.delete").await?;
+            self.sim.delete(id, &o.id).await?;
+            ctx.progress(format!("deleted {}", o.name), n as u32 + 1, total).await;
+        }
+        self.store.delete(&keys::k8s(id)).await?;
+        Ok(())
+    }
+
+    async fn drain(&self, ctx: &PhaseCtx<'_>) -> Result<(), PhaseError> {
+        let id = &ctx.cluster.id;
+        let target = ctx
+            .cluster
+            .operation
+            .as_ref()
+            .and_then(|o| o.target_workers)
+            .ok_or_else(|| PhaseError::Permanent("scale operation without a target worker count".into()))?;
+        let infra: InfraRecord = read_record(&self.store, &keys::cloud(id)).await?;
+        let drained = read_record::<K8sRecord>(&self.store, &keys::k8s(id)).await?.drained;
+        let (role, count) = match ctx.cluster.cluster_type {
+            ClusterType::Managed => (Role::Managed, infra.node_pool_size as usize),
+            ClusterType::Selfmanaged => (Role::Worker, infra.vms_of(Role::Worker).count()),
+        };
+        let mut nodes: Vec<_> = infra.vms_of(role).cloned().collect();
+        nodes.sort_by_key(|v| std::cmp::Reverse(v.index));
+        let remove: Vec<_> = nodes.into_iter().take(count.saturating_sub(target as usize)).collect();
+        let total = remove.len() as u32;
+        for (n, vm) in remove.iter().enumerate() {
+            if !drained.contains(&vm.id) {
+                self.sim.step("k8s.drain").await?;
+                self.sim.apply_on_host(id, &vm.id, "drained").await?;
+                update_record(&self.store, &keys::k8s(id), |r: &mut K8sRecord| {
+                    r.drained.insert(vm.id.clone());
+                })
+                .await?;
+            }
+            ctx.progress(format!("drained node {}", vm.name), n as u32 + 1, total).await;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,163 @@
+//! Flags shared by every service; each has a `KSCTL_*` environment variable.
+use crate::metrics::Metrics;
+use clap::{Args, ValueEnum};
+use ksctl_bus::{BusSettings, Publisher, WorkerOptions};
+use ksctl_core::seal::Sealer;
+use ksctl_store::{DynStore, KvStore, LeaseOptions, RedisStore};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum StoreKind {
+    Redis,
+    Nats,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CommonArgs {
+    /// NATS server URL (JetStream enabled).
+    #[arg(long, env = "KSCTL_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    /// NATS user (with --nats-password), if the server requires authentication.
+    #[arg(long, env = "KSCTL_NATS_USER")]
+    pub nats_user: Option<String>,
+    #[arg(long, env = "KSCTL_NATS_PASSWORD", hide_env_values = true)]
+    pub nats_password: Option<String>,
+    /// State store backend.
+    #[arg(long, env = "KSCTL_STORE", value_enum, default_value = "redis")]
+    pub store: StoreKind,
+    /// Redis URL for `--store redis` (`redis://:password@host:port/db` for AUTH).
+    #[arg(long, env = "KSCTL_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+    /// Prefix of every key: Redis key namespace, or NATS KV bucket name.
+    #[arg(long, env = "KSCTL_STORE_NAMESPACE", default_value = "ksctl")]
+    pub store_namespace: String,
+    /// Key that seals secrets in the store: 32 bytes, base64. Prefer --seal-key-file.
+    #[arg(long, env = "KSCTL_SEAL_KEY", hide_env_values = true)]
+    pub seal_key: Option<String>,
+    /// File holding the seal key (base64).
+    #[arg(long, env = "KSCTL_SEAL_KEY_FILE")]
+    pub seal_key_file: Option<String>,
+    /// Messages this replica handles at once.
+    #[arg(long, env = "KSCTL_MAX_JOBS", default_value_t = 16)]
+    pub max_jobs: usize,
+    /// Address of /livez, /readyz and /metrics; `off` disables it.
+    #[arg(long, env = "KSCTL_HTTP_ADDR", default_value = "off")]
+    pub http_addr: String,
+    /// Seconds a delivered message may go without ack or progress before redelivery.
+    #[arg(long, env = "KSCTL_ACK_WAIT_SECS", default_value_t = 30)]
+    pub ack_wait_secs: u64,
+    /// Deliveries before a message is given up and its operation marked failed.
+    #[arg(long, env = "KSCTL_MAX_DELIVER", default_value_t = 20)]
+    pub max_deliver: i64,
+    /// Seconds a cluster lease lives without renewal (a crashed holder blocks no longer).
+    #[arg(long, env = "KSCTL_LEASE_TTL_SECS", default_value_t = 15)]
+    pub lease_ttl_secs: u64,
+    /// First retry delay in milliseconds (doubles per delivery, capped at 30 s).
+    #[arg(long, env = "KSCTL_RETRY_BASE_MS", default_value_t = 500)]
+    pub retry_base_ms: u64,
+    /// This replica's name in leases and logs (default: host name and process id).
+    #[arg(long, env = "KSCTL_REPLICA_ID")]
+    pub replica_id: Option<String>,
+    /// Log as JSON lines.
+    #[arg(long, env = "KSCTL_LOG_JSON", default_value_t = false)]
+    pub log_json: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Bus(#[from] ksctl_bus::BusError),
+    #[error(transparent)]
+    Store(#[from] ksctl_store::StoreError),
+}
+
+/// Connections and settings a service runs with.
+#[derive(Clone)]
+pub struct Runtime {
+    pub service: &'static str,
+    pub publisher: Publisher,
+    pub store: DynStore,
+    pub sealer: Sealer,
+    pub replica: String,
+    pub bus: BusSettings,
+    pub lease: LeaseOptions,
+    pub worker: WorkerOptions,
+    pub metrics: Arc<Metrics>,
+    pub http_addr: Option<String>,
+}
+
+impl CommonArgs {
+    pub fn sealer(&self) -> Result<Sealer, RuntimeError> {
+        let key = match (&self.seal_key, &self.seal_key_file) {
+            (Some(k), _) => k.clone(),
+            (None, Some(f)) => std::fs::read_to_string(f)
+                .map_err(|e| RuntimeError::Config(format!("reading seal key file {f}: {e}")))?,
+            (None, None) => {
+                return Err(RuntimeError::Config(
+                    "no seal key: set KSCTL_SEAL_KEY_FILE (or KSCTL_SEAL_KEY) to 32 random bytes in base64, e.g. `head -c32 /dev/urandom | base64`".into(),
+                ));
+            }
+        };
+        Sealer::from_base64(&key).map_err(|e| RuntimeError::Config(e.to_string()))
+    }
+
+    pub async fn nats(&self) -> Result<async_nats::Client, RuntimeError> {
+        let mut opts = async_nats::ConnectOptions::new().retry_on_initial_connect().connection_timeout(Duration::from_secs(5));
+        if let (Some(u), Some(p)) = (&self.nats_user, &self.nats_password) {
+            opts = opts.user_and_password(u.clone(), p.clone());
+        }
+        // retry_on_initial_connect returns at once and connects in the background; wait until
+        // the first connection so start-up errors surface here.
+        let client = opts
+            .connect(&self.nats_url)
+            .await
+            .map_err(|source| ksctl_bus::BusError::Connect { url: self.nats_url.clone(), source })?;
+        for _ in 0..100 {
+            if client.connection_state() == async_nats::connection::State::Connected {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(client)
+    }
+
+    /// Connects to the bus and the store, and ensures the streams exist.
+    pub async fn connect(&self, service: &'static str) -> Result<Runtime, RuntimeError> {
+        let sealer = self.sealer()?;
+        let client = self.nats().await?;
+        let store: DynStore = match self.store {
+            StoreKind::Redis => Arc::new(RedisStore::connect(&self.redis_url, &self.store_namespace).await?),
+            StoreKind::Nats => Arc::new(KvStore::open(client.clone(), &self.store_namespace).await?),
+        };
+        let bus = BusSettings {
+            ack_wait: Duration::from_secs(self.ack_wait_secs.max(1)),
+            max_deliver: self.max_deliver,
+            ..Default::default()
+        };
+        let publisher = Publisher::new(client);
+        ksctl_bus::ensure_streams(&publisher.js, &bus).await?;
+        let replica = self.replica_id.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/etc/hostname").unwrap_or_else(|_| "host".into());
+            format!("{service}-{}-{}", host.trim(), std::process::id())
+        });
+        Ok(Runtime {
+            service,
+            publisher,
+            store,
+            sealer,
+            replica,
+            bus,
+            lease: LeaseOptions { ttl: Duration::from_secs(self.lease_ttl_secs.max(1)), wait: Duration::from_secs(2) },
+            worker: WorkerOptions {
+                max_jobs: self.max_jobs.max(1),
+                base_backoff: Duration::from_millis(self.retry_base_ms.max(1)),
+                ..Default::default()
+            },
+            metrics: Arc::new(Metrics::default()),
+            http_addr: (self.http_addr != "off").then(|| self.http_addr.clone()),
+        })
+    }
+}

@@ -1,0 +1,225 @@
+//! The skeleton every controller runs: take the cluster lease, check the command still matches
+//! the operation the manager recorded, run the phase with progress acks, publish the result,
+//! release the lease, ack. The phase itself is a [`PhaseWorker`].
+use crate::config::Runtime;
+use ksctl_bus::subjects::{durable_consumer, service_consumer, service_stream};
+use ksctl_bus::{Envelope, Handler, HandlerError};
+use ksctl_core::keys;
+use ksctl_core::messages::{Command, Event, EventKind, PhaseResult};
+use ksctl_core::records::ClusterRecord;
+use ksctl_core::saga::Service;
+use ksctl_store::{Lease, get_json};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use tracing::Instrument;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PhaseError {
+    /// Transient (store or cloud unavailable, throttled, lease lost): retried with backoff.
+    #[error("{0}")]
+    Retryable(String),
+    /// The phase cannot succeed as asked; the operation fails with this reason.
+    #[error("{0}")]
+    Permanent(String),
+}
+
+impl From<ksctl_store::StoreError> for PhaseError {
+    fn from(e: ksctl_store::StoreError) -> Self {
+        if e.retryable() { Self::Retryable(e.to_string()) } else { Self::Permanent(e.to_string()) }
+    }
+}
+
+impl From<ksctl_core::seal::SealError> for PhaseError {
+    fn from(e: ksctl_core::seal::SealError) -> Self {
+        Self::Permanent(e.to_string())
+    }
+}
+
+/// What a phase sees: the command, the manager's record of the cluster, and a way to report.
+pub struct PhaseCtx<'a> {
+    pub rt: &'a Runtime,
+    pub cmd: &'a Command,
+    pub cluster: &'a ClusterRecord,
+    env: &'a Envelope,
+}
+
+impl PhaseCtx<'_> {
+    /// Reports a finished step: an event for watchers and an in-progress ack for the server.
+    pub async fn progress(&self, step: impl Into<String>, done: u32, total: u32) {
+        let step = step.into();
+        tracing::debug!(%step, done, total, "step done");
+        self.rt
+            .publisher
+            .event(
+                Event::new(self.cluster.id.as_str(), EventKind::Progress, format!("{step} ({done}/{total})"))
+                    .op(&self.cmd.op_id)
+                    .phase(self.cmd.phase)
+                    .step(step, done, total),
+            )
+            .await;
+        self.env.progress().await;
+    }
+}
+
+#[async_trait::async_trait]
+pub trait PhaseWorker: Send + Sync + 'static {
+    /// Runs `ctx.cmd.phase` to completion. Must be idempotent: it may run again after a crash,
+    /// and must then resume from its checkpoints and create nothing twice.
+    async fn run(&self, ctx: &PhaseCtx<'_>) -> Result<(), PhaseError>;
+}
+
+struct CommandHandler {
+    rt: Runtime,
+    worker: Arc<dyn PhaseWorker>,
+}
+
+#[async_trait::async_trait]
+impl Handler for CommandHandler {
+    async fn handle(&self, env: &Envelope) -> Result<(), HandlerError> {
+        let cmd: Command = match serde_json::from_slice(env.payload()) {
+            Ok(c) => c,
+            Err(e) => {
+                // Nobody can act on it; it names no operation we could fail.
+                self.rt.metrics.inc("messages_rejected_total", &[("service", self.rt.service)]);
+                return Err(HandlerError::Permanent(format!("undecodable command on {}: {e}", env.subject())));
+            }
+        };
+        let span = tracing::info_span!("phase", cluster_id = %cmd.cluster_id, op_id = %cmd.op_id, phase = %cmd.phase, delivered = env.delivered());
+        self.handle_command(env, &cmd).instrument(span).await
+    }
+}
+
+impl CommandHandler {
+    async fn handle_command(&self, env: &Envelope, cmd: &Command) -> Result<(), HandlerError> {
+        let rt = &self.rt;
+        let svc = rt.service;
+        let lease_name = keys::cluster_lease(&cmd.cluster_id);
+        let Some(lease) = Lease::acquire(&rt.store, &lease_name, &rt.replica, &rt.lease).await.map_err(store_retry)? else {
+            rt.metrics.inc("lease_contention_total", &[("service", svc)]);
+            return Err(HandlerError::retry(format!("cluster {} is leased by another worker", cmd.cluster_id)));
+        };
+        let outcome = self.run_leased(env, cmd, &lease).await;
+        lease.release().await;
+        outcome
+    }
+
+    async fn run_leased(&self, env: &Envelope, cmd: &Command, lease: &Lease) -> Result<(), HandlerError> {
+        let rt = &self.rt;
+        let svc = rt.service;
+        let record = get_json::<ClusterRecord>(rt.store.as_ref(), &keys::cluster(&cmd.cluster_id)).await.map_err(store_retry)?;
+        let Some((cluster, _)) = record else {
+            tracing::info!("cluster no longer exists; dropping command");
+            return Ok(());
+        };
+        let current = cluster.operation.as_ref().is_some_and(|op| op.id == cmd.op_id && op.phase == cmd.phase);
+        if !current {
+            tracing::info!("stale command: the operation has moved on; dropping it");
+            rt.metrics.inc("messages_stale_total", &[("service", svc)]);
+            return Ok(());
+        }
+        rt.metrics.inc("phases_started_total", &[("service", svc), ("phase", cmd.phase.as_str())]);
+        rt.publisher
+            .event(
+                Event::new(cmd.cluster_id.as_str(), EventKind::PhaseStarted, format!("{} started on {}", cmd.phase, rt.replica))
+                    .op(&cmd.op_id)
+                    .phase(cmd.phase),
+            )
+            .await;
+        let started = std::time::Instant::now();
+        let ctx = PhaseCtx { rt, cmd, cluster: &cluster, env };
+        let work = self.worker.run(&ctx);
+        tokio::pin!(work);
+        let mut tick = tokio::time::interval(rt.bus.ack_wait / 3);
+        tick.tick().await;
+        let outcome = loop {
+            tokio::select! {
+                r = &mut work => break r,
+                _ = tick.tick() => {
+                    if lease.lost() {
+                        break Err(PhaseError::Retryable("lost the cluster lease mid-phase".into()));
+                    }
+                    env.progress().await;
+                }
+            }
+        };
+        rt.metrics.add("phase_seconds_total", &[("service", svc), ("phase", cmd.phase.as_str())], started.elapsed().as_secs_f64());
+        let error = match outcome {
+            Ok(()) => None,
+            Err(PhaseError::Retryable(reason)) if env.delivered() < rt.bus.max_deliver || rt.bus.max_deliver <= 0 => {
+                rt.metrics.inc("phases_retried_total", &[("service", svc), ("phase", cmd.phase.as_str())]);
+                rt.publisher
+                    .event(
+                        Event::new(cmd.cluster_id.as_str(), EventKind::Retrying, format!("{}: {reason}; retrying", cmd.phase))
+                            .op(&cmd.op_id)
+                            .phase(cmd.phase),
+                    )
+                    .await;
+                return Err(HandlerError::retry(reason));
+            }
+            Err(PhaseError::Retryable(reason)) => Some(format!("{reason} (gave up after {} attempts)", env.delivered())),
+            Err(PhaseError::Permanent(reason)) => Some(reason),
+        };
+        let kind = if error.is_some() { EventKind::PhaseFailed } else { EventKind::PhaseSucceeded };
+        let result = PhaseResult { op_id: cmd.op_id.clone(), cluster_id: cmd.cluster_id.clone(), phase: cmd.phase, error: error.clone() };
+        rt.publisher.result(&result).await?;
+        let msg = match &error {
+            Some(e) => format!("{} failed: {e}", cmd.phase),
+            None => format!("{} succeeded", cmd.phase),
+        };
+        rt.metrics.inc(if error.is_some() { "phases_failed_total" } else { "phases_succeeded_total" }, &[("service", svc), ("phase", cmd.phase.as_str())]);
+        rt.publisher.event(Event::new(cmd.cluster_id.as_str(), kind, msg).op(&cmd.op_id).phase(cmd.phase)).await;
+        Ok(())
+    }
+}
+
+fn store_retry(e: ksctl_store::StoreError) -> HandlerError {
+    HandlerError::retry(e.to_string())
+}
+
+/// Runs a controller until `shutdown`: binds the service's durable consumer and hands every
+/// command to `worker`.
+pub async fn run_controller(
+    rt: Runtime,
+    service: Service,
+    worker: Arc<dyn PhaseWorker>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), crate::RuntimeError> {
+    let ready = Arc::new(AtomicBool::new(false));
+    if let Some(addr) = &rt.http_addr {
+        crate::http::serve(addr, rt.metrics.clone(), ready.clone())
+            .await
+            .map_err(|e| crate::RuntimeError::Config(format!("binding {addr}: {e}")))?;
+    }
+    let consumer = durable_consumer(
+        &rt.publisher.js,
+        service_stream(service),
+        service_consumer(service),
+        &rt.bus,
+        10_000,
+    )
+    .await?;
+    ready.store(true, std::sync::atomic::Ordering::SeqCst);
+    tracing::info!(replica = %rt.replica, "{} ready", rt.service);
+    let handler = Arc::new(CommandHandler { rt: rt.clone(), worker });
+    ksctl_bus::run_consumer(service_consumer(service), consumer, handler, rt.worker.clone(), shutdown).await?;
+    Ok(())
+}
+
+/// Reads a controller-owned record, or its default when none exists yet.
+pub async fn read_record<T: serde::de::DeserializeOwned + Default>(store: &ksctl_store::DynStore, key: &str) -> Result<T, PhaseError> {
+    Ok(get_json(store.as_ref(), key).await?.map(|(r, _)| r).unwrap_or_default())
+}
+
+/// Checkpoints into a controller-owned record (created from its default), with compare-and-swap.
+pub async fn update_record<T>(store: &ksctl_store::DynStore, key: &str, f: impl Fn(&mut T) + Send) -> Result<T, PhaseError>
+where
+    T: serde::Serialize + serde::de::DeserializeOwned + Default + Clone + Send,
+{
+    let out = ksctl_store::modify(store.as_ref(), key, |cur: Option<T>| {
+        let mut r = cur.unwrap_or_default();
+        f(&mut r);
+        Ok::<_, std::convert::Infallible>(Some(r))
+    })
+    .await?;
+    Ok(out.expect("infallible").expect("written"))
+}

@@ -1,0 +1,122 @@
+//! `ksctl.query.get|list|info|switch`: core NATS request/reply on a queue group shared by every
+//! manager replica, answered from the store.
+use crate::Manager;
+use futures::StreamExt;
+use ksctl_bus::subjects::{QUERY_GROUP, QUERY_SUBJECTS};
+use ksctl_core::keys;
+use ksctl_core::messages::{ClusterInfo, ClusterSummary, NameQuery, OperationView, QueryReply, SwitchData, context_name};
+use ksctl_core::records::{BootstrapRecord, ClusterRecord, InfraRecord, K8sRecord};
+use ksctl_core::spec::ClusterType;
+use ksctl_core::ClusterId;
+use ksctl_runtime::{RuntimeError, read_record};
+use serde::Serialize;
+
+pub async fn start(m: Manager) -> Result<tokio::task::JoinHandle<()>, RuntimeError> {
+    let client = m.rt.publisher.client.clone();
+    let mut sub = client
+        .queue_subscribe(QUERY_SUBJECTS, QUERY_GROUP.into())
+        .await
+        .map_err(|e| RuntimeError::Config(format!("subscribing to {QUERY_SUBJECTS}: {e}")))?;
+    Ok(tokio::spawn(async move {
+        while let Some(msg) = sub.next().await {
+            let m = m.clone();
+            tokio::spawn(async move {
+                let Some(reply) = msg.reply.clone() else { return };
+                let verb = msg.subject.as_str().rsplit('.').next().unwrap_or_default().to_string();
+                m.rt.metrics.inc("queries_total", &[("query", &verb)]);
+                let body = answer(&m, &verb, &msg.payload).await;
+                if let Err(e) = m.rt.publisher.client.publish(reply, body.into()).await {
+                    tracing::warn!(error = %e, "query reply not sent");
+                }
+            });
+        }
+    }))
+}
+
+fn json<T: Serialize>(r: QueryReply<T>) -> Vec<u8> {
+    serde_json::to_vec(&r).expect("replies serialise")
+}
+
+async fn answer(m: &Manager, verb: &str, payload: &[u8]) -> Vec<u8> {
+    match verb {
+        "list" => match list(m).await {
+            Ok(rows) => json(QueryReply::ok(rows)),
+            Err(e) => json(QueryReply::<()>::err(e)),
+        },
+        "get" | "info" | "switch" => {
+            let q: NameQuery = match serde_json::from_slice(payload) {
+                Ok(q) => q,
+                Err(e) => return json(QueryReply::<()>::err(format!("malformed query: {e}"))),
+            };
+            let rec = match load(m, &q.cluster_name).await {
+                Ok(r) => r,
+                Err(e) => return json(QueryReply::<()>::err(e)),
+            };
+            match verb {
+                "get" => json(QueryReply::ok(ClusterSummary::from(&rec))),
+                "info" => match info(m, &rec).await {
+                    Ok(i) => json(QueryReply::ok(i)),
+                    Err(e) => json(QueryReply::<()>::err(e)),
+                },
+                _ => match switch(m, &rec).await {
+                    Ok(s) => json(QueryReply::ok(s)),
+                    Err(e) => json(QueryReply::<()>::err(e)),
+                },
+            }
+        }
+        other => json(QueryReply::<()>::err(format!("unknown query {other:?}; expected get, list, info or switch"))),
+    }
+}
+
+async fn load(m: &Manager, name: &str) -> Result<ClusterRecord, String> {
+    let id = ClusterId::new(name).map_err(|e| format!("cluster_name: {e}"))?;
+    ksctl_store::get_json::<ClusterRecord>(m.rt.store.as_ref(), &keys::cluster(&id))
+        .await
+        .map_err(|e| e.to_string())?
+        .map(|(r, _)| r)
+        .ok_or_else(|| format!("no cluster named {name}"))
+}
+
+async fn list(m: &Manager) -> Result<Vec<ClusterSummary>, String> {
+    let rows = m.rt.store.children(keys::CLUSTER_PREFIX.trim_end_matches('.')).await.map_err(|e| e.to_string())?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(_, v)| serde_json::from_slice::<ClusterRecord>(&v.value).ok())
+        .map(|r| ClusterSummary::from(&r))
+        .collect())
+}
+
+async fn info(m: &Manager, rec: &ClusterRecord) -> Result<ClusterInfo, String> {
+    let s = &m.rt.store;
+    let e = |e: ksctl_runtime::PhaseError| e.to_string();
+    let infra: InfraRecord = read_record(s, &keys::cloud(&rec.id)).await.map_err(e)?;
+    let boot: BootstrapRecord = read_record(s, &keys::bootstrap(&rec.id)).await.map_err(e)?;
+    let k8s: K8sRecord = read_record(s, &keys::k8s(&rec.id)).await.map_err(e)?;
+    let mut vms: Vec<_> = infra.vms.into_values().collect();
+    vms.sort_by(|a, b| (a.role, a.index).cmp(&(b.role, b.index)));
+    Ok(ClusterInfo {
+        summary: ClusterSummary::from(rec),
+        spec: rec.spec.clone(),
+        network: infra.network,
+        firewalls: infra.firewalls.into_values().collect(),
+        vms,
+        managed_cluster: infra.managed_cluster,
+        node_pool_size: infra.node_pool_size,
+        components: k8s.installed.into_iter().collect(),
+        bootstrap_steps_done: boot.steps_done.len(),
+        last_operation: rec.last_operation.as_ref().map(OperationView::from),
+        last_heartbeat_ms: rec.last_heartbeat_ms,
+    })
+}
+
+async fn switch(m: &Manager, rec: &ClusterRecord) -> Result<SwitchData, String> {
+    let s = &m.rt.store;
+    let e = |e: ksctl_runtime::PhaseError| e.to_string();
+    let sealed = match rec.cluster_type {
+        ClusterType::Managed => read_record::<InfraRecord>(s, &keys::cloud(&rec.id)).await.map_err(e)?.kubeconfig,
+        ClusterType::Selfmanaged => read_record::<BootstrapRecord>(s, &keys::bootstrap(&rec.id)).await.map_err(e)?.kubeconfig,
+    };
+    let sealed = sealed.ok_or_else(|| format!("cluster {} has no kubeconfig yet (state {})", rec.id, rec.state))?;
+    let kubeconfig = m.rt.sealer.open_string(&format!("kubeconfig/{}", rec.id), &sealed).map_err(|e| e.to_string())?;
+    Ok(SwitchData { context: context_name(rec), kubeconfig })
+}

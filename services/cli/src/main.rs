@@ -1,1 +1,340 @@
-fn main() {}
+//! `ksctl`: the command line for ksctl-rs. Publishes requests onto the bus, follows their events
+//! with progress bars, and asks the manager's queries.
+
+mod kubeconfig;
+mod output;
+mod wait;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use ksctl_bus::subjects::{query_subject, request_subject};
+use ksctl_core::messages::{
+    API_VERSION, ClusterInfo, ClusterSummary, CreateRequest, DeleteRequest, NameQuery, QueryReply, REPLY_HEADER, RequestReply, ScaleRequest, SwitchData,
+};
+use ksctl_core::spec::{ClusterSpec, NodeSizes};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(name = "ksctl", version, about = "Create, scale and delete Kubernetes clusters through the ksctl-rs control plane")]
+struct Cli {
+    /// NATS server of the control plane.
+    #[arg(long, global = true, env = "KSCTL_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    nats_url: String,
+    #[arg(long, global = true, env = "KSCTL_NATS_USER")]
+    nats_user: Option<String>,
+    #[arg(long, global = true, env = "KSCTL_NATS_PASSWORD", hide_env_values = true)]
+    nats_password: Option<String>,
+    /// Output format.
+    #[arg(short = 'o', long, global = true, value_enum, default_value = "table")]
+    output: Output,
+    #[command(subcommand)]
+    cmd: Top,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Top {
+    /// Cluster lifecycle.
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
+}
+
+#[derive(Args)]
+struct WaitArgs {
+    /// Return once the manager accepted the request, without following it.
+    #[arg(long)]
+    no_wait: bool,
+    /// Give up waiting after this many seconds (the operation goes on).
+    #[arg(long, default_value_t = 3600)]
+    timeout: u64,
+}
+
+#[derive(Subcommand)]
+enum ClusterCmd {
+    /// Create a cluster from a spec file (`-f`) or flags.
+    Create {
+        /// JSON file with a cluster spec (or a whole create request); `-` reads stdin.
+        #[arg(short = 'f', long)]
+        file: Option<String>,
+        #[command(flatten)]
+        flags: SpecFlags,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Delete a cluster and every resource it has.
+    Delete {
+        name: String,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Set the number of workers (managed clusters: nodes).
+    Scale {
+        name: String,
+        #[arg(long)]
+        workers: u32,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// One cluster's state.
+    Get { name: String },
+    /// Every cluster.
+    List,
+    /// Resources, addresses and versions of a cluster (never secrets).
+    Info { name: String },
+    /// Fetch the kubeconfig and merge it into your kubeconfig (or print it).
+    Switch {
+        name: String,
+        /// File to merge into (default: first entry of $KUBECONFIG, else ~/.kube/config).
+        #[arg(long)]
+        kubeconfig: Option<String>,
+        /// Print the kubeconfig instead of writing it.
+        #[arg(long)]
+        print: bool,
+    },
+}
+
+#[derive(Args, Default)]
+struct SpecFlags {
+    #[arg(long)]
+    name: Option<String>,
+    #[arg(long, default_value = "sim")]
+    provider: String,
+    #[arg(long, default_value = "local")]
+    region: String,
+    /// managed or selfmanaged.
+    #[arg(long = "type", default_value = "selfmanaged")]
+    cluster_type: String,
+    /// k3s or kubeadm (self-managed).
+    #[arg(long)]
+    distro: Option<String>,
+    #[arg(long, default_value = "1.31")]
+    version: String,
+    #[arg(long)]
+    etcd_version: Option<String>,
+    #[arg(long, default_value_t = 0)]
+    control_planes: u32,
+    #[arg(long, default_value_t = 0)]
+    datastores: u32,
+    #[arg(long, default_value_t = 0)]
+    workers: u32,
+    #[arg(long, default_value_t = 0)]
+    managed_nodes: u32,
+    #[arg(long)]
+    cni: Option<String>,
+    /// Instance size for every role that has no size of its own.
+    #[arg(long)]
+    node_size: Option<String>,
+}
+
+impl SpecFlags {
+    fn spec(&self) -> Result<ClusterSpec> {
+        let name = self.name.clone().context("--name is required when no -f file is given")?;
+        let s = self.node_size.clone();
+        Ok(ClusterSpec {
+            cluster_name: name,
+            region: self.region.clone(),
+            cloud_provider: self.provider.clone(),
+            cluster_type: self.cluster_type.clone(),
+            kubernetes_distro: self.distro.clone(),
+            kubernetes_version: self.version.clone(),
+            etcd_version: self.etcd_version.clone(),
+            node_sizes: NodeSizes { managed: s.clone(), control_plane: s.clone(), worker: s.clone(), datastore: s.clone(), load_balancer: s },
+            managed_nodes: self.managed_nodes,
+            control_plane_nodes: self.control_planes,
+            worker_nodes: self.workers,
+            datastore_nodes: self.datastores,
+            cni: self.cni.clone(),
+            addons: vec![],
+        })
+    }
+}
+
+/// A failure with its exit code: 1 for a failed operation or a transport error, 2 for a
+/// request the control plane rejected.
+#[derive(Debug)]
+pub struct Exit(pub u8, pub String);
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.1)
+    }
+}
+impl std::error::Error for Exit {}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let code = e.downcast_ref::<Exit>().map(|x| x.0).unwrap_or(1);
+            eprintln!("error: {e:#}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+pub struct Ctx {
+    pub client: async_nats::Client,
+    pub output: Output,
+}
+
+async fn connect(cli: &Cli) -> Result<async_nats::Client> {
+    let mut opts = async_nats::ConnectOptions::new().connection_timeout(Duration::from_secs(5));
+    if let (Some(u), Some(p)) = (&cli.nats_user, &cli.nats_password) {
+        opts = opts.user_and_password(u.clone(), p.clone());
+    }
+    opts.connect(&cli.nats_url).await.with_context(|| format!("connecting to the control plane's NATS at {}", cli.nats_url))
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let client = connect(&cli).await?;
+    let ctx = Ctx { client, output: cli.output };
+    let Top::Cluster(cmd) = cli.cmd;
+    match cmd {
+        ClusterCmd::Create { file, flags, wait } => {
+            let (request_id, spec) = match file {
+                Some(f) => read_spec(&f)?,
+                None => (new_request_id(), flags.spec()?),
+            };
+            let name = spec.cluster_name.clone();
+            let req = CreateRequest { api_version: API_VERSION.into(), request_id: request_id.clone(), spec };
+            submit(&ctx, "create", &name, &request_id, &req, &wait).await
+        }
+        ClusterCmd::Delete { name, wait } => {
+            let request_id = new_request_id();
+            let req = DeleteRequest { api_version: API_VERSION.into(), request_id: request_id.clone(), cluster_name: name.clone() };
+            submit(&ctx, "delete", &name, &request_id, &req, &wait).await
+        }
+        ClusterCmd::Scale { name, workers, wait } => {
+            let request_id = new_request_id();
+            let req = ScaleRequest { api_version: API_VERSION.into(), request_id: request_id.clone(), cluster_name: name.clone(), workers };
+            submit(&ctx, "scale", &name, &request_id, &req, &wait).await
+        }
+        ClusterCmd::Get { name } => {
+            let s: ClusterSummary = query(&ctx.client, "get", &NameQuery { cluster_name: name }).await?;
+            output::summaries(ctx.output, &[s]);
+            Ok(())
+        }
+        ClusterCmd::List => {
+            let rows: Vec<ClusterSummary> = query(&ctx.client, "list", &serde_json::json!({})).await?;
+            output::summaries(ctx.output, &rows);
+            Ok(())
+        }
+        ClusterCmd::Info { name } => {
+            let i: ClusterInfo = query(&ctx.client, "info", &NameQuery { cluster_name: name }).await?;
+            output::info(ctx.output, &i);
+            Ok(())
+        }
+        ClusterCmd::Switch { name, kubeconfig: path, print } => {
+            let s: SwitchData = query(&ctx.client, "switch", &NameQuery { cluster_name: name }).await?;
+            if print {
+                print!("{}", s.kubeconfig);
+                return Ok(());
+            }
+            let path = path.unwrap_or_else(kubeconfig::default_path);
+            kubeconfig::merge_into(&path, &s.kubeconfig, &s.context)?;
+            match ctx.output {
+                Output::Json => println!("{}", serde_json::json!({"context": s.context, "kubeconfig": path})),
+                Output::Table => println!("switched to context {} in {path}", s.context),
+            }
+            Ok(())
+        }
+    }
+}
+
+fn new_request_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+/// A file holds either a spec or a whole create request (whose request id is then reused, so
+/// submitting the same file twice is one operation).
+fn read_spec(path: &str) -> Result<(String, ClusterSpec)> {
+    let text = if path == "-" {
+        std::io::read_to_string(std::io::stdin())?
+    } else {
+        std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?
+    };
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Exit(2, format!("{path} is not valid JSON: {e}")))?;
+    if v.get("spec").is_some() {
+        let r: CreateRequest = serde_json::from_value(v).map_err(|e| Exit(2, format!("{path}: {e}")))?;
+        Ok((r.request_id, r.spec))
+    } else {
+        let s: ClusterSpec = serde_json::from_value(v).map_err(|e| Exit(2, format!("{path}: {e}")))?;
+        Ok((new_request_id(), s))
+    }
+}
+
+/// Publishes a request durably (deduplicated by its request id), waits for the manager's
+/// answer, then follows the operation unless `--no-wait`.
+async fn submit<T: Serialize>(ctx: &Ctx, verb: &str, name: &str, request_id: &str, req: &T, wait: &WaitArgs) -> Result<()> {
+    let inbox = ctx.client.new_inbox();
+    let mut replies = ctx.client.subscribe(inbox.clone()).await?;
+    // Subscribe to the cluster's events before publishing, so no event can be missed.
+    let events = if ksctl_core::ids::validate_name(name).is_ok() {
+        Some(ctx.client.subscribe(format!("ksctl.events.{name}.>")).await?)
+    } else {
+        None
+    };
+    let js = async_nats::jetstream::new(ctx.client.clone());
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(async_nats::header::NATS_MESSAGE_ID, request_id);
+    headers.insert(REPLY_HEADER, inbox.as_str());
+    js.publish_with_headers(request_subject(verb), headers, serde_json::to_vec(req)?.into())
+        .await
+        .context("publishing the request")?
+        .await
+        .context("the bus did not store the request (is JetStream set up? start a ksctl-manager once)")?;
+    use futures::StreamExt;
+    let reply = tokio::time::timeout(Duration::from_secs(30), replies.next())
+        .await
+        .map_err(|_| Exit(1, format!("request {request_id} is queued, but no manager answered within 30s; is ksctl-manager running?")))?
+        .context("reply subscription closed")?;
+    let reply: RequestReply = serde_json::from_slice(&reply.payload).context("unreadable reply from the manager")?;
+    if !reply.accepted {
+        if ctx.output == Output::Json {
+            println!("{}", serde_json::to_string_pretty(&reply)?);
+        }
+        let mut msg = reply.message.clone();
+        if !reply.errors.is_empty() {
+            msg = "invalid request:".to_string();
+            for e in &reply.errors {
+                msg.push_str(&format!("\n  {}: {}", e.field, e.message));
+            }
+        }
+        return Err(Exit(2, msg).into());
+    }
+    let Some(op) = reply.operation_id.clone() else {
+        output::accepted(ctx.output, &reply);
+        return Ok(());
+    };
+    if wait.no_wait || events.is_none() {
+        output::accepted(ctx.output, &reply);
+        return Ok(());
+    }
+    if ctx.output == Output::Table {
+        eprintln!("{} (operation {op})", reply.message);
+    }
+    wait::follow(ctx, name, &op, events.expect("checked"), Duration::from_secs(wait.timeout)).await
+}
+
+/// Asks the manager a query; its error becomes ours.
+pub async fn query<Q: Serialize, T: DeserializeOwned>(client: &async_nats::Client, verb: &str, q: &Q) -> Result<T> {
+    let resp = tokio::time::timeout(Duration::from_secs(15), client.request(query_subject(verb), serde_json::to_vec(q)?.into()))
+        .await
+        .map_err(|_| Exit(1, "no manager answered within 15s; is ksctl-manager running?".into()))?
+        .map_err(|e| Exit(1, format!("no manager answered the {verb} query ({e}); is ksctl-manager running?")))?;
+    let r: QueryReply<T> = serde_json::from_slice(&resp.payload).context("unreadable query reply")?;
+    match (r.ok, r.data) {
+        (true, Some(d)) => Ok(d),
+        _ => bail!(Exit(1, r.error.unwrap_or_else(|| "the manager gave no reason".into()))),
+    }
+}

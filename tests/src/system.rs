@@ -1,0 +1,245 @@
+//! The whole control plane as processes: nats-server, redis-server (or NATS KV), and N replicas
+//! of each service binary, with a `ksctl` runner and store inspection.
+use crate::{NatsServer, RedisServer, bin, eventually};
+use ksctl_core::ClusterId;
+use ksctl_core::keys;
+use ksctl_core::records::ClusterRecord;
+use ksctl_runtime::sim::SimResource;
+use ksctl_store::{DynStore, KvStore, RedisStore};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub const SERVICES: [&str; 4] = ["ksctl-manager", "ksctl-cloud-controller", "ksctl-bootstrap-controller", "ksctl-k8s-controller"];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Redis,
+    Nats,
+}
+
+#[derive(Debug, Clone)]
+pub struct SystemOptions {
+    pub replicas: usize,
+    pub backend: Backend,
+    pub sim_latency_ms: u64,
+    /// `(binary, variable, value)`: extra environment for one service (`*`: all).
+    pub env: Vec<(String, String, String)>,
+}
+
+impl Default for SystemOptions {
+    fn default() -> Self {
+        Self { replicas: 1, backend: Backend::Redis, sim_latency_ms: 0, env: vec![] }
+    }
+}
+
+pub struct ServiceProc {
+    pub bin: String,
+    pub replica: usize,
+    pub child: Option<Child>,
+}
+
+pub struct System {
+    pub nats: NatsServer,
+    pub redis: Option<RedisServer>,
+    pub opts: SystemOptions,
+    pub seal_key: String,
+    pub namespace: String,
+    pub procs: Vec<ServiceProc>,
+    pub logs: PathBuf,
+    pub client: async_nats::Client,
+    pub store: DynStore,
+}
+
+impl System {
+    pub async fn start(opts: SystemOptions) -> Self {
+        let nats = NatsServer::start();
+        let redis = (opts.backend == Backend::Redis).then(RedisServer::start);
+        let namespace = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let logs = std::env::temp_dir().join("ksctl-test-logs").join(&namespace);
+        std::fs::create_dir_all(&logs).expect("logs dir");
+        let client = async_nats::connect(nats.url()).await.expect("connect to nats");
+        let store: DynStore = match opts.backend {
+            Backend::Redis => Arc::new(RedisStore::connect(&redis.as_ref().expect("redis").url(), &namespace).await.expect("redis store")),
+            Backend::Nats => Arc::new(KvStore::open(client.clone(), &namespace).await.expect("kv store")),
+        };
+        let mut sys = Self {
+            nats,
+            redis,
+            opts: opts.clone(),
+            seal_key: ksctl_core::seal::generate_key(),
+            namespace,
+            procs: vec![],
+            logs,
+            client,
+            store,
+        };
+        // The manager ensures the streams; start it first so controllers find them.
+        for b in SERVICES {
+            for r in 0..opts.replicas {
+                sys.spawn(b, r);
+            }
+            if b == "ksctl-manager" {
+                sys.wait_streams().await;
+            }
+        }
+        sys.wait_ready().await;
+        sys
+    }
+
+    async fn wait_streams(&self) {
+        let js = async_nats::jetstream::new(self.client.clone());
+        eventually(Duration::from_secs(30), "streams created by the manager", || {
+            let js = js.clone();
+            async move { js.get_stream(ksctl_bus::subjects::EVENTS_STREAM).await.ok().map(|_| ()) }
+        })
+        .await;
+    }
+
+    /// Every controller's durable consumer exists once the controllers are up.
+    async fn wait_ready(&self) {
+        let js = async_nats::jetstream::new(self.client.clone());
+        for (stream, consumer) in [
+            (ksctl_bus::subjects::CLOUD_STREAM, "cloud-controller"),
+            (ksctl_bus::subjects::BOOTSTRAP_STREAM, "bootstrap-controller"),
+            (ksctl_bus::subjects::K8S_STREAM, "k8s-controller"),
+            (ksctl_bus::subjects::RESULTS_STREAM, "manager"),
+        ] {
+            eventually(Duration::from_secs(30), "controller consumers", || {
+                let js = js.clone();
+                async move {
+                    let s = js.get_stream(stream).await.ok()?;
+                    s.consumer_info(consumer).await.ok().map(|_| ())
+                }
+            })
+            .await;
+        }
+    }
+
+    fn base_env(&self) -> Vec<(String, String)> {
+        let mut env = vec![
+            ("KSCTL_NATS_URL".into(), self.nats.url()),
+            ("KSCTL_SEAL_KEY".into(), self.seal_key.clone()),
+            ("KSCTL_STORE_NAMESPACE".into(), self.namespace.clone()),
+            ("KSCTL_STORE".into(), if self.opts.backend == Backend::Redis { "redis".into() } else { "nats".into() }),
+            // Short timers so crash recovery happens within a test's patience.
+            ("KSCTL_ACK_WAIT_SECS".into(), "3".into()),
+            ("KSCTL_LEASE_TTL_SECS".into(), "3".into()),
+            ("KSCTL_RETRY_BASE_MS".into(), "100".into()),
+            ("KSCTL_RECONCILE_INTERVAL_SECS".into(), "2".into()),
+            ("KSCTL_PHASE_TIMEOUT_SECS".into(), "20".into()),
+            ("KSCTL_SIM_LATENCY_MS".into(), self.opts.sim_latency_ms.to_string()),
+            ("RUST_LOG".into(), "info".into()),
+        ];
+        if let Some(r) = &self.redis {
+            env.push(("KSCTL_REDIS_URL".into(), r.url()));
+        }
+        env
+    }
+
+    pub fn spawn(&mut self, b: &str, replica: usize) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.logs.join(format!("{b}-{replica}.log"))).expect("log file");
+        let mut cmd = Command::new(bin(b));
+        cmd.envs(self.base_env()).env("KSCTL_REPLICA_ID", format!("{b}-{replica}"));
+        for (target, k, v) in &self.opts.env {
+            if target == b || target == "*" {
+                cmd.env(k, v);
+            }
+        }
+        let child = cmd.stdout(Stdio::null()).stderr(log).spawn().unwrap_or_else(|e| panic!("spawn {b}: {e}"));
+        match self.procs.iter_mut().find(|p| p.bin == b && p.replica == replica) {
+            Some(p) => p.child = Some(child),
+            None => self.procs.push(ServiceProc { bin: b.into(), replica, child: Some(child) }),
+        }
+    }
+
+    /// SIGKILL every replica of `b`.
+    pub fn kill9(&mut self, b: &str) {
+        for p in self.procs.iter_mut().filter(|p| p.bin == b) {
+            if let Some(mut c) = p.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+
+    /// Starts again every replica of `b` that is not running (killed or crashed).
+    pub fn restart(&mut self, b: &str) {
+        let dead: Vec<usize> = self
+            .procs
+            .iter_mut()
+            .filter(|p| p.bin == b)
+            .filter_map(|p| p.child.as_mut().is_none_or(|c| c.try_wait().ok().flatten().is_some()).then_some(p.replica))
+            .collect();
+        for r in dead {
+            self.spawn(b, r);
+        }
+    }
+
+    /// Runs the CLI; returns (exit code, stdout, stderr).
+    pub async fn ksctl(&self, args: &[&str]) -> (i32, String, String) {
+        let out = tokio::process::Command::new(bin("ksctl"))
+            .args(args)
+            .env("KSCTL_NATS_URL", self.nats.url())
+            .env("HOME", &self.logs)
+            .env_remove("KUBECONFIG")
+            .output()
+            .await
+            .expect("run ksctl");
+        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+    }
+
+    pub async fn cluster(&self, name: &str) -> Option<ClusterRecord> {
+        let id = ClusterId::new(name).expect("valid name");
+        ksctl_store::get_json(self.store.as_ref(), &keys::cluster(&id)).await.expect("store").map(|(r, _)| r)
+    }
+
+    pub async fn sim_resources(&self, name: &str) -> Vec<SimResource> {
+        let id = ClusterId::new(name).expect("valid name");
+        let parent = keys::sim_prefix(&id);
+        self.store
+            .children(parent.trim_end_matches('.'))
+            .await
+            .expect("store")
+            .into_iter()
+            .map(|(_, v)| serde_json::from_slice(&v.value).expect("sim resource"))
+            .collect()
+    }
+
+    /// Panics if any simulated resource name exists more than once (created twice).
+    pub async fn assert_no_duplicates(&self, name: &str) {
+        let mut seen = std::collections::BTreeMap::<String, usize>::new();
+        for r in self.sim_resources(name).await {
+            *seen.entry(r.name).or_default() += 1;
+            assert!(!r.applied.iter().enumerate().any(|(i, s)| r.applied[..i].contains(s)), "host step applied twice on {}: {:?}", r.id, r.applied);
+        }
+        let dups: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+        assert!(dups.is_empty(), "resources created twice: {dups:?} (logs in {})", self.logs.display());
+    }
+
+    pub async fn wait_state(&self, name: &str, state: &str, timeout: Duration) -> ClusterRecord {
+        eventually(timeout, &format!("cluster {name} to be {state} (logs in {})", self.logs.display()), || async {
+            self.cluster(name).await.filter(|r| r.state.as_str() == state && r.operation.is_none())
+        })
+        .await
+    }
+
+    pub async fn wait_gone(&self, name: &str, timeout: Duration) {
+        eventually(timeout, &format!("cluster {name} to be deleted (logs in {})", self.logs.display()), || async {
+            self.cluster(name).await.is_none().then_some(())
+        })
+        .await
+    }
+}
+
+impl Drop for System {
+    fn drop(&mut self) {
+        for p in &mut self.procs {
+            if let Some(mut c) = p.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}

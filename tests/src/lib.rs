@@ -16,7 +16,11 @@ pub use system::{Backend, System, SystemOptions};
 
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
 }
 
 /// Starts a server on a free port. Another test may grab the same port between our probe and
@@ -49,8 +53,17 @@ fn start_on_free_port(what: &str, spawn: impl Fn(u16) -> Child) -> (Child, u16) 
 }
 
 fn require(binary: &str, install_hint: &str) {
-    let found = Command::new("sh").arg("-c").arg(format!("command -v {binary}")).stdout(Stdio::null()).status().map(|s| s.success()).unwrap_or(false);
-    assert!(found, "{binary} is not installed: {install_hint} (scripts/test.sh installs it)");
+    let found = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {binary}"))
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(
+        found,
+        "{binary} is not installed: {install_hint} (scripts/test.sh installs it)"
+    );
 }
 
 /// A temporary directory removed on drop.
@@ -58,7 +71,10 @@ pub struct TempDir(pub PathBuf);
 
 impl TempDir {
     pub fn new(tag: &str) -> Self {
-        let p = std::env::temp_dir().join(format!("ksctl-test-{tag}-{}", uuid::Uuid::new_v4().simple()));
+        let p = std::env::temp_dir().join(format!(
+            "ksctl-test-{tag}-{}",
+            uuid::Uuid::new_v4().simple()
+        ));
         std::fs::create_dir_all(&p).expect("temp dir");
         Self(p)
     }
@@ -103,7 +119,11 @@ impl NatsServer {
         self.child = Self::spawn(self.port, &self.dir);
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "nats-server did not come back on port {}", self.port);
+            assert!(
+                Instant::now() < deadline,
+                "nats-server did not come back on port {}",
+                self.port
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -129,14 +149,30 @@ impl RedisServer {
         let dir = TempDir::new("redis");
         let (child, port) = start_on_free_port("redis-server", |port| {
             Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--daemonize", "no", "--dir"])
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--daemonize",
+                    "no",
+                    "--dir",
+                ])
                 .arg(&dir.0)
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
                 .expect("spawn redis-server")
         });
-        Self { child, port, _dir: dir }
+        Self {
+            child,
+            port,
+            _dir: dir,
+        }
     }
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
@@ -162,7 +198,11 @@ pub fn bin_dir() -> PathBuf {
 
 pub fn bin(name: &str) -> PathBuf {
     let p = bin_dir().join(name);
-    assert!(p.exists(), "{} is missing: run `cargo build --workspace --bins` before the tests", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build --workspace --bins` before the tests",
+        p.display()
+    );
     p
 }
 
@@ -177,7 +217,10 @@ where
         if let Some(t) = f().await {
             return t;
         }
-        assert!(tokio::time::Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

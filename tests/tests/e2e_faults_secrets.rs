@@ -11,19 +11,56 @@ fn env(service: &str, k: &str, v: &str) -> (String, String, String) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn permanent_failure_leaves_creation_failed_and_delete_cleans() {
-    let sys = System::start(SystemOptions { env: vec![env("ksctl-bootstrap-controller", "KSCTL_SIM_FAULTS", "bootstrap.k3s-init=permanent")], ..Default::default() }).await;
-    let (code, out, err) = sys.ksctl(&["cluster", "create", "--name", "broken", "--distro", "k3s", "--control-planes", "3", "--datastores", "3", "--workers", "1"]).await;
+    let sys = System::start(SystemOptions {
+        env: vec![env(
+            "ksctl-bootstrap-controller",
+            "KSCTL_SIM_FAULTS",
+            "bootstrap.k3s-init=permanent",
+        )],
+        ..Default::default()
+    })
+    .await;
+    let (code, out, err) = sys
+        .ksctl(&[
+            "cluster",
+            "create",
+            "--name",
+            "broken",
+            "--distro",
+            "k3s",
+            "--control-planes",
+            "3",
+            "--datastores",
+            "3",
+            "--workers",
+            "1",
+        ])
+        .await;
     assert_eq!(code, 1, "{out}{err}");
-    assert!(err.contains("simulated permanent failure at bootstrap.k3s-init"), "{err}");
+    assert!(
+        err.contains("simulated permanent failure at bootstrap.k3s-init"),
+        "{err}"
+    );
     let rec = sys.wait_state("broken", "creation_failed", T).await;
-    assert!(rec.last_operation.unwrap().error.unwrap().contains("bootstrap"));
+    assert!(
+        rec.last_operation
+            .unwrap()
+            .error
+            .unwrap()
+            .contains("bootstrap")
+    );
     let (code, out, _) = sys.ksctl(&["cluster", "info", "broken"]).await;
     assert_eq!(code, 0);
-    assert!(out.contains("simulated permanent failure"), "info shows the error: {out}");
+    assert!(
+        out.contains("simulated permanent failure"),
+        "info shows the error: {out}"
+    );
     assert!(!sys.sim_resources("broken").await.is_empty());
 
     // Scale is not allowed from creation_failed; delete is.
-    let (code, _, err) = sys.ksctl(&["cluster", "scale", "broken", "--workers", "2"]).await;
+    let (code, _, err) = sys
+        .ksctl(&["cluster", "scale", "broken", "--workers", "2"])
+        .await;
     assert_eq!(code, 2, "{err}");
     let (code, _, err) = sys.ksctl(&["cluster", "delete", "broken"]).await;
     assert_eq!(code, 0, "{err}");
@@ -35,18 +72,48 @@ async fn permanent_failure_leaves_creation_failed_and_delete_cleans() {
 async fn retryable_failures_are_retried_with_backoff() {
     let sys = System::start(SystemOptions {
         env: vec![
-            env("ksctl-cloud-controller", "KSCTL_SIM_FAULTS", "cloud.vm=retryable*3"),
-            env("ksctl-k8s-controller", "KSCTL_SIM_FAULTS", "k8s.crd=retryable*2"),
+            env(
+                "ksctl-cloud-controller",
+                "KSCTL_SIM_FAULTS",
+                "cloud.vm=retryable*3",
+            ),
+            env(
+                "ksctl-k8s-controller",
+                "KSCTL_SIM_FAULTS",
+                "k8s.crd=retryable*2",
+            ),
         ],
         ..Default::default()
     })
     .await;
-    let mut retries = sys.client.subscribe("ksctl.events.flaky.retrying").await.unwrap();
-    let (code, out, err) = sys.ksctl(&["cluster", "create", "--name", "flaky", "--distro", "k3s", "--control-planes", "3", "--datastores", "3"]).await;
+    let mut retries = sys
+        .client
+        .subscribe("ksctl.events.flaky.retrying")
+        .await
+        .unwrap();
+    let (code, out, err) = sys
+        .ksctl(&[
+            "cluster",
+            "create",
+            "--name",
+            "flaky",
+            "--distro",
+            "k3s",
+            "--control-planes",
+            "3",
+            "--datastores",
+            "3",
+        ])
+        .await;
     assert_eq!(code, 0, "{out}{err}");
     sys.assert_no_duplicates("flaky").await;
     let mut n = 0;
-    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(300), futures::StreamExt::next(&mut retries)).await {
+    while let Ok(Some(_)) = tokio::time::timeout(
+        Duration::from_millis(300),
+        futures::StreamExt::next(&mut retries),
+    )
+    .await
+    {
         n += 1;
     }
     assert!(n >= 2, "retries were announced as events ({n})");
@@ -56,8 +123,30 @@ async fn retryable_failures_are_retried_with_backoff() {
 async fn secrets_are_sealed_in_the_store() {
     let sys = System::start(SystemOptions::default()).await;
     for args in [
-        vec!["cluster", "create", "--name", "sec1", "--distro", "kubeadm", "--control-planes", "3", "--datastores", "3", "--workers", "1"],
-        vec!["cluster", "create", "--name", "sec2", "--type", "managed", "--managed-nodes", "1"],
+        vec![
+            "cluster",
+            "create",
+            "--name",
+            "sec1",
+            "--distro",
+            "kubeadm",
+            "--control-planes",
+            "3",
+            "--datastores",
+            "3",
+            "--workers",
+            "1",
+        ],
+        vec![
+            "cluster",
+            "create",
+            "--name",
+            "sec2",
+            "--type",
+            "managed",
+            "--managed-nodes",
+            "1",
+        ],
     ] {
         let (code, _, err) = sys.ksctl(&args).await;
         assert_eq!(code, 0, "{err}");
@@ -65,7 +154,11 @@ async fn secrets_are_sealed_in_the_store() {
     // The kubeconfig really exists (switch opens it) ...
     let (code, kc, _) = sys.ksctl(&["cluster", "switch", "sec1", "--print"]).await;
     assert_eq!(code, 0);
-    let token = kc.lines().find_map(|l| l.trim().strip_prefix("token: ")).expect("token in kubeconfig").to_string();
+    let token = kc
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("token: "))
+        .expect("token in kubeconfig")
+        .to_string();
     // ... but no raw value in Redis holds a PEM block, the token or a kubeconfig.
     let client = redis::Client::open(sys.redis.as_ref().unwrap().url()).unwrap();
     let mut con = client.get_multiplexed_async_connection().await.unwrap();
@@ -75,9 +168,18 @@ async fn secrets_are_sealed_in_the_store() {
     for k in keys {
         let v: Vec<u8> = con.hget(&k, "v").await.unwrap();
         let text = String::from_utf8_lossy(&v);
-        assert!(!text.contains("-----BEGIN"), "{k} holds a PEM block in plain text");
-        assert!(!text.contains(&token), "{k} holds the kubeconfig token in plain text");
-        assert!(!text.contains("apiVersion"), "{k} holds a kubeconfig in plain text");
+        assert!(
+            !text.contains("-----BEGIN"),
+            "{k} holds a PEM block in plain text"
+        );
+        assert!(
+            !text.contains(&token),
+            "{k} holds the kubeconfig token in plain text"
+        );
+        assert!(
+            !text.contains("apiVersion"),
+            "{k} holds a kubeconfig in plain text"
+        );
         sealed_seen += text.matches("\"v1:").count();
     }
     // sec1: ssh key, CA cert, CA key, join token, kubeconfig; sec2: kubeconfig.

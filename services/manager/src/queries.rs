@@ -3,11 +3,13 @@
 use crate::Manager;
 use futures::StreamExt;
 use ksctl_bus::subjects::{QUERY_GROUP, QUERY_SUBJECTS};
+use ksctl_core::ClusterId;
 use ksctl_core::keys;
-use ksctl_core::messages::{ClusterInfo, ClusterSummary, NameQuery, OperationView, QueryReply, SwitchData, context_name};
+use ksctl_core::messages::{
+    ClusterInfo, ClusterSummary, NameQuery, OperationView, QueryReply, SwitchData, context_name,
+};
 use ksctl_core::records::{BootstrapRecord, ClusterRecord, InfraRecord, K8sRecord};
 use ksctl_core::spec::ClusterType;
-use ksctl_core::ClusterId;
 use ksctl_runtime::{RuntimeError, read_record};
 use serde::Serialize;
 
@@ -21,8 +23,16 @@ pub async fn start(m: Manager) -> Result<tokio::task::JoinHandle<()>, RuntimeErr
         while let Some(msg) = sub.next().await {
             let m = m.clone();
             tokio::spawn(async move {
-                let Some(reply) = msg.reply.clone() else { return };
-                let verb = msg.subject.as_str().rsplit('.').next().unwrap_or_default().to_string();
+                let Some(reply) = msg.reply.clone() else {
+                    return;
+                };
+                let verb = msg
+                    .subject
+                    .as_str()
+                    .rsplit('.')
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
                 m.rt.metrics.inc("queries_total", &[("query", &verb)]);
                 let body = answer(&m, &verb, &msg.payload).await;
                 if let Err(e) = m.rt.publisher.client.publish(reply, body.into()).await {
@@ -64,7 +74,9 @@ async fn answer(m: &Manager, verb: &str, payload: &[u8]) -> Vec<u8> {
                 },
             }
         }
-        other => json(QueryReply::<()>::err(format!("unknown query {other:?}; expected get, list, info or switch"))),
+        other => json(QueryReply::<()>::err(format!(
+            "unknown query {other:?}; expected get, list, info or switch"
+        ))),
     }
 }
 
@@ -78,7 +90,11 @@ async fn load(m: &Manager, name: &str) -> Result<ClusterRecord, String> {
 }
 
 async fn list(m: &Manager) -> Result<Vec<ClusterSummary>, String> {
-    let rows = m.rt.store.children(keys::CLUSTER_PREFIX.trim_end_matches('.')).await.map_err(|e| e.to_string())?;
+    let rows =
+        m.rt.store
+            .children(keys::CLUSTER_PREFIX.trim_end_matches('.'))
+            .await
+            .map_err(|e| e.to_string())?;
     Ok(rows
         .into_iter()
         .filter_map(|(_, v)| serde_json::from_slice::<ClusterRecord>(&v.value).ok())
@@ -93,7 +109,7 @@ async fn info(m: &Manager, rec: &ClusterRecord) -> Result<ClusterInfo, String> {
     let boot: BootstrapRecord = read_record(s, &keys::bootstrap(&rec.id)).await.map_err(e)?;
     let k8s: K8sRecord = read_record(s, &keys::k8s(&rec.id)).await.map_err(e)?;
     let mut vms: Vec<_> = infra.vms.into_values().collect();
-    vms.sort_by(|a, b| (a.role, a.index).cmp(&(b.role, b.index)));
+    vms.sort_by_key(|v| (v.role, v.index));
     Ok(ClusterInfo {
         summary: ClusterSummary::from(rec),
         spec: rec.spec.clone(),
@@ -113,10 +129,31 @@ async fn switch(m: &Manager, rec: &ClusterRecord) -> Result<SwitchData, String> 
     let s = &m.rt.store;
     let e = |e: ksctl_runtime::PhaseError| e.to_string();
     let sealed = match rec.cluster_type {
-        ClusterType::Managed => read_record::<InfraRecord>(s, &keys::cloud(&rec.id)).await.map_err(e)?.kubeconfig,
-        ClusterType::Selfmanaged => read_record::<BootstrapRecord>(s, &keys::bootstrap(&rec.id)).await.map_err(e)?.kubeconfig,
+        ClusterType::Managed => {
+            read_record::<InfraRecord>(s, &keys::cloud(&rec.id))
+                .await
+                .map_err(e)?
+                .kubeconfig
+        }
+        ClusterType::Selfmanaged => {
+            read_record::<BootstrapRecord>(s, &keys::bootstrap(&rec.id))
+                .await
+                .map_err(e)?
+                .kubeconfig
+        }
     };
-    let sealed = sealed.ok_or_else(|| format!("cluster {} has no kubeconfig yet (state {})", rec.id, rec.state))?;
-    let kubeconfig = m.rt.sealer.open_string(&format!("kubeconfig/{}", rec.id), &sealed).map_err(|e| e.to_string())?;
-    Ok(SwitchData { context: context_name(rec), kubeconfig })
+    let sealed = sealed.ok_or_else(|| {
+        format!(
+            "cluster {} has no kubeconfig yet (state {})",
+            rec.id, rec.state
+        )
+    })?;
+    let kubeconfig =
+        m.rt.sealer
+            .open_string(&format!("kubeconfig/{}", rec.id), &sealed)
+            .map_err(|e| e.to_string())?;
+    Ok(SwitchData {
+        context: context_name(rec),
+        kubeconfig,
+    })
 }

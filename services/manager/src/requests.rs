@@ -4,7 +4,10 @@ use crate::Manager;
 use crate::ops::touch;
 use ksctl_bus::{Envelope, Handler, HandlerError};
 use ksctl_core::ids::validate_request_id;
-use ksctl_core::messages::{API_VERSION, CreateRequest, DeleteRequest, Event, EventKind, REPLY_HEADER, RequestReply, ScaleRequest};
+use ksctl_core::messages::{
+    API_VERSION, CreateRequest, DeleteRequest, Event, EventKind, REPLY_HEADER, RequestReply,
+    ScaleRequest,
+};
 use ksctl_core::records::{ClusterRecord, OperationRecord};
 use ksctl_core::saga::first_phase;
 use ksctl_core::spec::{ClusterType, FieldError, MAX_NODES_PER_ROLE};
@@ -16,27 +19,49 @@ pub struct RequestHandler(pub Manager);
 
 /// Why a request was not accepted.
 enum Outcome {
-    Accepted(RequestReply),
-    Rejected { cluster: Option<String>, request_id: Option<String>, message: String, errors: Vec<FieldError> },
+    Accepted(Box<RequestReply>),
+    Rejected {
+        cluster: Option<String>,
+        request_id: Option<String>,
+        message: String,
+        errors: Vec<FieldError>,
+    },
 }
 
 fn reject(cluster: Option<&str>, request_id: Option<&str>, message: impl Into<String>) -> Outcome {
-    Outcome::Rejected { cluster: cluster.map(Into::into), request_id: request_id.map(Into::into), message: message.into(), errors: vec![] }
+    Outcome::Rejected {
+        cluster: cluster.map(Into::into),
+        request_id: request_id.map(Into::into),
+        message: message.into(),
+        errors: vec![],
+    }
 }
 
 fn parse<T: DeserializeOwned>(payload: &[u8]) -> Result<T, Outcome> {
-    serde_json::from_slice(payload).map_err(|e| reject(None, None, format!("malformed request: {e}")))
+    serde_json::from_slice(payload)
+        .map_err(|e| reject(None, None, format!("malformed request: {e}")))
 }
 
 fn check_common(api_version: &str, request_id: &str, name: &str) -> Result<ClusterId, Outcome> {
     let mut errors = Vec::new();
     if api_version != API_VERSION {
-        errors.push(FieldError { field: "api_version".into(), message: format!("{api_version:?} is not supported; use {API_VERSION:?}") });
+        errors.push(FieldError {
+            field: "api_version".into(),
+            message: format!("{api_version:?} is not supported; use {API_VERSION:?}"),
+        });
     }
     if let Err(m) = validate_request_id(request_id) {
-        errors.push(FieldError { field: "request_id".into(), message: m });
+        errors.push(FieldError {
+            field: "request_id".into(),
+            message: m,
+        });
     }
-    let id = ClusterId::new(name).map_err(|m| errors.push(FieldError { field: "cluster_name".into(), message: m }));
+    let id = ClusterId::new(name).map_err(|m| {
+        errors.push(FieldError {
+            field: "cluster_name".into(),
+            message: m,
+        })
+    });
     match (errors.is_empty(), id) {
         (true, Ok(id)) => Ok(id),
         _ => Err(invalid(name, request_id, errors)),
@@ -53,18 +78,28 @@ fn invalid(name: &str, request_id: &str, errors: Vec<FieldError>) -> Outcome {
     }
 }
 
-fn accepted(id: &ClusterId, request_id: &str, op: Option<&OperationId>, message: String) -> Outcome {
-    Outcome::Accepted(RequestReply {
+fn accepted(
+    id: &ClusterId,
+    request_id: &str,
+    op: Option<&OperationId>,
+    message: String,
+) -> Outcome {
+    Outcome::Accepted(Box::new(RequestReply {
         accepted: true,
         request_id: Some(request_id.into()),
         cluster_id: Some(id.clone()),
         operation_id: op.cloned(),
         message,
         errors: vec![],
-    })
+    }))
 }
 
-fn new_operation(id: &str, kind: OpKind, rec: &ClusterRecord, target_workers: Option<u32>) -> OperationRecord {
+fn new_operation(
+    id: &str,
+    kind: OpKind,
+    rec: &ClusterRecord,
+    target_workers: Option<u32>,
+) -> OperationRecord {
     let now = now_ms();
     OperationRecord {
         id: OperationId::from_request(id),
@@ -84,25 +119,56 @@ fn new_operation(id: &str, kind: OpKind, rec: &ClusterRecord, target_workers: Op
 impl Handler for RequestHandler {
     async fn handle(&self, env: &Envelope) -> Result<(), HandlerError> {
         let m = &self.0;
-        let verb = env.subject().rsplit('.').next().unwrap_or_default().to_string();
+        let verb = env
+            .subject()
+            .rsplit('.')
+            .next()
+            .unwrap_or_default()
+            .to_string();
         let outcome = match verb.as_str() {
             "create" => self.create(env.payload()).await?,
             "delete" => self.delete(env.payload()).await?,
             "scale" => self.scale(env.payload()).await?,
-            other => reject(None, None, format!("unknown request {other:?}; expected create, delete or scale")),
+            other => reject(
+                None,
+                None,
+                format!("unknown request {other:?}; expected create, delete or scale"),
+            ),
         };
         let reply = match outcome {
             Outcome::Accepted(r) => {
-                m.rt.metrics.inc("requests_total", &[("request", &verb), ("outcome", "accepted")]);
-                r
+                m.rt.metrics.inc(
+                    "requests_total",
+                    &[("request", &verb), ("outcome", "accepted")],
+                );
+                *r
             }
-            Outcome::Rejected { cluster, request_id, message, errors } => {
-                m.rt.metrics.inc("requests_total", &[("request", &verb), ("outcome", "rejected")]);
+            Outcome::Rejected {
+                cluster,
+                request_id,
+                message,
+                errors,
+            } => {
+                m.rt.metrics.inc(
+                    "requests_total",
+                    &[("request", &verb), ("outcome", "rejected")],
+                );
                 tracing::info!(request = %verb, %message, "request rejected");
-                let mut ev = Event::new(cluster.as_deref().unwrap_or("_"), EventKind::Rejected, message.clone());
+                let mut ev = Event::new(
+                    cluster.as_deref().unwrap_or("_"),
+                    EventKind::Rejected,
+                    message.clone(),
+                );
                 ev.request_id = request_id.clone();
                 m.rt.publisher.event(ev).await;
-                RequestReply { accepted: false, request_id, cluster_id: cluster.and_then(|c| ClusterId::new(&c).ok()), operation_id: None, message, errors }
+                RequestReply {
+                    accepted: false,
+                    request_id,
+                    cluster_id: cluster.and_then(|c| ClusterId::new(&c).ok()),
+                    operation_id: None,
+                    message,
+                    errors,
+                }
             }
         };
         if let Some(to) = env.header(REPLY_HEADER) {
@@ -131,7 +197,10 @@ impl RequestHandler {
             Err(errors) => return Ok(invalid(&req.spec.cluster_name, &req.request_id, errors)),
         };
         let op_id = OperationId::from_request(&req.request_id);
-        if let Some(o) = self.precheck(&id, &op_id, &req.request_id, OpKind::Create).await? {
+        if let Some(o) = self
+            .precheck(&id, &op_id, &req.request_id, OpKind::Create)
+            .await?
+        {
             return Ok(o);
         }
         let lease = m.lease(&id).await?;
@@ -184,7 +253,8 @@ impl RequestHandler {
             Ok(id) => id,
             Err(o) => return Ok(o),
         };
-        self.transition(&id, &req.request_id, OpKind::Delete, |_| Ok(None)).await
+        self.transition(&id, &req.request_id, OpKind::Delete, |_| Ok(None))
+            .await
     }
 
     async fn scale(&self, payload: &[u8]) -> Result<Outcome, HandlerError> {
@@ -197,7 +267,13 @@ impl RequestHandler {
             Err(o) => return Ok(o),
         };
         if req.workers > MAX_NODES_PER_ROLE {
-            let e = FieldError { field: "workers".into(), message: format!("{} is more than the limit of {MAX_NODES_PER_ROLE}", req.workers) };
+            let e = FieldError {
+                field: "workers".into(),
+                message: format!(
+                    "{} is more than the limit of {MAX_NODES_PER_ROLE}",
+                    req.workers
+                ),
+            };
             return Ok(invalid(&req.cluster_name, &req.request_id, vec![e]));
         }
         let target = req.workers;
@@ -268,35 +344,75 @@ impl RequestHandler {
     /// Answers without the cluster lease when the answer needs no write: a repeated request,
     /// or one the state machine forbids (a busy cluster's lease is held by the worker of its
     /// current phase, and a rejection must not wait for that phase to end).
-    async fn precheck(&self, id: &ClusterId, op_id: &OperationId, request_id: &str, kind: OpKind) -> Result<Option<Outcome>, HandlerError> {
+    async fn precheck(
+        &self,
+        id: &ClusterId,
+        op_id: &OperationId,
+        request_id: &str,
+        kind: OpKind,
+    ) -> Result<Option<Outcome>, HandlerError> {
         let existing = self.0.load(id).await?;
-        if let Some(o) = self.same_operation(&existing, op_id, id, request_id).await? {
+        if let Some(o) = self
+            .same_operation(&existing, op_id, id, request_id)
+            .await?
+        {
             return Ok(Some(o));
         }
         let state = existing.as_ref().map(|(r, _)| r.state);
         // Scale's direction is decided under the lease; its rules match scale-up's.
         match (state, check_transition(state, kind)) {
-            (None, Err(_)) => Ok(Some(reject(Some(id.as_str()), Some(request_id), format!("no cluster named {id}")))),
-            (Some(_), Err(why)) => Ok(Some(reject(Some(id.as_str()), Some(request_id), format!("cannot {kind} cluster {id}: {why}")))),
+            (None, Err(_)) => Ok(Some(reject(
+                Some(id.as_str()),
+                Some(request_id),
+                format!("no cluster named {id}"),
+            ))),
+            (Some(_), Err(why)) => Ok(Some(reject(
+                Some(id.as_str()),
+                Some(request_id),
+                format!("cannot {kind} cluster {id}: {why}"),
+            ))),
             _ => Ok(None),
         }
     }
 
     /// A request already recorded (published twice, or redelivered after a crash) gets the
     /// same answer again, and its current phase is dispatched again (deduplicated by id).
-    async fn same_operation(&self, existing: &Option<(ClusterRecord, u64)>, op_id: &OperationId, id: &ClusterId, request_id: &str) -> Result<Option<Outcome>, HandlerError> {
-        let Some((rec, _)) = existing else { return Ok(None) };
+    async fn same_operation(
+        &self,
+        existing: &Option<(ClusterRecord, u64)>,
+        op_id: &OperationId,
+        id: &ClusterId,
+        request_id: &str,
+    ) -> Result<Option<Outcome>, HandlerError> {
+        let Some((rec, _)) = existing else {
+            return Ok(None);
+        };
         if rec.operation.as_ref().is_some_and(|o| &o.id == op_id) {
             self.0.dispatch(rec).await?;
-            return Ok(Some(accepted(id, request_id, Some(op_id), format!("operation {op_id} is under way"))));
+            return Ok(Some(accepted(
+                id,
+                request_id,
+                Some(op_id),
+                format!("operation {op_id} is under way"),
+            )));
         }
         if rec.last_operation.as_ref().is_some_and(|o| &o.id == op_id) {
-            return Ok(Some(accepted(id, request_id, Some(op_id), format!("operation {op_id} already finished"))));
+            return Ok(Some(accepted(
+                id,
+                request_id,
+                Some(op_id),
+                format!("operation {op_id} already finished"),
+            )));
         }
         Ok(None)
     }
 
-    async fn start(&self, rec: ClusterRecord, revision: Option<u64>, request_id: &str) -> Result<Outcome, HandlerError> {
+    async fn start(
+        &self,
+        rec: ClusterRecord,
+        revision: Option<u64>,
+        request_id: &str,
+    ) -> Result<Outcome, HandlerError> {
         let m = &self.0;
         m.save(&rec, revision).await?;
         // Recorded first, then dispatched: a crash in between is healed by the redelivered
@@ -304,7 +420,17 @@ impl RequestHandler {
         m.dispatch(&rec).await?;
         let op = rec.operation.as_ref().expect("set by caller");
         tracing::info!(cluster_id = %rec.id, op_id = %op.id, kind = %op.kind, "operation started");
-        m.event(&rec, EventKind::Accepted, format!("{} of cluster {} accepted", op.kind, rec.id)).await;
-        Ok(accepted(&rec.id, request_id, Some(&op.id), format!("{} of cluster {} accepted", op.kind, rec.id)))
+        m.event(
+            &rec,
+            EventKind::Accepted,
+            format!("{} of cluster {} accepted", op.kind, rec.id),
+        )
+        .await;
+        Ok(accepted(
+            &rec.id,
+            request_id,
+            Some(&op.id),
+            format!("{} of cluster {} accepted", op.kind, rec.id),
+        ))
     }
 }

@@ -5,11 +5,11 @@ use crate::ops::touch;
 use ksctl_bus::{Envelope, Handler, HandlerError};
 use ksctl_core::keys;
 use ksctl_core::messages::{EventKind, PhaseResult};
+use ksctl_core::now_ms;
 use ksctl_core::records::ClusterRecord;
 use ksctl_core::saga::{next_phase, previous_phase};
 use ksctl_core::spec::ClusterType;
 use ksctl_core::state::{ClusterState, OpKind};
-use ksctl_core::now_ms;
 use tracing::Instrument;
 
 pub struct ResultHandler(pub Manager);
@@ -17,8 +17,9 @@ pub struct ResultHandler(pub Manager);
 #[async_trait::async_trait]
 impl Handler for ResultHandler {
     async fn handle(&self, env: &Envelope) -> Result<(), HandlerError> {
-        let res: PhaseResult = serde_json::from_slice(env.payload())
-            .map_err(|e| HandlerError::Permanent(format!("undecodable result on {}: {e}", env.subject())))?;
+        let res: PhaseResult = serde_json::from_slice(env.payload()).map_err(|e| {
+            HandlerError::Permanent(format!("undecodable result on {}: {e}", env.subject()))
+        })?;
         let span = tracing::info_span!("result", cluster_id = %res.cluster_id, op_id = %res.op_id, phase = %res.phase);
         async {
             let lease = self.0.lease(&res.cluster_id).await?;
@@ -58,8 +59,19 @@ impl ResultHandler {
             rec.last_operation = Some(op.clone());
             touch(&mut rec);
             m.save(&rec, Some(rev)).await?;
-            m.rt.metrics.inc("operations_total", &[("kind", op.kind.as_str()), ("outcome", "failed")]);
-            m.event(&rec, EventKind::OperationFailed, format!("{} of cluster {} failed in {}: {error}", op.kind, rec.id, res.phase)).await;
+            m.rt.metrics.inc(
+                "operations_total",
+                &[("kind", op.kind.as_str()), ("outcome", "failed")],
+            );
+            m.event(
+                &rec,
+                EventKind::OperationFailed,
+                format!(
+                    "{} of cluster {} failed in {}: {error}",
+                    op.kind, rec.id, res.phase
+                ),
+            )
+            .await;
             return Ok(());
         }
         op.phases_done.push(res.phase);
@@ -78,22 +90,53 @@ impl ResultHandler {
         Ok(())
     }
 
-    async fn finish(&self, mut rec: ClusterRecord, rev: u64, mut op: ksctl_core::records::OperationRecord) -> Result<(), HandlerError> {
+    async fn finish(
+        &self,
+        mut rec: ClusterRecord,
+        rev: u64,
+        mut op: ksctl_core::records::OperationRecord,
+    ) -> Result<(), HandlerError> {
         let m = &self.0;
         op.finished_at_ms = Some(now_ms());
-        let secs = (op.finished_at_ms.unwrap_or(0).saturating_sub(op.started_at_ms)) as f64 / 1000.0;
-        m.rt.metrics.inc("operations_total", &[("kind", op.kind.as_str()), ("outcome", "succeeded")]);
-        m.rt.metrics.add("operation_seconds_total", &[("kind", op.kind.as_str())], secs);
+        let secs = (op
+            .finished_at_ms
+            .unwrap_or(0)
+            .saturating_sub(op.started_at_ms)) as f64
+            / 1000.0;
+        m.rt.metrics.inc(
+            "operations_total",
+            &[("kind", op.kind.as_str()), ("outcome", "succeeded")],
+        );
+        m.rt.metrics.add(
+            "operation_seconds_total",
+            &[("kind", op.kind.as_str())],
+            secs,
+        );
         if op.kind == OpKind::Delete {
             // The controllers' records first, the cluster record last: a crash in between
             // leaves a record the redelivered result finishes deleting.
-            for key in [keys::k8s(&rec.id), keys::bootstrap(&rec.id), keys::cloud(&rec.id)] {
-                m.rt.store.delete(&key).await.map_err(crate::ops::store_retry)?;
+            for key in [
+                keys::k8s(&rec.id),
+                keys::bootstrap(&rec.id),
+                keys::cloud(&rec.id),
+            ] {
+                m.rt.store
+                    .delete(&key)
+                    .await
+                    .map_err(crate::ops::store_retry)?;
             }
-            m.rt.store.delete(&keys::cluster(&rec.id)).await.map_err(crate::ops::store_retry)?;
+            m.rt.store
+                .delete(&keys::cluster(&rec.id))
+                .await
+                .map_err(crate::ops::store_retry)?;
             rec.operation = None;
             rec.last_operation = Some(op);
-            m.event(&rec, EventKind::OperationSucceeded, format!("cluster {} deleted", rec.id)).await;
+            m.event(
+                &rec,
+                EventKind::OperationSucceeded,
+                format!("cluster {} deleted", rec.id),
+            )
+            .await;
             return Ok(());
         }
         if let Some(t) = op.target_workers {
@@ -108,7 +151,12 @@ impl ResultHandler {
         rec.last_operation = Some(op);
         touch(&mut rec);
         m.save(&rec, Some(rev)).await?;
-        m.event(&rec, EventKind::OperationSucceeded, format!("{kind} of cluster {} succeeded; it is running", rec.id)).await;
+        m.event(
+            &rec,
+            EventKind::OperationSucceeded,
+            format!("{kind} of cluster {} succeeded; it is running", rec.id),
+        )
+        .await;
         Ok(())
     }
 }

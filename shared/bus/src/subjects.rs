@@ -107,7 +107,11 @@ pub async fn ensure_streams(js: &jetstream::Context, s: &BusSettings) -> Result<
         work_queue(RESULTS_STREAM, RESULT_SUBJECTS, s),
     ];
     for svc in [Service::Cloud, Service::Bootstrap, Service::K8s] {
-        configs.push(work_queue(service_stream(svc), &format!("ksctl.{}.>", svc.as_str()), s));
+        configs.push(work_queue(
+            service_stream(svc),
+            &format!("ksctl.{}.>", svc.as_str()),
+            s,
+        ));
     }
     configs.push(stream::Config {
         name: EVENTS_STREAM.into(),
@@ -121,7 +125,10 @@ pub async fn ensure_streams(js: &jetstream::Context, s: &BusSettings) -> Result<
         let name = cfg.name.clone();
         js.get_or_create_stream(cfg)
             .await
-            .map_err(|e| BusError::Setup { stream: name, message: e.to_string() })?;
+            .map_err(|e| BusError::Setup {
+                stream: name,
+                message: e.to_string(),
+            })?;
     }
     Ok(())
 }
@@ -134,8 +141,14 @@ pub async fn durable_consumer(
     s: &BusSettings,
     max_ack_pending: i64,
 ) -> Result<jetstream::consumer::Consumer<pull::Config>, BusError> {
-    let setup = |e: String| BusError::Setup { stream: stream_name.into(), message: e };
-    let stream = js.get_stream(stream_name).await.map_err(|e| setup(e.to_string()))?;
+    let setup = |e: String| BusError::Setup {
+        stream: stream_name.into(),
+        message: e,
+    };
+    let stream = js
+        .get_stream(stream_name)
+        .await
+        .map_err(|e| setup(e.to_string()))?;
     stream
         .get_or_create_consumer(
             durable,

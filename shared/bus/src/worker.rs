@@ -41,7 +41,10 @@ impl Default for WorkerOptions {
 /// every delivery in milliseconds.
 pub fn backoff(opts: &WorkerOptions, delivered: i64) -> Duration {
     let exp = (delivered.max(1) - 1).min(16) as u32;
-    let d = opts.base_backoff.saturating_mul(2u32.saturating_pow(exp)).min(opts.max_backoff);
+    let d = opts
+        .base_backoff
+        .saturating_mul(2u32.saturating_pow(exp))
+        .min(opts.max_backoff);
     let jitter = fastrand_jitter(d.as_millis() as u64 / 4);
     d + Duration::from_millis(jitter)
 }
@@ -65,7 +68,10 @@ pub async fn run_consumer(
     opts: WorkerOptions,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), BusError> {
-    let err = |m: String| BusError::Consume { consumer: name.into(), message: m };
+    let err = |m: String| BusError::Consume {
+        consumer: name.into(),
+        message: m,
+    };
     // Pull no more than we can work on: a prefetched message waits on its ack timer.
     let mut messages = consumer
         .stream()
@@ -116,8 +122,14 @@ pub async fn run_consumer(
     // Graceful shutdown: stop pulling, let in-flight work finish within the deadline; whatever
     // is still running is aborted and its envelope NAKs itself for another replica.
     let drain = async { while tasks.join_next().await.is_some() {} };
-    if tokio::time::timeout(opts.drain_deadline, drain).await.is_err() {
-        tracing::warn!(consumer = name, "in-flight work did not finish before the deadline; aborting it");
+    if tokio::time::timeout(opts.drain_deadline, drain)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            consumer = name,
+            "in-flight work did not finish before the deadline; aborting it"
+        );
     }
     Ok(())
 }
@@ -128,7 +140,11 @@ mod tests {
 
     #[test]
     fn backoff_grows_and_caps() {
-        let o = WorkerOptions { base_backoff: Duration::from_millis(100), max_backoff: Duration::from_secs(1), ..Default::default() };
+        let o = WorkerOptions {
+            base_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(1),
+            ..Default::default()
+        };
         let d1 = backoff(&o, 1);
         let d3 = backoff(&o, 3);
         assert!(d1 >= Duration::from_millis(100) && d1 < Duration::from_millis(126));

@@ -64,25 +64,51 @@ impl SimConfig {
     pub fn parse(latency_ms: u64, faults: &str) -> Result<Self, String> {
         let mut out = Vec::new();
         for item in faults.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-            let (step, rest) = item.split_once('=').ok_or_else(|| format!("fault {item:?}: expected <step>=<kind>[*N]"))?;
+            let (step, rest) = item
+                .split_once('=')
+                .ok_or_else(|| format!("fault {item:?}: expected <step>=<kind>[*N]"))?;
             let (kind, times) = match rest.split_once('*') {
-                Some((k, n)) => (k, n.parse::<u32>().map_err(|_| format!("fault {item:?}: bad count {n:?}"))?),
+                Some((k, n)) => (
+                    k,
+                    n.parse::<u32>()
+                        .map_err(|_| format!("fault {item:?}: bad count {n:?}"))?,
+                ),
                 None => (rest, u32::MAX),
             };
             let kind = match kind {
                 "retryable" => FaultKind::Retryable,
                 "permanent" => FaultKind::Permanent,
                 "crash" => FaultKind::Crash,
-                k => return Err(format!("fault {item:?}: unknown kind {k:?} (retryable, permanent, crash)")),
+                k => {
+                    return Err(format!(
+                        "fault {item:?}: unknown kind {k:?} (retryable, permanent, crash)"
+                    ));
+                }
             };
-            out.push(Fault { step_prefix: step.to_string(), kind, times });
+            out.push(Fault {
+                step_prefix: step.to_string(),
+                kind,
+                times,
+            });
         }
-        Ok(Self { latency: Duration::from_millis(latency_ms), faults: out })
+        Ok(Self {
+            latency: Duration::from_millis(latency_ms),
+            faults: out,
+        })
     }
 
     pub fn from_env() -> Result<Self, String> {
-        let latency = std::env::var("KSCTL_SIM_LATENCY_MS").ok().map(|v| v.parse::<u64>().map_err(|_| format!("KSCTL_SIM_LATENCY_MS={v:?} is not a number"))).transpose()?;
-        Self::parse(latency.unwrap_or(0), &std::env::var("KSCTL_SIM_FAULTS").unwrap_or_default())
+        let latency = std::env::var("KSCTL_SIM_LATENCY_MS")
+            .ok()
+            .map(|v| {
+                v.parse::<u64>()
+                    .map_err(|_| format!("KSCTL_SIM_LATENCY_MS={v:?} is not a number"))
+            })
+            .transpose()?;
+        Self::parse(
+            latency.unwrap_or(0),
+            &std::env::var("KSCTL_SIM_FAULTS").unwrap_or_default(),
+        )
     }
 }
 
@@ -94,7 +120,11 @@ pub struct Sim {
 
 impl Sim {
     pub fn new(store: DynStore, cfg: SimConfig) -> Self {
-        Self { store, cfg, fired: Mutex::new(HashMap::new()) }
+        Self {
+            store,
+            cfg,
+            fired: Mutex::new(HashMap::new()),
+        }
     }
 
     /// Every simulated call goes through here: latency, then any fault planned for this step.
@@ -118,8 +148,16 @@ impl Sim {
             };
             if fire {
                 match f.kind {
-                    FaultKind::Retryable => return Err(PhaseError::Retryable(format!("simulated transient failure at {step}"))),
-                    FaultKind::Permanent => return Err(PhaseError::Permanent(format!("simulated permanent failure at {step}"))),
+                    FaultKind::Retryable => {
+                        return Err(PhaseError::Retryable(format!(
+                            "simulated transient failure at {step}"
+                        )));
+                    }
+                    FaultKind::Permanent => {
+                        return Err(PhaseError::Permanent(format!(
+                            "simulated permanent failure at {step}"
+                        )));
+                    }
                     FaultKind::Crash => {
                         eprintln!("simulated crash at {step}");
                         std::process::abort();
@@ -135,18 +173,41 @@ impl Sim {
         let parent = keys::sim_prefix(cluster);
         let rows = self.store.children(parent.trim_end_matches('.')).await?;
         rows.into_iter()
-            .map(|(k, v)| serde_json::from_slice(&v.value).map_err(|e| PhaseError::Permanent(format!("sim resource {k}: {e}"))))
+            .map(|(k, v)| {
+                serde_json::from_slice(&v.value)
+                    .map_err(|e| PhaseError::Permanent(format!("sim resource {k}: {e}")))
+            })
             .collect()
     }
 
     /// Looks a resource up by its tag.
-    pub async fn find(&self, cluster: &ClusterId, name: &str) -> Result<Option<SimResource>, PhaseError> {
-        Ok(self.list(cluster).await?.into_iter().find(|r| r.name == name))
+    pub async fn find(
+        &self,
+        cluster: &ClusterId,
+        name: &str,
+    ) -> Result<Option<SimResource>, PhaseError> {
+        Ok(self
+            .list(cluster)
+            .await?
+            .into_iter()
+            .find(|r| r.name == name))
     }
 
     /// Creates a resource with a fresh id (as a cloud API does): calling it twice makes two.
-    pub async fn create(&self, cluster: &ClusterId, kind: &str, name: &str, role: Option<Role>, index: u32, size: u32) -> Result<SimResource, PhaseError> {
-        let id = format!("{}-{}", kind.replace('_', ""), &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    pub async fn create(
+        &self,
+        cluster: &ClusterId,
+        kind: &str,
+        name: &str,
+        role: Option<Role>,
+        index: u32,
+        size: u32,
+    ) -> Result<SimResource, PhaseError> {
+        let id = format!(
+            "{}-{}",
+            kind.replace('_', ""),
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        );
         let n = fastrand::u32(1..250);
         let r = SimResource {
             id: id.clone(),
@@ -155,18 +216,39 @@ impl Sim {
             name: name.into(),
             role,
             index,
-            public_ip: if kind == "vm" { format!("203.0.113.{n}") } else { String::new() },
-            private_ip: if kind == "vm" { format!("10.0.{}.{}", n % 3, fastrand::u32(2..250)) } else { String::new() },
+            public_ip: if kind == "vm" {
+                format!("203.0.113.{n}")
+            } else {
+                String::new()
+            },
+            private_ip: if kind == "vm" {
+                format!("10.0.{}.{}", n % 3, fastrand::u32(2..250))
+            } else {
+                String::new()
+            },
             size,
             applied: vec![],
             created_at_ms: ksctl_core::now_ms(),
         };
-        put_new(self.store.as_ref(), &format!("{}{id}", keys::sim_prefix(cluster)), &r).await?;
+        put_new(
+            self.store.as_ref(),
+            &format!("{}{id}", keys::sim_prefix(cluster)),
+            &r,
+        )
+        .await?;
         Ok(r)
     }
 
     /// Looks up by tag, creates only if absent.
-    pub async fn ensure(&self, cluster: &ClusterId, kind: &str, name: &str, role: Option<Role>, index: u32, size: u32) -> Result<SimResource, PhaseError> {
+    pub async fn ensure(
+        &self,
+        cluster: &ClusterId,
+        kind: &str,
+        name: &str,
+        role: Option<Role>,
+        index: u32,
+        size: u32,
+    ) -> Result<SimResource, PhaseError> {
         match self.find(cluster, name).await? {
             Some(r) => Ok(r),
             None => self.create(cluster, kind, name, role, index, size).await,
@@ -175,11 +257,19 @@ impl Sim {
 
     /// Deletes by id; "not found" is done.
     pub async fn delete(&self, cluster: &ClusterId, id: &str) -> Result<(), PhaseError> {
-        Ok(self.store.delete(&format!("{}{id}", keys::sim_prefix(cluster))).await?)
+        Ok(self
+            .store
+            .delete(&format!("{}{id}", keys::sim_prefix(cluster)))
+            .await?)
     }
 
     /// Changes a resource in place (node pool size, host steps).
-    pub async fn update(&self, cluster: &ClusterId, id: &str, f: impl Fn(&mut SimResource) + Send) -> Result<SimResource, PhaseError> {
+    pub async fn update(
+        &self,
+        cluster: &ClusterId,
+        id: &str,
+        f: impl Fn(&mut SimResource) + Send,
+    ) -> Result<SimResource, PhaseError> {
         let key = format!("{}{id}", keys::sim_prefix(cluster));
         let out = modify(self.store.as_ref(), &key, |cur: Option<SimResource>| {
             let mut r = cur.ok_or_else(|| format!("simulated resource {id} does not exist"))?;
@@ -187,11 +277,17 @@ impl Sim {
             Ok::<_, String>(Some(r))
         })
         .await?;
-        out.map(|r| r.expect("written")).map_err(PhaseError::Permanent)
+        out.map(|r| r.expect("written"))
+            .map_err(PhaseError::Permanent)
     }
 
     /// Applies a host step on a simulated VM, once: like a real host step guarded by a check.
-    pub async fn apply_on_host(&self, cluster: &ClusterId, host_id: &str, step: &str) -> Result<(), PhaseError> {
+    pub async fn apply_on_host(
+        &self,
+        cluster: &ClusterId,
+        host_id: &str,
+        step: &str,
+    ) -> Result<(), PhaseError> {
         let step = step.to_string();
         self.update(cluster, host_id, move |r| {
             if !r.applied.contains(&step) {
@@ -202,9 +298,46 @@ impl Sim {
         .map(|_| ())
     }
 
-    pub async fn get(&self, cluster: &ClusterId, id: &str) -> Result<Option<SimResource>, PhaseError> {
-        Ok(get_json(self.store.as_ref(), &format!("{}{id}", keys::sim_prefix(cluster))).await?.map(|(r, _)| r))
+    pub async fn get(
+        &self,
+        cluster: &ClusterId,
+        id: &str,
+    ) -> Result<Option<SimResource>, PhaseError> {
+        Ok(get_json(
+            self.store.as_ref(),
+            &format!("{}{id}", keys::sim_prefix(cluster)),
+        )
+        .await?
+        .map(|(r, _)| r))
     }
+}
+
+/// A PEM-shaped block of random bytes: what the simulator hands out as keys and certificates,
+/// so that tests can check no such block ever reaches the store unsealed.
+pub fn fake_pem(label: &str) -> String {
+    use base64::Engine;
+    let bytes: Vec<u8> = (0..96).map(|_| fastrand::u8(..)).collect();
+    let b64 = base64::engine::general_purpose::STANDARD.encode(bytes);
+    format!("-----BEGIN {label}-----\n{b64}\n-----END {label}-----\n")
+}
+
+/// A random bearer token in the shape kubeadm/k3s use (`abcdef.0123456789abcdef`).
+pub fn fake_token() -> String {
+    let hex = |n: usize| {
+        (0..n)
+            .map(|_| fastrand::alphanumeric().to_ascii_lowercase())
+            .collect::<String>()
+    };
+    format!("{}.{}", hex(6), hex(16))
+}
+
+/// A kubeconfig for `context`, authenticating with a bearer token.
+pub fn kubeconfig(context: &str, server: &str, ca_pem: &str, token: &str) -> String {
+    use base64::Engine;
+    let ca = base64::engine::general_purpose::STANDARD.encode(ca_pem);
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: {context}\n  cluster:\n    server: {server}\n    certificate-authority-data: {ca}\nusers:\n- name: {context}-admin\n  user:\n    token: {token}\ncontexts:\n- name: {context}\n  context:\n    cluster: {context}\n    user: {context}-admin\ncurrent-context: {context}\n"
+    )
 }
 
 #[cfg(test)]
@@ -220,28 +353,4 @@ mod tests {
         assert!(SimConfig::parse(0, "cloud.vm").is_err());
         assert!(SimConfig::parse(0, "cloud.vm=maybe").is_err());
     }
-}
-
-/// A PEM-shaped block of random bytes: what the simulator hands out as keys and certificates,
-/// so that tests can check no such block ever reaches the store unsealed.
-pub fn fake_pem(label: &str) -> String {
-    use base64::Engine;
-    let bytes: Vec<u8> = (0..96).map(|_| fastrand::u8(..)).collect();
-    let b64 = base64::engine::general_purpose::STANDARD.encode(bytes);
-    format!("-----BEGIN {label}-----\n{b64}\n-----END {label}-----\n")
-}
-
-/// A random bearer token in the shape kubeadm/k3s use (`abcdef.0123456789abcdef`).
-pub fn fake_token() -> String {
-    let hex = |n: usize| (0..n).map(|_| fastrand::alphanumeric().to_ascii_lowercase()).collect::<String>();
-    format!("{}.{}", hex(6), hex(16))
-}
-
-/// A kubeconfig for `context`, authenticating with a bearer token.
-pub fn kubeconfig(context: &str, server: &str, ca_pem: &str, token: &str) -> String {
-    use base64::Engine;
-    let ca = base64::engine::general_purpose::STANDARD.encode(ca_pem);
-    format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: {context}\n  cluster:\n    server: {server}\n    certificate-authority-data: {ca}\nusers:\n- name: {context}-admin\n  user:\n    token: {token}\ncontexts:\n- name: {context}\n  context:\n    cluster: {context}\n    user: {context}-admin\ncurrent-context: {context}\n"
-    )
 }

@@ -15,7 +15,10 @@ pub struct LeaseOptions {
 
 impl Default for LeaseOptions {
     fn default() -> Self {
-        Self { ttl: Duration::from_secs(15), wait: Duration::from_secs(2) }
+        Self {
+            ttl: Duration::from_secs(15),
+            wait: Duration::from_secs(2),
+        }
     }
 }
 
@@ -29,7 +32,12 @@ pub struct Lease {
 
 impl Lease {
     /// Takes the lease, waiting up to `opts.wait`. `None`: someone else holds it.
-    pub async fn acquire(store: &DynStore, name: &str, holder: &str, opts: &LeaseOptions) -> Result<Option<Lease>, StoreError> {
+    pub async fn acquire(
+        store: &DynStore,
+        name: &str,
+        holder: &str,
+        opts: &LeaseOptions,
+    ) -> Result<Option<Lease>, StoreError> {
         let deadline = tokio::time::Instant::now() + opts.wait;
         let mut pause = Duration::from_millis(20);
         loop {
@@ -44,7 +52,13 @@ impl Lease {
         }
         let lost = Arc::new(AtomicBool::new(false));
         let renewer = {
-            let (store, name, holder, lost, ttl) = (store.clone(), name.to_string(), holder.to_string(), lost.clone(), opts.ttl);
+            let (store, name, holder, lost, ttl) = (
+                store.clone(),
+                name.to_string(),
+                holder.to_string(),
+                lost.clone(),
+                opts.ttl,
+            );
             tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(ttl / 3).await;
@@ -55,12 +69,20 @@ impl Lease {
                             lost.store(true, Ordering::SeqCst);
                             return;
                         }
-                        Err(e) => tracing::warn!(lease = %name, error = %e, "lease renewal failed; retrying"),
+                        Err(e) => {
+                            tracing::warn!(lease = %name, error = %e, "lease renewal failed; retrying")
+                        }
                     }
                 }
             })
         };
-        Ok(Some(Lease { store: store.clone(), name: name.into(), holder: holder.into(), lost, renewer }))
+        Ok(Some(Lease {
+            store: store.clone(),
+            name: name.into(),
+            holder: holder.into(),
+            lost,
+            renewer,
+        }))
     }
 
     /// True once another holder took the lease: stop acting on the cluster.

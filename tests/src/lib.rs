@@ -16,11 +16,7 @@ pub use system::{Backend, System, SystemOptions};
 
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
 
 /// Starts a server on a free port. Another test may grab the same port between our probe and
@@ -60,10 +56,7 @@ fn require(binary: &str, install_hint: &str) {
         .status()
         .map(|s| s.success())
         .unwrap_or(false);
-    assert!(
-        found,
-        "{binary} is not installed: {install_hint} (scripts/test.sh installs it)"
-    );
+    assert!(found, "{binary} is not installed: {install_hint} (scripts/test.sh installs it)");
 }
 
 /// A temporary directory removed on drop.
@@ -71,10 +64,7 @@ pub struct TempDir(pub PathBuf);
 
 impl TempDir {
     pub fn new(tag: &str) -> Self {
-        let p = std::env::temp_dir().join(format!(
-            "ksctl-test-{tag}-{}",
-            uuid::Uuid::new_v4().simple()
-        ));
+        let p = std::env::temp_dir().join(format!("ksctl-test-{tag}-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&p).expect("temp dir");
         Self(p)
     }
@@ -119,11 +109,7 @@ impl NatsServer {
         self.child = Self::spawn(self.port, &self.dir);
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "nats-server did not come back on port {}",
-                self.port
-            );
+            assert!(Instant::now() < deadline, "nats-server did not come back on port {}", self.port);
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -168,11 +154,7 @@ impl RedisServer {
                 .spawn()
                 .expect("spawn redis-server")
         });
-        Self {
-            child,
-            port,
-            _dir: dir,
-        }
+        Self { child, port, _dir: dir }
     }
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
@@ -198,11 +180,7 @@ pub fn bin_dir() -> PathBuf {
 
 pub fn bin(name: &str) -> PathBuf {
     let p = bin_dir().join(name);
-    assert!(
-        p.exists(),
-        "{} is missing: run `cargo build --workspace --bins` before the tests",
-        p.display()
-    );
+    assert!(p.exists(), "{} is missing: run `cargo build --workspace --bins` before the tests", p.display());
     p
 }
 
@@ -217,10 +195,7 @@ where
         if let Some(t) = f().await {
             return t;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -11,12 +11,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub const SERVICES: [&str; 4] = [
-    "ksctl-manager",
-    "ksctl-cloud-controller",
-    "ksctl-bootstrap-controller",
-    "ksctl-k8s-controller",
-];
+pub const SERVICES: [&str; 4] =
+    ["ksctl-manager", "ksctl-cloud-controller", "ksctl-bootstrap-controller", "ksctl-k8s-controller"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -35,12 +31,7 @@ pub struct SystemOptions {
 
 impl Default for SystemOptions {
     fn default() -> Self {
-        Self {
-            replicas: 1,
-            backend: Backend::Redis,
-            sim_latency_ms: 0,
-            env: vec![],
-        }
+        Self { replicas: 1, backend: Backend::Redis, sim_latency_ms: 0, env: vec![] }
     }
 }
 
@@ -67,24 +58,14 @@ impl System {
         let nats = NatsServer::start();
         let redis = (opts.backend == Backend::Redis).then(RedisServer::start);
         let namespace = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-        let logs = std::env::temp_dir()
-            .join("ksctl-test-logs")
-            .join(&namespace);
+        let logs = std::env::temp_dir().join("ksctl-test-logs").join(&namespace);
         std::fs::create_dir_all(&logs).expect("logs dir");
-        let client = async_nats::connect(nats.url())
-            .await
-            .expect("connect to nats");
+        let client = async_nats::connect(nats.url()).await.expect("connect to nats");
         let store: DynStore = match opts.backend {
             Backend::Redis => Arc::new(
-                RedisStore::connect(&redis.as_ref().expect("redis").url(), &namespace)
-                    .await
-                    .expect("redis store"),
+                RedisStore::connect(&redis.as_ref().expect("redis").url(), &namespace).await.expect("redis store"),
             ),
-            Backend::Nats => Arc::new(
-                KvStore::open(client.clone(), &namespace)
-                    .await
-                    .expect("kv store"),
-            ),
+            Backend::Nats => Arc::new(KvStore::open(client.clone(), &namespace).await.expect("kv store")),
         };
         let mut sys = Self {
             nats,
@@ -112,19 +93,10 @@ impl System {
 
     async fn wait_streams(&self) {
         let js = async_nats::jetstream::new(self.client.clone());
-        eventually(
-            Duration::from_secs(30),
-            "streams created by the manager",
-            || {
-                let js = js.clone();
-                async move {
-                    js.get_stream(ksctl_bus::subjects::EVENTS_STREAM)
-                        .await
-                        .ok()
-                        .map(|_| ())
-                }
-            },
-        )
+        eventually(Duration::from_secs(30), "streams created by the manager", || {
+            let js = js.clone();
+            async move { js.get_stream(ksctl_bus::subjects::EVENTS_STREAM).await.ok().map(|_| ()) }
+        })
         .await;
     }
 
@@ -133,10 +105,7 @@ impl System {
         let js = async_nats::jetstream::new(self.client.clone());
         for (stream, consumer) in [
             (ksctl_bus::subjects::CLOUD_STREAM, "cloud-controller"),
-            (
-                ksctl_bus::subjects::BOOTSTRAP_STREAM,
-                "bootstrap-controller",
-            ),
+            (ksctl_bus::subjects::BOOTSTRAP_STREAM, "bootstrap-controller"),
             (ksctl_bus::subjects::K8S_STREAM, "k8s-controller"),
             (ksctl_bus::subjects::RESULTS_STREAM, "manager"),
         ] {
@@ -156,24 +125,14 @@ impl System {
             ("KSCTL_NATS_URL".into(), self.nats.url()),
             ("KSCTL_SEAL_KEY".into(), self.seal_key.clone()),
             ("KSCTL_STORE_NAMESPACE".into(), self.namespace.clone()),
-            (
-                "KSCTL_STORE".into(),
-                if self.opts.backend == Backend::Redis {
-                    "redis".into()
-                } else {
-                    "nats".into()
-                },
-            ),
+            ("KSCTL_STORE".into(), if self.opts.backend == Backend::Redis { "redis".into() } else { "nats".into() }),
             // Short timers so crash recovery happens within a test's patience.
             ("KSCTL_ACK_WAIT_SECS".into(), "3".into()),
             ("KSCTL_LEASE_TTL_SECS".into(), "3".into()),
             ("KSCTL_RETRY_BASE_MS".into(), "100".into()),
             ("KSCTL_RECONCILE_INTERVAL_SECS".into(), "2".into()),
             ("KSCTL_PHASE_TIMEOUT_SECS".into(), "20".into()),
-            (
-                "KSCTL_SIM_LATENCY_MS".into(),
-                self.opts.sim_latency_ms.to_string(),
-            ),
+            ("KSCTL_SIM_LATENCY_MS".into(), self.opts.sim_latency_ms.to_string()),
             ("RUST_LOG".into(), "info".into()),
         ];
         if let Some(r) = &self.redis {
@@ -189,29 +148,16 @@ impl System {
             .open(self.logs.join(format!("{b}-{replica}.log")))
             .expect("log file");
         let mut cmd = Command::new(bin(b));
-        cmd.envs(self.base_env())
-            .env("KSCTL_REPLICA_ID", format!("{b}-{replica}"));
+        cmd.envs(self.base_env()).env("KSCTL_REPLICA_ID", format!("{b}-{replica}"));
         for (target, k, v) in &self.opts.env {
             if target == b || target == "*" {
                 cmd.env(k, v);
             }
         }
-        let child = cmd
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {b}: {e}"));
-        match self
-            .procs
-            .iter_mut()
-            .find(|p| p.bin == b && p.replica == replica)
-        {
+        let child = cmd.stdout(Stdio::null()).stderr(log).spawn().unwrap_or_else(|e| panic!("spawn {b}: {e}"));
+        match self.procs.iter_mut().find(|p| p.bin == b && p.replica == replica) {
             Some(p) => p.child = Some(child),
-            None => self.procs.push(ServiceProc {
-                bin: b.into(),
-                replica,
-                child: Some(child),
-            }),
+            None => self.procs.push(ServiceProc { bin: b.into(), replica, child: Some(child) }),
         }
     }
 
@@ -231,12 +177,7 @@ impl System {
             .procs
             .iter_mut()
             .filter(|p| p.bin == b)
-            .filter_map(|p| {
-                p.child
-                    .as_mut()
-                    .is_none_or(|c| c.try_wait().ok().flatten().is_some())
-                    .then_some(p.replica)
-            })
+            .filter_map(|p| p.child.as_mut().is_none_or(|c| c.try_wait().ok().flatten().is_some()).then_some(p.replica))
             .collect();
         for r in dead {
             self.spawn(b, r);
@@ -262,10 +203,7 @@ impl System {
 
     pub async fn cluster(&self, name: &str) -> Option<ClusterRecord> {
         let id = ClusterId::new(name).expect("valid name");
-        ksctl_store::get_json(self.store.as_ref(), &keys::cluster(&id))
-            .await
-            .expect("store")
-            .map(|(r, _)| r)
+        ksctl_store::get_json(self.store.as_ref(), &keys::cluster(&id)).await.expect("store").map(|(r, _)| r)
     }
 
     pub async fn sim_resources(&self, name: &str) -> Vec<SimResource> {
@@ -286,48 +224,27 @@ impl System {
         for r in self.sim_resources(name).await {
             *seen.entry(r.name).or_default() += 1;
             assert!(
-                !r.applied
-                    .iter()
-                    .enumerate()
-                    .any(|(i, s)| r.applied[..i].contains(s)),
+                !r.applied.iter().enumerate().any(|(i, s)| r.applied[..i].contains(s)),
                 "host step applied twice on {}: {:?}",
                 r.id,
                 r.applied
             );
         }
         let dups: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
-        assert!(
-            dups.is_empty(),
-            "resources created twice: {dups:?} (logs in {})",
-            self.logs.display()
-        );
+        assert!(dups.is_empty(), "resources created twice: {dups:?} (logs in {})", self.logs.display());
     }
 
     pub async fn wait_state(&self, name: &str, state: &str, timeout: Duration) -> ClusterRecord {
-        eventually(
-            timeout,
-            &format!(
-                "cluster {name} to be {state} (logs in {})",
-                self.logs.display()
-            ),
-            || async {
-                self.cluster(name)
-                    .await
-                    .filter(|r| r.state.as_str() == state && r.operation.is_none())
-            },
-        )
+        eventually(timeout, &format!("cluster {name} to be {state} (logs in {})", self.logs.display()), || async {
+            self.cluster(name).await.filter(|r| r.state.as_str() == state && r.operation.is_none())
+        })
         .await
     }
 
     pub async fn wait_gone(&self, name: &str, timeout: Duration) {
-        eventually(
-            timeout,
-            &format!(
-                "cluster {name} to be deleted (logs in {})",
-                self.logs.display()
-            ),
-            || async { self.cluster(name).await.is_none().then_some(()) },
-        )
+        eventually(timeout, &format!("cluster {name} to be deleted (logs in {})", self.logs.display()), || async {
+            self.cluster(name).await.is_none().then_some(())
+        })
         .await
     }
 }

@@ -1,10 +1,7 @@
 //! The bus against a real nats-server with JetStream: deduplication, delayed NAKs, the envelope
 //! that NAKs itself when a handler dies.
 use ksctl_bus::subjects::{RESULTS_STREAM, durable_consumer};
-use ksctl_bus::{
-    BusSettings, Envelope, Handler, HandlerError, Publisher, WorkerOptions, ensure_streams,
-    run_consumer,
-};
+use ksctl_bus::{BusSettings, Envelope, Handler, HandlerError, Publisher, WorkerOptions, ensure_streams, run_consumer};
 use ksctl_core::messages::PhaseResult;
 use ksctl_core::saga::Phase;
 use ksctl_core::{ClusterId, OperationId};
@@ -15,10 +12,7 @@ use std::time::{Duration, Instant};
 async fn setup(server: &NatsServer) -> Publisher {
     let client = async_nats::connect(server.url()).await.unwrap();
     let p = Publisher::new(client);
-    let s = BusSettings {
-        ack_wait: Duration::from_secs(2),
-        ..Default::default()
-    };
+    let s = BusSettings { ack_wait: Duration::from_secs(2), ..Default::default() };
     ensure_streams(&p.js, &s).await.unwrap();
     p
 }
@@ -33,14 +27,7 @@ fn result() -> PhaseResult {
 }
 
 async fn count(p: &Publisher, stream: &str) -> u64 {
-    p.js.get_stream(stream)
-        .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
-        .state
-        .messages
+    p.js.get_stream(stream).await.unwrap().info().await.unwrap().state.messages
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -86,40 +73,18 @@ impl Handler for Flaky {
 async fn deliveries(mode: &'static str) -> Vec<Instant> {
     let server = NatsServer::start();
     let p = setup(&server).await;
-    let settings = BusSettings {
-        ack_wait: Duration::from_secs(30),
-        ..Default::default()
-    };
-    let consumer = durable_consumer(&p.js, RESULTS_STREAM, "test", &settings, 100)
-        .await
-        .unwrap();
+    let settings = BusSettings { ack_wait: Duration::from_secs(30), ..Default::default() };
+    let consumer = durable_consumer(&p.js, RESULTS_STREAM, "test", &settings, 100).await.unwrap();
     let seen = Arc::new(Mutex::new(vec![]));
     let (tx, rx) = tokio::sync::watch::channel(false);
-    let opts = WorkerOptions {
-        max_jobs: 2,
-        base_backoff: Duration::from_millis(800),
-        ..Default::default()
-    };
-    let worker = tokio::spawn(run_consumer(
-        "test",
-        consumer,
-        Arc::new(Flaky {
-            mode,
-            seen: seen.clone(),
-        }),
-        opts,
-        rx,
-    ));
+    let opts = WorkerOptions { max_jobs: 2, base_backoff: Duration::from_millis(800), ..Default::default() };
+    let worker = tokio::spawn(run_consumer("test", consumer, Arc::new(Flaky { mode, seen: seen.clone() }), opts, rx));
     p.result(&result()).await.unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await;
     tx.send(true).unwrap();
     worker.await.unwrap().unwrap();
     // Acked after the second delivery: the work queue is empty.
-    assert_eq!(
-        count(&p, RESULTS_STREAM).await,
-        0,
-        "{mode}: message not acked"
-    );
+    assert_eq!(count(&p, RESULTS_STREAM).await, 0, "{mode}: message not acked");
     seen.lock().unwrap().clone()
 }
 
@@ -129,18 +94,12 @@ async fn retryable_error_naks_with_a_delay() {
     assert_eq!(d.len(), 2, "delivered once more, then acked");
     let gap = d[1] - d[0];
     // ack_wait is 30 s, so a redelivery within ~1 s can only come from the delayed NAK.
-    assert!(
-        gap >= Duration::from_millis(750) && gap < Duration::from_secs(5),
-        "gap {gap:?}"
-    );
+    assert!(gap >= Duration::from_millis(750) && gap < Duration::from_secs(5), "gap {gap:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn panicking_handler_naks_itself() {
     let d = deliveries("panic").await;
     assert_eq!(d.len(), 2);
-    assert!(
-        d[1] - d[0] < Duration::from_secs(5),
-        "redelivered by the envelope's NAK, not ack_wait"
-    );
+    assert!(d[1] - d[0] < Duration::from_secs(5), "redelivered by the envelope's NAK, not ack_wait");
 }

@@ -10,15 +10,8 @@ async fn raw_request(sys: &System, verb: &str, body: &[u8]) -> RequestReply {
     let js = async_nats::jetstream::new(sys.client.clone());
     let mut h = async_nats::HeaderMap::new();
     h.insert(REPLY_HEADER, inbox.as_str());
-    js.publish_with_headers(format!("ksctl.request.{verb}"), h, body.to_vec().into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    let m = tokio::time::timeout(Duration::from_secs(10), sub.next())
-        .await
-        .expect("a reply")
-        .unwrap();
+    js.publish_with_headers(format!("ksctl.request.{verb}"), h, body.to_vec().into()).await.unwrap().await.unwrap();
+    let m = tokio::time::timeout(Duration::from_secs(10), sub.next()).await.expect("a reply").unwrap();
     serde_json::from_slice(&m.payload).unwrap()
 }
 
@@ -29,21 +22,13 @@ async fn cluster_keys(sys: &System) -> usize {
 #[tokio::test(flavor = "multi_thread")]
 async fn malformed_and_invalid_requests_change_nothing() {
     let sys = System::start(SystemOptions::default()).await;
-    let mut rejected = sys
-        .client
-        .subscribe("ksctl.events.*.rejected")
-        .await
-        .unwrap();
+    let mut rejected = sys.client.subscribe("ksctl.events.*.rejected").await.unwrap();
 
     let r = raw_request(&sys, "create", b"{not json").await;
     assert!(!r.accepted);
     assert!(r.message.starts_with("malformed request"), "{}", r.message);
     let ev: Event = serde_json::from_slice(
-        &tokio::time::timeout(Duration::from_secs(5), rejected.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .payload,
+        &tokio::time::timeout(Duration::from_secs(5), rejected.next()).await.unwrap().unwrap().payload,
     )
     .unwrap();
     assert_eq!(ev.kind, EventKind::Rejected);
@@ -54,141 +39,41 @@ async fn malformed_and_invalid_requests_change_nothing() {
 
     // Each validation rule, through the CLI: exit code 2 and the field named.
     let cases: &[(&[&str], &str)] = &[
+        (&["--name", "Bad_Name", "--distro", "k3s", "--control-planes", "3", "--datastores", "3"], "cluster_name"),
+        (&["--name", "x", "--distro", "k3s", "--control-planes", "2", "--datastores", "3"], "control_plane_nodes"),
+        (&["--name", "x", "--distro", "k3s", "--control-planes", "3", "--datastores", "4"], "datastore_nodes"),
+        (&["--name", "x", "--control-planes", "3", "--datastores", "3"], "kubernetes_distro"),
+        (&["--name", "x", "--distro", "rke2", "--control-planes", "3", "--datastores", "3"], "kubernetes_distro"),
         (
-            &[
-                "--name",
-                "Bad_Name",
-                "--distro",
-                "k3s",
-                "--control-planes",
-                "3",
-                "--datastores",
-                "3",
-            ],
-            "cluster_name",
-        ),
-        (
-            &[
-                "--name",
-                "x",
-                "--distro",
-                "k3s",
-                "--control-planes",
-                "2",
-                "--datastores",
-                "3",
-            ],
-            "control_plane_nodes",
-        ),
-        (
-            &[
-                "--name",
-                "x",
-                "--distro",
-                "k3s",
-                "--control-planes",
-                "3",
-                "--datastores",
-                "4",
-            ],
-            "datastore_nodes",
-        ),
-        (
-            &["--name", "x", "--control-planes", "3", "--datastores", "3"],
-            "kubernetes_distro",
-        ),
-        (
-            &[
-                "--name",
-                "x",
-                "--distro",
-                "rke2",
-                "--control-planes",
-                "3",
-                "--datastores",
-                "3",
-            ],
-            "kubernetes_distro",
-        ),
-        (
-            &[
-                "--name",
-                "x",
-                "--provider",
-                "gcp",
-                "--distro",
-                "k3s",
-                "--control-planes",
-                "3",
-                "--datastores",
-                "3",
-            ],
+            &["--name", "x", "--provider", "gcp", "--distro", "k3s", "--control-planes", "3", "--datastores", "3"],
             "cloud_provider",
         ),
         (
-            &[
-                "--name",
-                "x",
-                "--provider",
-                "aws",
-                "--distro",
-                "k3s",
-                "--control-planes",
-                "3",
-                "--datastores",
-                "3",
-            ],
+            &["--name", "x", "--provider", "aws", "--distro", "k3s", "--control-planes", "3", "--datastores", "3"],
             "not enabled",
         ),
         (&["--name", "x", "--type", "hosted"], "cluster_type"),
         (&["--name", "x", "--type", "managed"], "managed_nodes"),
-        (
-            &[
-                "--name",
-                &"a".repeat(51),
-                "--type",
-                "managed",
-                "--managed-nodes",
-                "1",
-            ],
-            "at most 50",
-        ),
-        (
-            &[
-                "--name",
-                "x",
-                "--type",
-                "managed",
-                "--managed-nodes",
-                "1",
-                "--version",
-                "latest",
-            ],
-            "kubernetes_version",
-        ),
+        (&["--name", &"a".repeat(51), "--type", "managed", "--managed-nodes", "1"], "at most 50"),
+        (&["--name", "x", "--type", "managed", "--managed-nodes", "1", "--version", "latest"], "kubernetes_version"),
     ];
     for (args, expect) in cases {
         let mut full = vec!["cluster", "create"];
         full.extend_from_slice(args);
         let (code, out, err) = sys.ksctl(&full).await;
         assert_eq!(code, 2, "{args:?}: {out}\n{err}");
-        assert!(
-            err.contains(expect),
-            "{args:?}: expected {expect:?} in {err}"
-        );
+        assert!(err.contains(expect), "{args:?}: expected {expect:?} in {err}");
     }
-    assert_eq!(
-        cluster_keys(&sys).await,
-        0,
-        "a rejected request wrote state"
-    );
+    assert_eq!(cluster_keys(&sys).await, 0, "a rejected request wrote state");
 
     // Unknown fields in a spec file are named.
     let f = sys.logs.join("spec.json");
-    std::fs::write(&f, r#"{"cluster_name":"a","region":"r","cloud_provider":"sim","cluster_type":"managed","worker_count":3}"#).unwrap();
-    let (code, _, err) = sys
-        .ksctl(&["cluster", "create", "-f", f.to_str().unwrap()])
-        .await;
+    std::fs::write(
+        &f,
+        r#"{"cluster_name":"a","region":"r","cloud_provider":"sim","cluster_type":"managed","worker_count":3}"#,
+    )
+    .unwrap();
+    let (code, _, err) = sys.ksctl(&["cluster", "create", "-f", f.to_str().unwrap()]).await;
     assert_eq!(code, 2);
     assert!(err.contains("worker_count"), "{err}");
 }
@@ -196,11 +81,7 @@ async fn malformed_and_invalid_requests_change_nothing() {
 #[tokio::test(flavor = "multi_thread")]
 async fn forbidden_transitions_are_rejected() {
     // Slow steps keep the cluster in `creating` long enough to try things.
-    let sys = System::start(SystemOptions {
-        sim_latency_ms: 600,
-        ..Default::default()
-    })
-    .await;
+    let sys = System::start(SystemOptions { sim_latency_ms: 600, ..Default::default() }).await;
     let (code, _, err) = sys
         .ksctl(&[
             "cluster",
@@ -222,31 +103,13 @@ async fn forbidden_transitions_are_rejected() {
 
     for (args, expect) in [
         (vec!["cluster", "delete", "busy"], "only reads are allowed"),
+        (vec!["cluster", "scale", "busy", "--workers", "3"], "only reads are allowed"),
         (
-            vec!["cluster", "scale", "busy", "--workers", "3"],
+            vec!["cluster", "create", "--name", "busy", "--type", "managed", "--managed-nodes", "1"],
             "only reads are allowed",
         ),
-        (
-            vec![
-                "cluster",
-                "create",
-                "--name",
-                "busy",
-                "--type",
-                "managed",
-                "--managed-nodes",
-                "1",
-            ],
-            "only reads are allowed",
-        ),
-        (
-            vec!["cluster", "delete", "nosuch"],
-            "no cluster named nosuch",
-        ),
-        (
-            vec!["cluster", "scale", "nosuch", "--workers", "1"],
-            "no cluster named nosuch",
-        ),
+        (vec!["cluster", "delete", "nosuch"], "no cluster named nosuch"),
+        (vec!["cluster", "scale", "nosuch", "--workers", "1"], "no cluster named nosuch"),
     ] {
         let (code, out, err) = sys.ksctl(&args).await;
         assert_eq!(code, 2, "{args:?}: {out}{err}");
@@ -259,35 +122,17 @@ async fn forbidden_transitions_are_rejected() {
         "the rejected requests changed the operation"
     );
 
-    sys.wait_state("busy", "running", Duration::from_secs(60))
-        .await;
+    sys.wait_state("busy", "running", Duration::from_secs(60)).await;
     // Duplicate create of an existing name.
-    let (code, _, err) = sys
-        .ksctl(&[
-            "cluster",
-            "create",
-            "--name",
-            "busy",
-            "--type",
-            "managed",
-            "--managed-nodes",
-            "1",
-        ])
-        .await;
+    let (code, _, err) =
+        sys.ksctl(&["cluster", "create", "--name", "busy", "--type", "managed", "--managed-nodes", "1"]).await;
     assert_eq!(code, 2);
     assert!(err.contains("already exists"), "{err}");
     // Scale to the current size is accepted with nothing to do.
-    let (code, out, err) = sys
-        .ksctl(&["cluster", "scale", "busy", "--workers", "0"])
-        .await;
+    let (code, out, err) = sys.ksctl(&["cluster", "scale", "busy", "--workers", "0"]).await;
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("nothing to do"), "{out}");
-    assert!(
-        sys.ksctl(&["cluster", "get", "nosuch"])
-            .await
-            .2
-            .contains("no cluster named nosuch")
-    );
+    assert!(sys.ksctl(&["cluster", "get", "nosuch"]).await.2.contains("no cluster named nosuch"));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -299,9 +144,7 @@ async fn same_request_published_twice_is_one_operation() {
         r#"{"api_version":"v1","request_id":"fixed-id-1","spec":{"cluster_name":"twice","region":"local","cloud_provider":"sim","cluster_type":"managed","managed_nodes":1}}"#,
     )
     .unwrap();
-    let (c1, _, e1) = sys
-        .ksctl(&["cluster", "create", "-f", f.to_str().unwrap()])
-        .await;
+    let (c1, _, e1) = sys.ksctl(&["cluster", "create", "-f", f.to_str().unwrap()]).await;
     assert_eq!(c1, 0, "{e1}");
     // The stream drops the duplicate within its window, so this one gets no answer from the
     // manager; published under another message id it is recognised as the same operation.

@@ -15,10 +15,7 @@ async fn wait_progress(events: &mut async_nats::Subscriber, phase: Phase, n: u32
             let Ok(ev) = serde_json::from_slice::<Event>(&m.payload) else {
                 continue;
             };
-            if ev.phase == Some(phase)
-                && ev.kind == EventKind::Progress
-                && ev.done.unwrap_or(0) >= n
-            {
+            if ev.phase == Some(phase) && ev.kind == EventKind::Progress && ev.done.unwrap_or(0) >= n {
                 return;
             }
         }
@@ -28,22 +25,10 @@ async fn wait_progress(events: &mut async_nats::Subscriber, phase: Phase, n: u32
 }
 
 async fn crash_during(service: &str, phase: Phase, after_steps: u32) {
-    let mut sys = System::start(SystemOptions {
-        sim_latency_ms: 250,
-        ..Default::default()
-    })
-    .await;
+    let mut sys = System::start(SystemOptions { sim_latency_ms: 250, ..Default::default() }).await;
     let name = "crashy";
-    let mut events = sys
-        .client
-        .subscribe(format!("ksctl.events.{name}.>"))
-        .await
-        .unwrap();
-    let mut started = sys
-        .client
-        .subscribe(format!("ksctl.events.{name}.phase_started"))
-        .await
-        .unwrap();
+    let mut events = sys.client.subscribe(format!("ksctl.events.{name}.>")).await.unwrap();
+    let mut started = sys.client.subscribe(format!("ksctl.events.{name}.phase_started")).await.unwrap();
     let (code, _, err) = sys
         .ksctl(&[
             "cluster",
@@ -89,20 +74,13 @@ async fn crash_during(service: &str, phase: Phase, after_steps: u32) {
         starts += (ev.phase == Some(phase)) as u32;
     }
     if service != "ksctl-manager" {
-        assert!(
-            starts >= 2,
-            "{phase} started {starts} times; expected a restart after the kill"
-        );
+        assert!(starts >= 2, "{phase} started {starts} times; expected a restart after the kill");
     }
     // Every planned resource exists exactly once: 6 infra + 7 VMs + ... + 9 objects.
     assert_eq!(sys.sim_resources(name).await.len(), 6 + 10 + 9);
 
     // And delete cleans everything, with one more kill in the middle of it.
-    let mut events = sys
-        .client
-        .subscribe(format!("ksctl.events.{name}.>"))
-        .await
-        .unwrap();
+    let mut events = sys.client.subscribe(format!("ksctl.events.{name}.>")).await.unwrap();
     let (code, _, err) = sys.ksctl(&["cluster", "delete", name, "--no-wait"]).await;
     assert_eq!(code, 0, "{err}");
     if service == "ksctl-cloud-controller" {
@@ -111,10 +89,7 @@ async fn crash_during(service: &str, phase: Phase, after_steps: u32) {
         sys.restart(service);
     }
     sys.wait_gone(name, T).await;
-    assert!(
-        sys.sim_resources(name).await.is_empty(),
-        "delete left resources"
-    );
+    assert!(sys.sim_resources(name).await.is_empty(), "delete left resources");
 }
 
 #[tokio::test(flavor = "multi_thread")]

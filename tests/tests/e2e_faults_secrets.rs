@@ -12,11 +12,7 @@ fn env(service: &str, k: &str, v: &str) -> (String, String, String) {
 #[tokio::test(flavor = "multi_thread")]
 async fn permanent_failure_leaves_creation_failed_and_delete_cleans() {
     let sys = System::start(SystemOptions {
-        env: vec![env(
-            "ksctl-bootstrap-controller",
-            "KSCTL_SIM_FAULTS",
-            "bootstrap.k3s-init=permanent",
-        )],
+        env: vec![env("ksctl-bootstrap-controller", "KSCTL_SIM_FAULTS", "bootstrap.k3s-init=permanent")],
         ..Default::default()
     })
     .await;
@@ -37,30 +33,16 @@ async fn permanent_failure_leaves_creation_failed_and_delete_cleans() {
         ])
         .await;
     assert_eq!(code, 1, "{out}{err}");
-    assert!(
-        err.contains("simulated permanent failure at bootstrap.k3s-init"),
-        "{err}"
-    );
+    assert!(err.contains("simulated permanent failure at bootstrap.k3s-init"), "{err}");
     let rec = sys.wait_state("broken", "creation_failed", T).await;
-    assert!(
-        rec.last_operation
-            .unwrap()
-            .error
-            .unwrap()
-            .contains("bootstrap")
-    );
+    assert!(rec.last_operation.unwrap().error.unwrap().contains("bootstrap"));
     let (code, out, _) = sys.ksctl(&["cluster", "info", "broken"]).await;
     assert_eq!(code, 0);
-    assert!(
-        out.contains("simulated permanent failure"),
-        "info shows the error: {out}"
-    );
+    assert!(out.contains("simulated permanent failure"), "info shows the error: {out}");
     assert!(!sys.sim_resources("broken").await.is_empty());
 
     // Scale is not allowed from creation_failed; delete is.
-    let (code, _, err) = sys
-        .ksctl(&["cluster", "scale", "broken", "--workers", "2"])
-        .await;
+    let (code, _, err) = sys.ksctl(&["cluster", "scale", "broken", "--workers", "2"]).await;
     assert_eq!(code, 2, "{err}");
     let (code, _, err) = sys.ksctl(&["cluster", "delete", "broken"]).await;
     assert_eq!(code, 0, "{err}");
@@ -72,25 +54,13 @@ async fn permanent_failure_leaves_creation_failed_and_delete_cleans() {
 async fn retryable_failures_are_retried_with_backoff() {
     let sys = System::start(SystemOptions {
         env: vec![
-            env(
-                "ksctl-cloud-controller",
-                "KSCTL_SIM_FAULTS",
-                "cloud.vm=retryable*3",
-            ),
-            env(
-                "ksctl-k8s-controller",
-                "KSCTL_SIM_FAULTS",
-                "k8s.crd=retryable*2",
-            ),
+            env("ksctl-cloud-controller", "KSCTL_SIM_FAULTS", "cloud.vm=retryable*3"),
+            env("ksctl-k8s-controller", "KSCTL_SIM_FAULTS", "k8s.crd=retryable*2"),
         ],
         ..Default::default()
     })
     .await;
-    let mut retries = sys
-        .client
-        .subscribe("ksctl.events.flaky.retrying")
-        .await
-        .unwrap();
+    let mut retries = sys.client.subscribe("ksctl.events.flaky.retrying").await.unwrap();
     let (code, out, err) = sys
         .ksctl(&[
             "cluster",
@@ -108,11 +78,8 @@ async fn retryable_failures_are_retried_with_backoff() {
     assert_eq!(code, 0, "{out}{err}");
     sys.assert_no_duplicates("flaky").await;
     let mut n = 0;
-    while let Ok(Some(_)) = tokio::time::timeout(
-        Duration::from_millis(300),
-        futures::StreamExt::next(&mut retries),
-    )
-    .await
+    while let Ok(Some(_)) =
+        tokio::time::timeout(Duration::from_millis(300), futures::StreamExt::next(&mut retries)).await
     {
         n += 1;
     }
@@ -137,16 +104,7 @@ async fn secrets_are_sealed_in_the_store() {
             "--workers",
             "1",
         ],
-        vec![
-            "cluster",
-            "create",
-            "--name",
-            "sec2",
-            "--type",
-            "managed",
-            "--managed-nodes",
-            "1",
-        ],
+        vec!["cluster", "create", "--name", "sec2", "--type", "managed", "--managed-nodes", "1"],
     ] {
         let (code, _, err) = sys.ksctl(&args).await;
         assert_eq!(code, 0, "{err}");
@@ -154,11 +112,7 @@ async fn secrets_are_sealed_in_the_store() {
     // The kubeconfig really exists (switch opens it) ...
     let (code, kc, _) = sys.ksctl(&["cluster", "switch", "sec1", "--print"]).await;
     assert_eq!(code, 0);
-    let token = kc
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("token: "))
-        .expect("token in kubeconfig")
-        .to_string();
+    let token = kc.lines().find_map(|l| l.trim().strip_prefix("token: ")).expect("token in kubeconfig").to_string();
     // ... but no raw value in Redis holds a PEM block, the token or a kubeconfig.
     let client = redis::Client::open(sys.redis.as_ref().unwrap().url()).unwrap();
     let mut con = client.get_multiplexed_async_connection().await.unwrap();
@@ -168,20 +122,44 @@ async fn secrets_are_sealed_in_the_store() {
     for k in keys {
         let v: Vec<u8> = con.hget(&k, "v").await.unwrap();
         let text = String::from_utf8_lossy(&v);
-        assert!(
-            !text.contains("-----BEGIN"),
-            "{k} holds a PEM block in plain text"
-        );
-        assert!(
-            !text.contains(&token),
-            "{k} holds the kubeconfig token in plain text"
-        );
-        assert!(
-            !text.contains("apiVersion"),
-            "{k} holds a kubeconfig in plain text"
-        );
+        assert!(!text.contains("-----BEGIN"), "{k} holds a PEM block in plain text");
+        assert!(!text.contains(&token), "{k} holds the kubeconfig token in plain text");
+        assert!(!text.contains("apiVersion"), "{k} holds a kubeconfig in plain text");
         sealed_seen += text.matches("\"v1:").count();
     }
     // sec1: ssh key, CA cert, CA key, join token, kubeconfig; sec2: kubeconfig.
     assert_eq!(sealed_seen, 6);
+}
+
+/// A command lost on the bus (its stream purged while the controller was down) is dispatched
+/// again by the reconciler once the phase timeout passes.
+#[tokio::test(flavor = "multi_thread")]
+async fn reconciler_redispatches_a_lost_phase() {
+    let mut sys = System::start(SystemOptions {
+        env: vec![env("ksctl-manager", "KSCTL_PHASE_TIMEOUT_SECS", "3")],
+        ..Default::default()
+    })
+    .await;
+    sys.kill9("ksctl-cloud-controller");
+    let mut retries = sys.client.subscribe("ksctl.events.lost.retrying").await.unwrap();
+    let (code, _, err) = sys
+        .ksctl(&["cluster", "create", "--name", "lost", "--type", "managed", "--managed-nodes", "1", "--no-wait"])
+        .await;
+    assert_eq!(code, 0, "{err}");
+    let js = async_nats::jetstream::new(sys.client.clone());
+    let stream = js.get_stream(ksctl_bus::subjects::CLOUD_STREAM).await.unwrap();
+    ksctl_tests::eventually(T, "the command in the stream", || {
+        let mut s = stream.clone();
+        async move { (s.info().await.ok()?.state.messages == 1).then_some(()) }
+    })
+    .await;
+    stream.purge().await.unwrap();
+    sys.restart("ksctl-cloud-controller");
+    let rec = sys.wait_state("lost", "running", T).await;
+    assert!(rec.last_operation.unwrap().error.is_none());
+    let ev = tokio::time::timeout(Duration::from_secs(5), futures::StreamExt::next(&mut retries))
+        .await
+        .expect("a re-dispatch event")
+        .unwrap();
+    assert!(String::from_utf8_lossy(&ev.payload).contains("dispatched again"));
 }

@@ -31,13 +31,8 @@ async fn create_selfmanaged(sys: &System, name: &str, workers: u32) {
 }
 
 async fn workers_of(sys: &System, name: &str) -> Vec<u32> {
-    let mut v: Vec<u32> = sys
-        .sim_resources(name)
-        .await
-        .into_iter()
-        .filter(|r| r.role == Some(Role::Worker))
-        .map(|r| r.index)
-        .collect();
+    let mut v: Vec<u32> =
+        sys.sim_resources(name).await.into_iter().filter(|r| r.role == Some(Role::Worker)).map(|r| r.index).collect();
     v.sort();
     v
 }
@@ -54,9 +49,7 @@ async fn lifecycle_selfmanaged(sys: &System, name: &str) {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("running") && out.contains(name), "{out}");
 
-    let (code, out, err) = sys
-        .ksctl(&["cluster", "scale", name, "--workers", "4"])
-        .await;
+    let (code, out, err) = sys.ksctl(&["cluster", "scale", name, "--workers", "4"]).await;
     assert_eq!(code, 0, "scale up: {out}\n{err}");
     assert_eq!(workers_of(sys, name).await, [0, 1, 2, 3]);
     assert_eq!(sys.cluster(name).await.unwrap().spec.worker_nodes, 4);
@@ -68,25 +61,16 @@ async fn lifecycle_selfmanaged(sys: &System, name: &str) {
         .all(|r| r.applied == ["k3s-agent-join"]);
     assert!(joined, "every worker joined once");
 
-    let (code, out, err) = sys
-        .ksctl(&["cluster", "scale", name, "--workers", "1"])
-        .await;
+    let (code, out, err) = sys.ksctl(&["cluster", "scale", name, "--workers", "1"]).await;
     assert_eq!(code, 0, "scale down: {out}\n{err}");
-    assert_eq!(
-        workers_of(sys, name).await,
-        [0],
-        "the highest indices go first"
-    );
+    assert_eq!(workers_of(sys, name).await, [0], "the highest indices go first");
     assert_eq!(sys.cluster(name).await.unwrap().spec.worker_nodes, 1);
     sys.assert_no_duplicates(name).await;
 
     let (code, out, err) = sys.ksctl(&["cluster", "delete", name]).await;
     assert_eq!(code, 0, "delete: {out}\n{err}");
     sys.wait_gone(name, T).await;
-    assert!(
-        sys.sim_resources(name).await.is_empty(),
-        "delete left resources behind"
-    );
+    assert!(sys.sim_resources(name).await.is_empty(), "delete left resources behind");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -98,35 +82,18 @@ async fn selfmanaged_create_scale_delete() {
 #[tokio::test(flavor = "multi_thread")]
 async fn managed_create_scale_delete() {
     let sys = System::start(SystemOptions::default()).await;
-    let (code, out, err) = sys
-        .ksctl(&[
-            "cluster",
-            "create",
-            "--name",
-            "mc",
-            "--type",
-            "managed",
-            "--managed-nodes",
-            "2",
-        ])
-        .await;
+    let (code, out, err) =
+        sys.ksctl(&["cluster", "create", "--name", "mc", "--type", "managed", "--managed-nodes", "2"]).await;
     assert_eq!(code, 0, "{out}\n{err}");
     sys.wait_state("mc", "running", T).await;
-    let pool = |rs: Vec<ksctl_runtime::sim::SimResource>| {
-        rs.into_iter()
-            .find(|r| r.kind == "node_pool")
-            .map(|r| r.size)
-    };
+    let pool =
+        |rs: Vec<ksctl_runtime::sim::SimResource>| rs.into_iter().find(|r| r.kind == "node_pool").map(|r| r.size);
     assert_eq!(pool(sys.sim_resources("mc").await), Some(2));
 
-    let (code, _, err) = sys
-        .ksctl(&["cluster", "scale", "mc", "--workers", "5"])
-        .await;
+    let (code, _, err) = sys.ksctl(&["cluster", "scale", "mc", "--workers", "5"]).await;
     assert_eq!(code, 0, "{err}");
     assert_eq!(pool(sys.sim_resources("mc").await), Some(5));
-    let (code, _, err) = sys
-        .ksctl(&["cluster", "scale", "mc", "--workers", "3"])
-        .await;
+    let (code, _, err) = sys.ksctl(&["cluster", "scale", "mc", "--workers", "3"]).await;
     assert_eq!(code, 0, "{err}");
     assert_eq!(pool(sys.sim_resources("mc").await), Some(3));
     assert_eq!(sys.cluster("mc").await.unwrap().spec.managed_nodes, 3);
@@ -136,10 +103,7 @@ async fn managed_create_scale_delete() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("mc-local-managed-sim-ksctl"), "{out}");
     let kc = std::fs::read_to_string(sys.logs.join(".kube/config")).unwrap();
-    assert!(
-        kc.contains("current-context: mc-local-managed-sim-ksctl"),
-        "{kc}"
-    );
+    assert!(kc.contains("current-context: mc-local-managed-sim-ksctl"), "{kc}");
 
     let (code, _, err) = sys.ksctl(&["cluster", "delete", "mc"]).await;
     assert_eq!(code, 0, "{err}");
@@ -150,15 +114,7 @@ async fn managed_create_scale_delete() {
 /// Two replicas of every service on the shared durable consumers, with the NATS KV store.
 #[tokio::test(flavor = "multi_thread")]
 async fn two_replicas_of_every_service_on_nats_kv() {
-    let sys = System::start(SystemOptions {
-        replicas: 2,
-        backend: Backend::Nats,
-        ..Default::default()
-    })
-    .await;
-    let (a, b) = tokio::join!(
-        lifecycle_selfmanaged(&sys, "one"),
-        lifecycle_selfmanaged(&sys, "two")
-    );
+    let sys = System::start(SystemOptions { replicas: 2, backend: Backend::Nats, ..Default::default() }).await;
+    let (a, b) = tokio::join!(lifecycle_selfmanaged(&sys, "one"), lifecycle_selfmanaged(&sys, "two"));
     let _ = (a, b);
 }

@@ -13,10 +13,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 #[derive(Debug, Clone, Parser)]
-#[command(
-    name = "ksctl-bootstrap-controller",
-    about = "ksctl-rs bootstrap-controller: HAProxy, etcd, k3s/kubeadm"
-)]
+#[command(name = "ksctl-bootstrap-controller", about = "ksctl-rs bootstrap-controller: HAProxy, etcd, k3s/kubeadm")]
 pub struct Config {
     #[command(flatten)]
     pub common: CommonArgs,
@@ -39,36 +36,20 @@ impl PhaseWorker for BootstrapWorker {
     async fn run(&self, ctx: &PhaseCtx<'_>) -> Result<(), PhaseError> {
         let provider = ctx.cluster.provider;
         let b = self.providers.get(&provider).ok_or_else(|| {
-            PhaseError::Permanent(format!(
-                "provider {provider} has no host bootstrapper in this bootstrap-controller"
-            ))
+            PhaseError::Permanent(format!("provider {provider} has no host bootstrapper in this bootstrap-controller"))
         })?;
         match ctx.cmd.phase {
             Phase::Bootstrap => b.bootstrap(ctx).await,
             Phase::BootstrapJoin => b.join(ctx).await,
-            other => Err(PhaseError::Permanent(format!(
-                "bootstrap-controller does not run phase {other}"
-            ))),
+            other => Err(PhaseError::Permanent(format!("bootstrap-controller does not run phase {other}"))),
         }
     }
 }
 
-pub async fn run(
-    config: Config,
-    shutdown: tokio::sync::watch::Receiver<bool>,
-) -> Result<(), RuntimeError> {
+pub async fn run(config: Config, shutdown: tokio::sync::watch::Receiver<bool>) -> Result<(), RuntimeError> {
     let rt = config.common.connect("bootstrap-controller").await?;
     let sim_cfg = ksctl_runtime::sim::SimConfig::from_env().map_err(RuntimeError::Config)?;
     let mut providers: HashMap<Provider, Arc<dyn Bootstrapper>> = HashMap::new();
-    providers.insert(
-        Provider::Sim,
-        Arc::new(sim_hosts::SimHosts::new(rt.store.clone(), sim_cfg)),
-    );
-    ksctl_runtime::run_controller(
-        rt,
-        Service::Bootstrap,
-        Arc::new(BootstrapWorker { providers }),
-        shutdown,
-    )
-    .await
+    providers.insert(Provider::Sim, Arc::new(sim_hosts::SimHosts::new(rt.store.clone(), sim_cfg)));
+    ksctl_runtime::run_controller(rt, Service::Bootstrap, Arc::new(BootstrapWorker { providers }), shutdown).await
 }

@@ -26,54 +26,23 @@ pub fn bootstrap_waves(vms: &[Vm], distro: Distro) -> Vec<Vec<HostStep>> {
         v
     };
     let (init, server_join, agent_join) = steps(distro);
-    let mut first: Vec<HostStep> = of(Role::LoadBalancer)
-        .into_iter()
-        .map(|host| HostStep {
-            step: "haproxy",
-            host,
-        })
-        .collect();
-    first.extend(
-        of(Role::Datastore)
-            .into_iter()
-            .map(|host| HostStep { step: "etcd", host }),
-    );
+    let mut first: Vec<HostStep> =
+        of(Role::LoadBalancer).into_iter().map(|host| HostStep { step: "haproxy", host }).collect();
+    first.extend(of(Role::Datastore).into_iter().map(|host| HostStep { step: "etcd", host }));
     let cps = of(Role::ControlPlane);
-    let second: Vec<HostStep> = cps
-        .first()
-        .cloned()
-        .map(|host| HostStep { step: init, host })
-        .into_iter()
-        .collect();
-    let mut third: Vec<HostStep> = cps
-        .into_iter()
-        .skip(1)
-        .map(|host| HostStep {
-            step: server_join,
-            host,
-        })
-        .collect();
-    third.extend(of(Role::Worker).into_iter().map(|host| HostStep {
-        step: agent_join,
-        host,
-    }));
+    let second: Vec<HostStep> = cps.first().cloned().map(|host| HostStep { step: init, host }).into_iter().collect();
+    let mut third: Vec<HostStep> = cps.into_iter().skip(1).map(|host| HostStep { step: server_join, host }).collect();
+    third.extend(of(Role::Worker).into_iter().map(|host| HostStep { step: agent_join, host }));
     vec![first, second, third]
 }
 
 /// Steps that join workers not yet joined (scale up).
-pub fn join_wave(
-    vms: &[Vm],
-    distro: Distro,
-    done: &std::collections::BTreeSet<String>,
-) -> Vec<HostStep> {
+pub fn join_wave(vms: &[Vm], distro: Distro, done: &std::collections::BTreeSet<String>) -> Vec<HostStep> {
     let (_, _, agent_join) = steps(distro);
     let mut v: Vec<HostStep> = vms
         .iter()
         .filter(|v| v.role == Role::Worker)
-        .map(|host| HostStep {
-            step: agent_join,
-            host: host.clone(),
-        })
+        .map(|host| HostStep { step: agent_join, host: host.clone() })
         .filter(|s| !done.contains(&s.key()))
         .collect();
     v.sort_by_key(|s| s.host.index);
@@ -114,32 +83,17 @@ mod tests {
             vm(Role::ControlPlane, 2),
         ];
         let w = bootstrap_waves(&vms, Distro::K3s);
-        let names: Vec<Vec<String>> = w
-            .iter()
-            .map(|wave| {
-                wave.iter()
-                    .map(|s| format!("{}@{}", s.step, s.host.name))
-                    .collect()
-            })
-            .collect();
+        let names: Vec<Vec<String>> =
+            w.iter().map(|wave| wave.iter().map(|s| format!("{}@{}", s.step, s.host.name)).collect()).collect();
         assert_eq!(names[0], ["haproxy@lb-0", "etcd@ds-0", "etcd@ds-1"]);
         assert_eq!(names[1], ["k3s-init@cp-0"]);
-        assert_eq!(
-            names[2],
-            [
-                "k3s-server-join@cp-1",
-                "k3s-server-join@cp-2",
-                "k3s-agent-join@wp-0"
-            ]
-        );
+        assert_eq!(names[2], ["k3s-server-join@cp-1", "k3s-server-join@cp-2", "k3s-agent-join@wp-0"]);
     }
 
     #[test]
     fn join_wave_skips_joined_workers() {
         let vms = vec![vm(Role::Worker, 0), vm(Role::Worker, 1)];
-        let done = ["kubeadm-worker-join@wp-0/Worker0".to_string()]
-            .into_iter()
-            .collect();
+        let done = ["kubeadm-worker-join@wp-0/Worker0".to_string()].into_iter().collect();
         let w = join_wave(&vms, Distro::Kubeadm, &done);
         assert_eq!(w.len(), 1);
         assert_eq!(w[0].host.index, 1);

@@ -21,23 +21,16 @@ pub struct SimHosts {
 
 impl SimHosts {
     pub fn new(store: DynStore, cfg: SimConfig) -> Self {
-        Self {
-            sim: Sim::new(store.clone(), cfg),
-            store,
-        }
+        Self { sim: Sim::new(store.clone(), cfg), store }
     }
 
     async fn vms(&self, ctx: &PhaseCtx<'_>) -> Result<Vec<Vm>, PhaseError> {
         let infra: InfraRecord = read_record(&self.store, &keys::cloud(&ctx.cluster.id)).await?;
         if infra.vms.is_empty() {
-            return Err(PhaseError::Permanent(
-                "the cloud phase recorded no VMs to bootstrap".into(),
-            ));
+            return Err(PhaseError::Permanent("the cloud phase recorded no VMs to bootstrap".into()));
         }
         if infra.ssh_private_key.is_none() {
-            return Err(PhaseError::Permanent(
-                "the cloud phase recorded no SSH key".into(),
-            ));
+            return Err(PhaseError::Permanent("the cloud phase recorded no SSH key".into()));
         }
         Ok(infra.vms.into_values().collect())
     }
@@ -63,26 +56,19 @@ impl SimHosts {
         total: u32,
     ) -> Result<(), PhaseError> {
         let finished = self.record(ctx).await?.steps_done;
-        let (skip, todo): (Vec<_>, Vec<_>) =
-            wave.into_iter().partition(|s| finished.contains(&s.key()));
+        let (skip, todo): (Vec<_>, Vec<_>) = wave.into_iter().partition(|s| finished.contains(&s.key()));
         done.fetch_add(skip.len() as u32, Ordering::SeqCst);
         let results: Vec<Result<(), PhaseError>> = futures::stream::iter(todo)
             .map(|s| async move {
                 self.sim.step(&format!("bootstrap.{}", s.step)).await?;
-                self.sim
-                    .apply_on_host(&ctx.cluster.id, &s.host.id, s.step)
-                    .await?;
+                self.sim.apply_on_host(&ctx.cluster.id, &s.host.id, s.step).await?;
                 let key = s.key();
                 self.checkpoint(ctx, |r| {
                     r.steps_done.insert(key.clone());
                 })
                 .await?;
-                ctx.progress(
-                    format!("{} on {}", s.step, s.host.name),
-                    done.fetch_add(1, Ordering::SeqCst) + 1,
-                    total,
-                )
-                .await;
+                ctx.progress(format!("{} on {}", s.step, s.host.name), done.fetch_add(1, Ordering::SeqCst) + 1, total)
+                    .await;
                 Ok(())
             })
             .buffer_unordered(PARALLEL_HOSTS)
@@ -92,9 +78,7 @@ impl SimHosts {
     }
 
     fn distro(ctx: &PhaseCtx<'_>) -> Result<Distro, PhaseError> {
-        ctx.cluster
-            .distro
-            .ok_or_else(|| PhaseError::Permanent("a self-managed cluster needs a distro".into()))
+        ctx.cluster.distro.ok_or_else(|| PhaseError::Permanent("a self-managed cluster needs a distro".into()))
     }
 }
 
@@ -111,12 +95,8 @@ impl Bootstrapper for SimHosts {
         if self.record(ctx).await?.ca_key.is_none() {
             self.sim.step("bootstrap.pki").await?;
             let (cert, key) = (
-                ctx.rt
-                    .sealer
-                    .seal(&format!("ca-cert/{id}"), fake_pem("CERTIFICATE").as_bytes()),
-                ctx.rt
-                    .sealer
-                    .seal(&format!("ca-key/{id}"), fake_pem("PRIVATE KEY").as_bytes()),
+                ctx.rt.sealer.seal(&format!("ca-cert/{id}"), fake_pem("CERTIFICATE").as_bytes()),
+                ctx.rt.sealer.seal(&format!("ca-key/{id}"), fake_pem("PRIVATE KEY").as_bytes()),
             );
             self.checkpoint(ctx, |r| {
                 if r.ca_key.is_none() {
@@ -126,12 +106,7 @@ impl Bootstrapper for SimHosts {
             })
             .await?;
         }
-        ctx.progress(
-            "etcd certificate authority",
-            done.fetch_add(1, Ordering::SeqCst) + 1,
-            total,
-        )
-        .await;
+        ctx.progress("etcd certificate authority", done.fetch_add(1, Ordering::SeqCst) + 1, total).await;
 
         for wave in waves {
             self.run_wave(ctx, wave, &done, total).await?;
@@ -143,24 +118,13 @@ impl Bootstrapper for SimHosts {
                 .find(|v| v.role == Role::LoadBalancer)
                 .ok_or_else(|| PhaseError::Permanent("no load balancer VM".into()))?;
             let rec = self.record(ctx).await?;
-            let ca = ctx.rt.sealer.open_string(
-                &format!("ca-cert/{id}"),
-                rec.ca_cert.as_ref().expect("written above"),
-            )?;
+            let ca =
+                ctx.rt.sealer.open_string(&format!("ca-cert/{id}"), rec.ca_cert.as_ref().expect("written above"))?;
             let token = fake_token();
-            let kc = kubeconfig(
-                &context_name(ctx.cluster),
-                &format!("https://{}:6443", lb.public_ip),
-                &ca,
-                &token,
-            );
+            let kc = kubeconfig(&context_name(ctx.cluster), &format!("https://{}:6443", lb.public_ip), &ca, &token);
             let (kc, token) = (
-                ctx.rt
-                    .sealer
-                    .seal(&format!("kubeconfig/{id}"), kc.as_bytes()),
-                ctx.rt
-                    .sealer
-                    .seal(&format!("join-token/{id}"), token.as_bytes()),
+                ctx.rt.sealer.seal(&format!("kubeconfig/{id}"), kc.as_bytes()),
+                ctx.rt.sealer.seal(&format!("join-token/{id}"), token.as_bytes()),
             );
             self.checkpoint(ctx, |r| {
                 if r.kubeconfig.is_none() {
@@ -170,8 +134,7 @@ impl Bootstrapper for SimHosts {
             })
             .await?;
         }
-        ctx.progress("kubeconfig", done.fetch_add(1, Ordering::SeqCst) + 1, total)
-            .await;
+        ctx.progress("kubeconfig", done.fetch_add(1, Ordering::SeqCst) + 1, total).await;
         Ok(())
     }
 
@@ -179,9 +142,7 @@ impl Bootstrapper for SimHosts {
         let vms = self.vms(ctx).await?;
         let rec = self.record(ctx).await?;
         if rec.join_token.is_none() {
-            return Err(PhaseError::Permanent(
-                "the cluster has no join token; was it bootstrapped?".into(),
-            ));
+            return Err(PhaseError::Permanent("the cluster has no join token; was it bootstrapped?".into()));
         }
         let wave = join_wave(&vms, Self::distro(ctx)?, &rec.steps_done);
         let total = wave.len() as u32;

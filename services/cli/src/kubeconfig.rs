@@ -9,36 +9,20 @@ pub fn default_path() -> String {
     {
         return first.to_string();
     }
-    format!(
-        "{}/.kube/config",
-        std::env::var("HOME").unwrap_or_else(|_| ".".into())
-    )
+    format!("{}/.kube/config", std::env::var("HOME").unwrap_or_else(|_| ".".into()))
 }
 
 pub fn merge(existing: Option<&str>, new: &str, context: &str) -> Result<String> {
-    let new: Value =
-        serde_yaml::from_str(new).context("the control plane returned an unreadable kubeconfig")?;
+    let new: Value = serde_yaml::from_str(new).context("the control plane returned an unreadable kubeconfig")?;
     let mut base: Value = match existing {
-        Some(t) if !t.trim().is_empty() => {
-            serde_yaml::from_str(t).context("your kubeconfig is not valid YAML")?
-        }
-        _ => serde_yaml::from_str(
-            "apiVersion: v1\nkind: Config\nclusters: []\nusers: []\ncontexts: []\n",
-        )
-        .expect("static"),
+        Some(t) if !t.trim().is_empty() => serde_yaml::from_str(t).context("your kubeconfig is not valid YAML")?,
+        _ => serde_yaml::from_str("apiVersion: v1\nkind: Config\nclusters: []\nusers: []\ncontexts: []\n")
+            .expect("static"),
     };
-    let map = base
-        .as_mapping_mut()
-        .context("your kubeconfig is not a YAML mapping")?;
+    let map = base.as_mapping_mut().context("your kubeconfig is not a YAML mapping")?;
     for section in ["clusters", "users", "contexts"] {
-        let incoming = new
-            .get(section)
-            .and_then(Value::as_sequence)
-            .cloned()
-            .unwrap_or_default();
-        let list = map
-            .entry(Value::from(section))
-            .or_insert_with(|| Value::Sequence(vec![]));
+        let incoming = new.get(section).and_then(Value::as_sequence).cloned().unwrap_or_default();
+        let list = map.entry(Value::from(section)).or_insert_with(|| Value::Sequence(vec![]));
         if !list.is_sequence() {
             *list = Value::Sequence(vec![]);
         }

@@ -9,8 +9,8 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ksctl_bus::subjects::{query_subject, request_subject};
 use ksctl_core::messages::{
-    API_VERSION, ClusterInfo, ClusterSummary, CreateRequest, DeleteRequest, NameQuery, QueryReply,
-    REPLY_HEADER, RequestReply, ScaleRequest, SwitchData,
+    API_VERSION, ClusterInfo, ClusterSummary, CreateRequest, DeleteRequest, NameQuery, QueryReply, REPLY_HEADER,
+    RequestReply, ScaleRequest, SwitchData,
 };
 use ksctl_core::spec::{ClusterSpec, NodeSizes};
 use serde::Serialize;
@@ -26,21 +26,11 @@ use std::time::Duration;
 )]
 struct Cli {
     /// NATS server of the control plane.
-    #[arg(
-        long,
-        global = true,
-        env = "KSCTL_NATS_URL",
-        default_value = "nats://127.0.0.1:4222"
-    )]
+    #[arg(long, global = true, env = "KSCTL_NATS_URL", default_value = "nats://127.0.0.1:4222")]
     nats_url: String,
     #[arg(long, global = true, env = "KSCTL_NATS_USER")]
     nats_user: Option<String>,
-    #[arg(
-        long,
-        global = true,
-        env = "KSCTL_NATS_PASSWORD",
-        hide_env_values = true
-    )]
+    #[arg(long, global = true, env = "KSCTL_NATS_PASSWORD", hide_env_values = true)]
     nats_password: Option<String>,
     /// Output format.
     #[arg(short = 'o', long, global = true, value_enum, default_value = "table")]
@@ -151,10 +141,7 @@ struct SpecFlags {
 
 impl SpecFlags {
     fn spec(&self) -> Result<ClusterSpec> {
-        let name = self
-            .name
-            .clone()
-            .context("--name is required when no -f file is given")?;
+        let name = self.name.clone().context("--name is required when no -f file is given")?;
         let s = self.node_size.clone();
         Ok(ClusterSpec {
             cluster_name: name,
@@ -223,10 +210,7 @@ async fn connect(cli: &Cli) -> Result<async_nats::Client> {
 
 async fn run(cli: Cli) -> Result<()> {
     let client = connect(&cli).await?;
-    let ctx = Ctx {
-        client,
-        output: cli.output,
-    };
+    let ctx = Ctx { client, output: cli.output };
     let Top::Cluster(cmd) = cli.cmd;
     match cmd {
         ClusterCmd::Create { file, flags, wait } => {
@@ -235,11 +219,7 @@ async fn run(cli: Cli) -> Result<()> {
                 None => (new_request_id(), flags.spec()?),
             };
             let name = spec.cluster_name.clone();
-            let req = CreateRequest {
-                api_version: API_VERSION.into(),
-                request_id: request_id.clone(),
-                spec,
-            };
+            let req = CreateRequest { api_version: API_VERSION.into(), request_id: request_id.clone(), spec };
             submit(&ctx, "create", &name, &request_id, &req, &wait).await
         }
         ClusterCmd::Delete { name, wait } => {
@@ -251,11 +231,7 @@ async fn run(cli: Cli) -> Result<()> {
             };
             submit(&ctx, "delete", &name, &request_id, &req, &wait).await
         }
-        ClusterCmd::Scale {
-            name,
-            workers,
-            wait,
-        } => {
+        ClusterCmd::Scale { name, workers, wait } => {
             let request_id = new_request_id();
             let req = ScaleRequest {
                 api_version: API_VERSION.into(),
@@ -266,30 +242,22 @@ async fn run(cli: Cli) -> Result<()> {
             submit(&ctx, "scale", &name, &request_id, &req, &wait).await
         }
         ClusterCmd::Get { name } => {
-            let s: ClusterSummary =
-                query(&ctx.client, "get", &NameQuery { cluster_name: name }).await?;
+            let s: ClusterSummary = query(&ctx.client, "get", &NameQuery { cluster_name: name }).await?;
             output::summaries(ctx.output, &[s]);
             Ok(())
         }
         ClusterCmd::List => {
-            let rows: Vec<ClusterSummary> =
-                query(&ctx.client, "list", &serde_json::json!({})).await?;
+            let rows: Vec<ClusterSummary> = query(&ctx.client, "list", &serde_json::json!({})).await?;
             output::summaries(ctx.output, &rows);
             Ok(())
         }
         ClusterCmd::Info { name } => {
-            let i: ClusterInfo =
-                query(&ctx.client, "info", &NameQuery { cluster_name: name }).await?;
+            let i: ClusterInfo = query(&ctx.client, "info", &NameQuery { cluster_name: name }).await?;
             output::info(ctx.output, &i);
             Ok(())
         }
-        ClusterCmd::Switch {
-            name,
-            kubeconfig: path,
-            print,
-        } => {
-            let s: SwitchData =
-                query(&ctx.client, "switch", &NameQuery { cluster_name: name }).await?;
+        ClusterCmd::Switch { name, kubeconfig: path, print } => {
+            let s: SwitchData = query(&ctx.client, "switch", &NameQuery { cluster_name: name }).await?;
             if print {
                 print!("{}", s.kubeconfig);
                 return Ok(());
@@ -297,10 +265,7 @@ async fn run(cli: Cli) -> Result<()> {
             let path = path.unwrap_or_else(kubeconfig::default_path);
             kubeconfig::merge_into(&path, &s.kubeconfig, &s.context)?;
             match ctx.output {
-                Output::Json => println!(
-                    "{}",
-                    serde_json::json!({"context": s.context, "kubeconfig": path})
-                ),
+                Output::Json => println!("{}", serde_json::json!({"context": s.context, "kubeconfig": path})),
                 Output::Table => println!("switched to context {} in {path}", s.context),
             }
             Ok(())
@@ -320,15 +285,13 @@ fn read_spec(path: &str) -> Result<(String, ClusterSpec)> {
     } else {
         std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?
     };
-    let v: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| Exit(2, format!("{path} is not valid JSON: {e}")))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| Exit(2, format!("{path} is not valid JSON: {e}")))?;
     if v.get("spec").is_some() {
-        let r: CreateRequest =
-            serde_json::from_value(v).map_err(|e| Exit(2, format!("{path}: {e}")))?;
+        let r: CreateRequest = serde_json::from_value(v).map_err(|e| Exit(2, format!("{path}: {e}")))?;
         Ok((r.request_id, r.spec))
     } else {
-        let s: ClusterSpec =
-            serde_json::from_value(v).map_err(|e| Exit(2, format!("{path}: {e}")))?;
+        let s: ClusterSpec = serde_json::from_value(v).map_err(|e| Exit(2, format!("{path}: {e}")))?;
         Ok((new_request_id(), s))
     }
 }
@@ -347,11 +310,7 @@ async fn submit<T: Serialize>(
     let mut replies = ctx.client.subscribe(inbox.clone()).await?;
     // Subscribe to the cluster's events before publishing, so no event can be missed.
     let events = if ksctl_core::ids::validate_name(name).is_ok() {
-        Some(
-            ctx.client
-                .subscribe(format!("ksctl.events.{name}.>"))
-                .await?,
-        )
+        Some(ctx.client.subscribe(format!("ksctl.events.{name}.>")).await?)
     } else {
         None
     };
@@ -359,24 +318,24 @@ async fn submit<T: Serialize>(
     let mut headers = async_nats::HeaderMap::new();
     headers.insert(async_nats::header::NATS_MESSAGE_ID, request_id);
     headers.insert(REPLY_HEADER, inbox.as_str());
-    js.publish_with_headers(
-        request_subject(verb),
-        headers,
-        serde_json::to_vec(req)?.into(),
-    )
-    .await
-    .context("publishing the request")?
-    .await
-    .context(
-        "the bus did not store the request (is JetStream set up? start a ksctl-manager once)",
-    )?;
+    js.publish_with_headers(request_subject(verb), headers, serde_json::to_vec(req)?.into())
+        .await
+        .context("publishing the request")?
+        .await
+        .context("the bus did not store the request (is JetStream set up? start a ksctl-manager once)")?;
     use futures::StreamExt;
     let reply = tokio::time::timeout(Duration::from_secs(30), replies.next())
         .await
-        .map_err(|_| Exit(1, format!("request {request_id} is queued, but no manager answered within 30s; is ksctl-manager running?")))?
+        .map_err(|_| {
+            Exit(
+                1,
+                format!(
+                    "request {request_id} is queued, but no manager answered within 30s; is ksctl-manager running?"
+                ),
+            )
+        })?
         .context("reply subscription closed")?;
-    let reply: RequestReply =
-        serde_json::from_slice(&reply.payload).context("unreadable reply from the manager")?;
+    let reply: RequestReply = serde_json::from_slice(&reply.payload).context("unreadable reply from the manager")?;
     if !reply.accepted {
         if ctx.output == Output::Json {
             println!("{}", serde_json::to_string_pretty(&reply)?);
@@ -401,47 +360,21 @@ async fn submit<T: Serialize>(
     if ctx.output == Output::Table {
         eprintln!("{} (operation {op})", reply.message);
     }
-    wait::follow(
-        ctx,
-        name,
-        &op,
-        events.expect("checked"),
-        Duration::from_secs(wait.timeout),
-    )
-    .await
+    wait::follow(ctx, name, &op, events.expect("checked"), Duration::from_secs(wait.timeout)).await
 }
 
 /// Asks the manager a query; its error becomes ours.
-pub async fn query<Q: Serialize, T: DeserializeOwned>(
-    client: &async_nats::Client,
-    verb: &str,
-    q: &Q,
-) -> Result<T> {
+pub async fn query<Q: Serialize, T: DeserializeOwned>(client: &async_nats::Client, verb: &str, q: &Q) -> Result<T> {
     let resp = tokio::time::timeout(
         Duration::from_secs(15),
         client.request(query_subject(verb), serde_json::to_vec(q)?.into()),
     )
     .await
-    .map_err(|_| {
-        Exit(
-            1,
-            "no manager answered within 15s; is ksctl-manager running?".into(),
-        )
-    })?
-    .map_err(|e| {
-        Exit(
-            1,
-            format!("no manager answered the {verb} query ({e}); is ksctl-manager running?"),
-        )
-    })?;
-    let r: QueryReply<T> =
-        serde_json::from_slice(&resp.payload).context("unreadable query reply")?;
+    .map_err(|_| Exit(1, "no manager answered within 15s; is ksctl-manager running?".into()))?
+    .map_err(|e| Exit(1, format!("no manager answered the {verb} query ({e}); is ksctl-manager running?")))?;
+    let r: QueryReply<T> = serde_json::from_slice(&resp.payload).context("unreadable query reply")?;
     match (r.ok, r.data) {
         (true, Some(d)) => Ok(d),
-        _ => bail!(Exit(
-            1,
-            r.error
-                .unwrap_or_else(|| "the manager gave no reason".into())
-        )),
+        _ => bail!(Exit(1, r.error.unwrap_or_else(|| "the manager gave no reason".into()))),
     }
 }

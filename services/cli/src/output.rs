@@ -4,11 +4,8 @@ use ksctl_core::messages::{ClusterInfo, ClusterSummary, RequestReply};
 
 pub fn summaries(o: Output, rows: &[ClusterSummary]) {
     if o == Output::Json {
-        let v = if rows.len() == 1 {
-            serde_json::to_string_pretty(&rows[0])
-        } else {
-            serde_json::to_string_pretty(rows)
-        };
+        let v =
+            if rows.len() == 1 { serde_json::to_string_pretty(&rows[0]) } else { serde_json::to_string_pretty(rows) };
         println!("{}", v.expect("serialises"));
         return;
     }
@@ -17,11 +14,7 @@ pub fn summaries(o: Output, rows: &[ClusterSummary]) {
         "NAME", "CLOUD", "TYPE", "DISTRO", "REGION", "STATE", "CP", "DS", "WP", "MP"
     );
     for r in rows {
-        let op = r
-            .operation
-            .as_ref()
-            .map(|o| format!("{} ({})", o.kind, o.phase))
-            .unwrap_or_else(|| "-".into());
+        let op = r.operation.as_ref().map(|o| format!("{} ({})", o.kind, o.phase)).unwrap_or_else(|| "-".into());
         println!(
             "{:<24} {:<6} {:<12} {:<8} {:<10} {:<20} {:>3} {:>3} {:>3} {:>3}  {op}",
             r.name,
@@ -64,28 +57,13 @@ pub fn info(o: Output, i: &ClusterInfo) {
     if !i.vms.is_empty() {
         println!("\n{:<36} {:<22} {:<16} PRIVATE IP", "VM", "ID", "PUBLIC IP");
         for v in &i.vms {
-            println!(
-                "{:<36} {:<22} {:<16} {}",
-                v.name, v.id, v.public_ip, v.private_ip
-            );
+            println!("{:<36} {:<22} {:<16} {}", v.name, v.id, v.public_ip, v.private_ip);
         }
     }
     println!("\nbootstrap steps done: {}", i.bootstrap_steps_done);
-    println!(
-        "components: {}",
-        if i.components.is_empty() {
-            "-".into()
-        } else {
-            i.components.join(", ")
-        }
-    );
+    println!("components: {}", if i.components.is_empty() { "-".into() } else { i.components.join(", ") });
     if let Some(op) = &i.last_operation {
-        println!(
-            "last operation: {} {} ({})",
-            op.kind,
-            op.id,
-            op.error.as_deref().unwrap_or("succeeded")
-        );
+        println!("last operation: {} {} ({})", op.kind, op.id, op.error.as_deref().unwrap_or("succeeded"));
     }
 }
 

@@ -17,10 +17,9 @@ pub async fn follow(
     timeout: Duration,
 ) -> Result<()> {
     let tty = std::io::stderr().is_terminal() && ctx.output == Output::Table;
-    let style =
-        ProgressStyle::with_template("{spinner} {prefix:>16} [{bar:30}] {pos}/{len} {wide_msg}")
-            .expect("static template")
-            .progress_chars("=> ");
+    let style = ProgressStyle::with_template("{spinner} {prefix:>16} [{bar:30}] {pos}/{len} {wide_msg}")
+        .expect("static template")
+        .progress_chars("=> ");
     let mut bar: Option<ProgressBar> = None;
     let deadline = tokio::time::Instant::now() + timeout;
     let mut poll = tokio::time::interval(Duration::from_secs(5));
@@ -56,9 +55,7 @@ pub async fn follow(
                 }
                 let phase = ev.phase.map(|p| p.to_string()).unwrap_or_default();
                 if tty {
-                    let b = ProgressBar::new(0)
-                        .with_style(style.clone())
-                        .with_prefix(phase);
+                    let b = ProgressBar::new(0).with_style(style.clone()).with_prefix(phase);
                     b.enable_steady_tick(Duration::from_millis(120));
                     bar = Some(b);
                 } else if ctx.output == Output::Table {
@@ -74,12 +71,10 @@ pub async fn follow(
                 None if ctx.output == Output::Table => eprintln!("    {}", ev.message),
                 None => {}
             },
-            EventKind::Retrying | EventKind::PhaseFailed if ctx.output == Output::Table => {
-                match &bar {
-                    Some(b) => b.println(format!("    ! {}", ev.message)),
-                    None => eprintln!("    ! {}", ev.message),
-                }
-            }
+            EventKind::Retrying | EventKind::PhaseFailed if ctx.output == Output::Table => match &bar {
+                Some(b) => b.println(format!("    ! {}", ev.message)),
+                None => eprintln!("    ! {}", ev.message),
+            },
             EventKind::OperationSucceeded => {
                 if let Some(b) = bar.take() {
                     b.finish();
@@ -102,24 +97,13 @@ pub async fn follow(
 
 /// `Some(outcome)` once the manager no longer has `op` under way.
 async fn finished_by_poll(ctx: &Ctx, name: &str, op: &OperationId) -> Result<Option<Result<()>>> {
-    match query::<_, ClusterSummary>(
-        &ctx.client,
-        "get",
-        &NameQuery {
-            cluster_name: name.into(),
-        },
-    )
-    .await
-    {
+    match query::<_, ClusterSummary>(&ctx.client, "get", &NameQuery { cluster_name: name.into() }).await {
         Ok(s) if s.operation.as_ref().is_some_and(|o| &o.id == op) => Ok(None),
-        Ok(s) if s.state.ends_with("_failed") => Ok(Some(Err(Exit(
-            1,
-            format!(
-                "operation failed: {}",
-                s.last_error.unwrap_or_else(|| s.state.clone())
-            ),
-        )
-        .into()))),
+        Ok(s) if s.state.ends_with("_failed") => {
+            Ok(Some(Err(
+                Exit(1, format!("operation failed: {}", s.last_error.unwrap_or_else(|| s.state.clone()))).into()
+            )))
+        }
         Ok(s) => {
             println!("cluster {name} is {}", s.state);
             Ok(Some(Ok(())))

@@ -8,18 +8,13 @@ use ksctl_core::keys;
 use ksctl_core::records::InfraRecord;
 use ksctl_core::saga::{Phase, Service};
 use ksctl_core::spec::Provider;
-use ksctl_runtime::{
-    CommonArgs, PhaseCtx, PhaseError, PhaseWorker, RuntimeError, read_record, update_record,
-};
+use ksctl_runtime::{CommonArgs, PhaseCtx, PhaseError, PhaseWorker, RuntimeError, read_record, update_record};
 use ksctl_store::DynStore;
 use std::collections::HashMap;
 use std::sync::Arc;
 
 #[derive(Debug, Clone, Parser)]
-#[command(
-    name = "ksctl-cloud-controller",
-    about = "ksctl-rs cloud-controller: cluster infrastructure"
-)]
+#[command(name = "ksctl-cloud-controller", about = "ksctl-rs cloud-controller: cluster infrastructure")]
 pub struct Config {
     #[command(flatten)]
     pub common: CommonArgs,
@@ -47,18 +42,14 @@ impl PhaseWorker for CloudWorker {
     async fn run(&self, ctx: &PhaseCtx<'_>) -> Result<(), PhaseError> {
         let provider = ctx.cluster.provider;
         let p = self.providers.get(&provider).ok_or_else(|| {
-            PhaseError::Permanent(format!(
-                "provider {provider} is not available in this cloud-controller"
-            ))
+            PhaseError::Permanent(format!("provider {provider} is not available in this cloud-controller"))
         })?;
         match ctx.cmd.phase {
             Phase::CloudCreate => p.create(ctx).await,
             Phase::CloudDelete => p.delete(ctx).await,
             Phase::CloudScaleUp => p.scale_up(ctx).await,
             Phase::CloudScaleDown => p.scale_down(ctx).await,
-            other => Err(PhaseError::Permanent(format!(
-                "cloud-controller does not run phase {other}"
-            ))),
+            other => Err(PhaseError::Permanent(format!("cloud-controller does not run phase {other}"))),
         }
     }
 }
@@ -76,22 +67,10 @@ pub async fn infra(store: &DynStore, ctx: &PhaseCtx<'_>) -> Result<InfraRecord, 
     read_record(store, &keys::cloud(&ctx.cluster.id)).await
 }
 
-pub async fn run(
-    config: Config,
-    shutdown: tokio::sync::watch::Receiver<bool>,
-) -> Result<(), RuntimeError> {
+pub async fn run(config: Config, shutdown: tokio::sync::watch::Receiver<bool>) -> Result<(), RuntimeError> {
     let rt = config.common.connect("cloud-controller").await?;
     let sim_cfg = ksctl_runtime::sim::SimConfig::from_env().map_err(RuntimeError::Config)?;
     let mut providers: HashMap<Provider, Arc<dyn CloudProvider>> = HashMap::new();
-    providers.insert(
-        Provider::Sim,
-        Arc::new(sim_cloud::SimCloud::new(rt.store.clone(), sim_cfg)),
-    );
-    ksctl_runtime::run_controller(
-        rt,
-        Service::Cloud,
-        Arc::new(CloudWorker { providers }),
-        shutdown,
-    )
-    .await
+    providers.insert(Provider::Sim, Arc::new(sim_cloud::SimCloud::new(rt.store.clone(), sim_cfg)));
+    ksctl_runtime::run_controller(rt, Service::Cloud, Arc::new(CloudWorker { providers }), shutdown).await
 }

@@ -12,12 +12,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 /// VMs created at once.
 const PARALLEL_VMS: usize = 10;
-const FIREWALL_ROLES: [Role; 4] = [
-    Role::LoadBalancer,
-    Role::Datastore,
-    Role::ControlPlane,
-    Role::Worker,
-];
+const FIREWALL_ROLES: [Role; 4] = [Role::LoadBalancer, Role::Datastore, Role::ControlPlane, Role::Worker];
 
 pub struct SimCloud {
     store: DynStore,
@@ -26,10 +21,7 @@ pub struct SimCloud {
 
 impl SimCloud {
     pub fn new(store: DynStore, cfg: SimConfig) -> Self {
-        Self {
-            sim: Sim::new(store.clone(), cfg),
-            store,
-        }
+        Self { sim: Sim::new(store.clone(), cfg), store }
     }
 
     /// The VMs a self-managed cluster of this spec has: (role, index).
@@ -53,38 +45,21 @@ impl SimCloud {
         let id = &ctx.cluster.id;
         let have = infra(&self.store, ctx).await?;
         let wanted = want.len();
-        let missing: Vec<_> = want
-            .into_iter()
-            .filter(|(r, i)| !have.vms.contains_key(&r.vm_name(id, *i)))
-            .collect();
+        let missing: Vec<_> = want.into_iter().filter(|(r, i)| !have.vms.contains_key(&r.vm_name(id, *i))).collect();
         // VMs created before a restart count as done.
         done.fetch_add((wanted - missing.len()) as u32, Ordering::SeqCst);
         let results: Vec<Result<(), PhaseError>> = futures::stream::iter(missing)
             .map(|(role, index)| async move {
                 let name = role.vm_name(id, index);
                 self.sim.step("cloud.vm").await?;
-                let r = self
-                    .sim
-                    .ensure(id, "vm", &name, Some(role), index, 0)
-                    .await?;
-                let vm = Vm {
-                    id: r.id,
-                    name: name.clone(),
-                    role,
-                    index,
-                    public_ip: r.public_ip,
-                    private_ip: r.private_ip,
-                };
+                let r = self.sim.ensure(id, "vm", &name, Some(role), index, 0).await?;
+                let vm =
+                    Vm { id: r.id, name: name.clone(), role, index, public_ip: r.public_ip, private_ip: r.private_ip };
                 checkpoint(&self.store, ctx, |inf| {
                     inf.vms.insert(name.clone(), vm.clone());
                 })
                 .await?;
-                ctx.progress(
-                    format!("vm {name}"),
-                    done.fetch_add(1, Ordering::SeqCst) + 1,
-                    total,
-                )
-                .await;
+                ctx.progress(format!("vm {name}"), done.fetch_add(1, Ordering::SeqCst) + 1, total).await;
                 Ok(())
             })
             .buffer_unordered(PARALLEL_VMS)
@@ -93,19 +68,9 @@ impl SimCloud {
         results.into_iter().collect()
     }
 
-    async fn ensure_simple(
-        &self,
-        ctx: &PhaseCtx<'_>,
-        kind: &str,
-        name: &str,
-        size: u32,
-    ) -> Result<String, PhaseError> {
+    async fn ensure_simple(&self, ctx: &PhaseCtx<'_>, kind: &str, name: &str, size: u32) -> Result<String, PhaseError> {
         self.sim.step(&format!("cloud.{kind}")).await?;
-        Ok(self
-            .sim
-            .ensure(&ctx.cluster.id, kind, name, None, 0, size)
-            .await?
-            .id)
+        Ok(self.sim.ensure(&ctx.cluster.id, kind, name, None, 0, size).await?.id)
     }
 }
 
@@ -115,16 +80,8 @@ impl CloudProvider for SimCloud {
         let id = &ctx.cluster.id;
         let spec = &ctx.cluster.spec;
         let managed = ctx.cluster.cluster_type == ClusterType::Managed;
-        let vms = if managed {
-            vec![]
-        } else {
-            Self::planned_vms(ctx)
-        };
-        let total = if managed {
-            3
-        } else {
-            1 + FIREWALL_ROLES.len() as u32 + 1 + vms.len() as u32
-        };
+        let vms = if managed { vec![] } else { Self::planned_vms(ctx) };
+        let total = if managed { 3 } else { 1 + FIREWALL_ROLES.len() as u32 + 1 + vms.len() as u32 };
         let done = AtomicU32::new(0);
         let step = |s: String| {
             let n = done.fetch_add(1, Ordering::SeqCst) + 1;
@@ -133,25 +90,19 @@ impl CloudProvider for SimCloud {
 
         let state = infra(&self.store, ctx).await?;
         if state.network.is_none() {
-            let net = self
-                .ensure_simple(ctx, "network", &format!("{id}-net"), 0)
-                .await?;
+            let net = self.ensure_simple(ctx, "network", &format!("{id}-net"), 0).await?;
             checkpoint(&self.store, ctx, |i| i.network = Some(net.clone())).await?;
         }
         step(format!("network {id}-net")).await;
 
         if managed {
             if state.managed_cluster.is_none() {
-                let mc = self
-                    .ensure_simple(ctx, "managed_cluster", &format!("{id}-mc"), 0)
-                    .await?;
+                let mc = self.ensure_simple(ctx, "managed_cluster", &format!("{id}-mc"), 0).await?;
                 checkpoint(&self.store, ctx, |i| i.managed_cluster = Some(mc.clone())).await?;
             }
             step(format!("managed cluster {id}-mc")).await;
             if state.node_pool.is_none() {
-                let np = self
-                    .ensure_simple(ctx, "node_pool", &format!("{id}-np"), spec.managed_nodes)
-                    .await?;
+                let np = self.ensure_simple(ctx, "node_pool", &format!("{id}-np"), spec.managed_nodes).await?;
                 let ctx_name = context_name(ctx.cluster);
                 let kc = kubeconfig(
                     &ctx_name,
@@ -159,10 +110,7 @@ impl CloudProvider for SimCloud {
                     &fake_pem("CERTIFICATE"),
                     &fake_token(),
                 );
-                let sealed = ctx
-                    .rt
-                    .sealer
-                    .seal(&format!("kubeconfig/{id}"), kc.as_bytes());
+                let sealed = ctx.rt.sealer.seal(&format!("kubeconfig/{id}"), kc.as_bytes());
                 checkpoint(&self.store, ctx, |i| {
                     i.node_pool = Some(np.clone());
                     i.node_pool_size = spec.managed_nodes;
@@ -178,9 +126,7 @@ impl CloudProvider for SimCloud {
 
         for role in FIREWALL_ROLES {
             if !state.firewalls.contains_key(role.as_str()) {
-                let fw = self
-                    .ensure_simple(ctx, "firewall", &format!("{id}-fw-{}", role.as_str()), 0)
-                    .await?;
+                let fw = self.ensure_simple(ctx, "firewall", &format!("{id}-fw-{}", role.as_str()), 0).await?;
                 checkpoint(&self.store, ctx, |i| {
                     i.firewalls.insert(role.as_str().into(), fw.clone());
                 })
@@ -192,10 +138,7 @@ impl CloudProvider for SimCloud {
         // The private half is generated and sealed into state before the public half is
         // imported, so a crash in between can never leave an imported key we cannot use.
         if state.ssh_private_key.is_none() {
-            let sealed = ctx.rt.sealer.seal(
-                &format!("ssh/{id}"),
-                fake_pem("OPENSSH PRIVATE KEY").as_bytes(),
-            );
+            let sealed = ctx.rt.sealer.seal(&format!("ssh/{id}"), fake_pem("OPENSSH PRIVATE KEY").as_bytes());
             checkpoint(&self.store, ctx, |i| {
                 if i.ssh_private_key.is_none() {
                     i.ssh_private_key = Some(sealed.clone());
@@ -204,9 +147,7 @@ impl CloudProvider for SimCloud {
             .await?;
         }
         if state.ssh_key_id.is_none() {
-            let key = self
-                .ensure_simple(ctx, "ssh_key", &format!("{id}-ssh"), 0)
-                .await?;
+            let key = self.ensure_simple(ctx, "ssh_key", &format!("{id}-ssh"), 0).await?;
             checkpoint(&self.store, ctx, |i| i.ssh_key_id = Some(key.clone())).await?;
         }
         step(format!("ssh key {id}-ssh")).await;
@@ -218,31 +159,14 @@ impl CloudProvider for SimCloud {
         let id = &ctx.cluster.id;
         // Sweep by tag: whatever exists for this cluster goes, whether or not state recorded it.
         // Reverse order of creation, so nothing is deleted while something depends on it.
-        let order = [
-            "vm",
-            "node_pool",
-            "managed_cluster",
-            "ssh_key",
-            "firewall",
-            "network",
-        ];
+        let order = ["vm", "node_pool", "managed_cluster", "ssh_key", "firewall", "network"];
         let mut all = self.sim.list(id).await?;
-        all.sort_by_key(|r| {
-            order
-                .iter()
-                .position(|k| *k == r.kind)
-                .unwrap_or(order.len())
-        });
+        all.sort_by_key(|r| order.iter().position(|k| *k == r.kind).unwrap_or(order.len()));
         let total = all.len() as u32;
         for (n, r) in all.iter().enumerate() {
             self.sim.step(&format!("cloud.delete.{}", r.kind)).await?;
             self.sim.delete(id, &r.id).await?;
-            ctx.progress(
-                format!("deleted {} {}", r.kind, r.name),
-                n as u32 + 1,
-                total,
-            )
-            .await;
+            ctx.progress(format!("deleted {} {}", r.kind, r.name), n as u32 + 1, total).await;
         }
         self.store.delete(&ksctl_core::keys::cloud(id)).await?;
         Ok(())
@@ -258,9 +182,7 @@ impl CloudProvider for SimCloud {
         let missing = target.saturating_sub(have.len() as u32);
         // Continue the indices after the highest existing worker.
         let start = have.iter().max().map(|m| m + 1).unwrap_or(0);
-        let want: Vec<_> = (start..start + missing)
-            .map(|i| (Role::Worker, i))
-            .collect();
+        let want: Vec<_> = (start..start + missing).map(|i| (Role::Worker, i)).collect();
         let done = AtomicU32::new(0);
         self.create_vms(ctx, want, &done, missing).await
     }
@@ -273,15 +195,8 @@ impl CloudProvider for SimCloud {
         let state = infra(&self.store, ctx).await?;
         let mut workers: Vec<Vm> = state.vms_of(Role::Worker).cloned().collect();
         workers.sort_by_key(|v| std::cmp::Reverse(v.index));
-        let remove: Vec<Vm> = workers
-            .into_iter()
-            .take(
-                state
-                    .vms_of(Role::Worker)
-                    .count()
-                    .saturating_sub(target as usize),
-            )
-            .collect();
+        let remove: Vec<Vm> =
+            workers.into_iter().take(state.vms_of(Role::Worker).count().saturating_sub(target as usize)).collect();
         let total = remove.len() as u32;
         for (n, vm) in remove.iter().enumerate() {
             self.sim.step("cloud.delete.vm").await?;
@@ -290,8 +205,7 @@ impl CloudProvider for SimCloud {
                 i.vms.remove(&vm.name);
             })
             .await?;
-            ctx.progress(format!("deleted vm {}", vm.name), n as u32 + 1, total)
-                .await;
+            ctx.progress(format!("deleted vm {}", vm.name), n as u32 + 1, total).await;
         }
         Ok(())
     }
@@ -300,16 +214,12 @@ impl CloudProvider for SimCloud {
 impl SimCloud {
     async fn resize_pool(&self, ctx: &PhaseCtx<'_>, target: u32) -> Result<(), PhaseError> {
         let state = infra(&self.store, ctx).await?;
-        let np = state
-            .node_pool
-            .ok_or_else(|| PhaseError::Permanent("the cluster has no node pool recorded".into()))?;
+        let np =
+            state.node_pool.ok_or_else(|| PhaseError::Permanent("the cluster has no node pool recorded".into()))?;
         self.sim.step("cloud.node_pool.resize").await?;
-        self.sim
-            .update(&ctx.cluster.id, &np, |r| r.size = target)
-            .await?;
+        self.sim.update(&ctx.cluster.id, &np, |r| r.size = target).await?;
         checkpoint(&self.store, ctx, |i| i.node_pool_size = target).await?;
-        ctx.progress(format!("node pool resized to {target}"), 1, 1)
-            .await;
+        ctx.progress(format!("node pool resized to {target}"), 1, 1).await;
         Ok(())
     }
 }
@@ -319,7 +229,5 @@ fn target_workers(ctx: &PhaseCtx<'_>) -> Result<u32, PhaseError> {
         .operation
         .as_ref()
         .and_then(|o| o.target_workers)
-        .ok_or_else(|| {
-            PhaseError::Permanent("scale operation without a target worker count".into())
-        })
+        .ok_or_else(|| PhaseError::Permanent("scale operation without a target worker count".into()))
 }

@@ -12,10 +12,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 #[derive(Debug, Clone, Parser)]
-#[command(
-    name = "ksctl-k8s-controller",
-    about = "ksctl-rs k8s-controller: in-cluster components"
-)]
+#[command(name = "ksctl-k8s-controller", about = "ksctl-rs k8s-controller: in-cluster components")]
 pub struct Config {
     #[command(flatten)]
     pub common: CommonArgs,
@@ -52,37 +49,21 @@ impl PhaseWorker for K8sWorker {
     async fn run(&self, ctx: &PhaseCtx<'_>) -> Result<(), PhaseError> {
         let provider = ctx.cluster.provider;
         let api = self.providers.get(&provider).ok_or_else(|| {
-            PhaseError::Permanent(format!(
-                "provider {provider} has no Kubernetes API client in this k8s-controller"
-            ))
+            PhaseError::Permanent(format!("provider {provider} has no Kubernetes API client in this k8s-controller"))
         })?;
         match ctx.cmd.phase {
             Phase::K8sInstall => api.install(ctx).await,
             Phase::K8sUninstall => api.uninstall(ctx).await,
             Phase::K8sDrain => api.drain(ctx).await,
-            other => Err(PhaseError::Permanent(format!(
-                "k8s-controller does not run phase {other}"
-            ))),
+            other => Err(PhaseError::Permanent(format!("k8s-controller does not run phase {other}"))),
         }
     }
 }
 
-pub async fn run(
-    config: Config,
-    shutdown: tokio::sync::watch::Receiver<bool>,
-) -> Result<(), RuntimeError> {
+pub async fn run(config: Config, shutdown: tokio::sync::watch::Receiver<bool>) -> Result<(), RuntimeError> {
     let rt = config.common.connect("k8s-controller").await?;
     let sim_cfg = ksctl_runtime::sim::SimConfig::from_env().map_err(RuntimeError::Config)?;
     let mut providers: HashMap<Provider, Arc<dyn ClusterApi>> = HashMap::new();
-    providers.insert(
-        Provider::Sim,
-        Arc::new(sim_kube::SimKube::new(rt.store.clone(), sim_cfg)),
-    );
-    ksctl_runtime::run_controller(
-        rt,
-        Service::K8s,
-        Arc::new(K8sWorker { providers }),
-        shutdown,
-    )
-    .await
+    providers.insert(Provider::Sim, Arc::new(sim_kube::SimKube::new(rt.store.clone(), sim_cfg)));
+    ksctl_runtime::run_controller(rt, Service::K8s, Arc::new(K8sWorker { providers }), shutdown).await
 }

@@ -14,10 +14,7 @@ pub struct SimKube {
 
 impl SimKube {
     pub fn new(store: DynStore, cfg: SimConfig) -> Self {
-        Self {
-            sim: Sim::new(store.clone(), cfg),
-            store,
-        }
+        Self { sim: Sim::new(store.clone(), cfg), store }
     }
 
     /// The cluster's kubeconfig, opened: managed clusters get it from the cloud, self-managed
@@ -25,21 +22,12 @@ impl SimKube {
     async fn kubeconfig(&self, ctx: &PhaseCtx<'_>) -> Result<Option<String>, PhaseError> {
         let id = &ctx.cluster.id;
         let sealed = match ctx.cluster.cluster_type {
-            ClusterType::Managed => {
-                read_record::<InfraRecord>(&self.store, &keys::cloud(id))
-                    .await?
-                    .kubeconfig
-            }
+            ClusterType::Managed => read_record::<InfraRecord>(&self.store, &keys::cloud(id)).await?.kubeconfig,
             ClusterType::Selfmanaged => {
-                read_record::<BootstrapRecord>(&self.store, &keys::bootstrap(id))
-                    .await?
-                    .kubeconfig
+                read_record::<BootstrapRecord>(&self.store, &keys::bootstrap(id)).await?.kubeconfig
             }
         };
-        sealed
-            .map(|s| ctx.rt.sealer.open_string(&format!("kubeconfig/{id}"), &s))
-            .transpose()
-            .map_err(Into::into)
+        sealed.map(|s| ctx.rt.sealer.open_string(&format!("kubeconfig/{id}"), &s)).transpose().map_err(Into::into)
     }
 }
 
@@ -47,17 +35,14 @@ impl SimKube {
 impl ClusterApi for SimKube {
     async fn install(&self, ctx: &PhaseCtx<'_>) -> Result<(), PhaseError> {
         let id = &ctx.cluster.id;
-        let kc = self.kubeconfig(ctx).await?.ok_or_else(|| {
-            PhaseError::Permanent("no kubeconfig recorded for the cluster".into())
-        })?;
-        if !kc.contains("server:") {
-            return Err(PhaseError::Permanent(
-                "the recorded kubeconfig names no API server".into(),
-            ));
-        }
-        let installed = read_record::<K8sRecord>(&self.store, &keys::k8s(id))
+        let kc = self
+            .kubeconfig(ctx)
             .await?
-            .installed;
+            .ok_or_else(|| PhaseError::Permanent("no kubeconfig recorded for the cluster".into()))?;
+        if !kc.contains("server:") {
+            return Err(PhaseError::Permanent("the recorded kubeconfig names no API server".into()));
+        }
+        let installed = read_record::<K8sRecord>(&self.store, &keys::k8s(id)).await?.installed;
         let total = COMPONENTS.len() as u32;
         for (n, c) in COMPONENTS.iter().enumerate() {
             if !installed.contains(*c) {
@@ -69,28 +54,21 @@ impl ClusterApi for SimKube {
                 })
                 .await?;
             }
-            ctx.progress(format!("applied {c}"), n as u32 + 1, total)
-                .await;
+            ctx.progress(format!("applied {c}"), n as u32 + 1, total).await;
         }
         Ok(())
     }
 
     async fn uninstall(&self, ctx: &PhaseCtx<'_>) -> Result<(), PhaseError> {
         let id = &ctx.cluster.id;
-        let objects: Vec<_> = self
-            .sim
-            .list(id)
-            .await?
-            .into_iter()
-            .filter(|r| r.kind == "k8s_object")
-            .collect();
+        let mut objects: Vec<_> = self.sim.list(id).await?.into_iter().filter(|r| r.kind == "k8s_object").collect();
+        // Reverse install order: the agent goes before the namespace it lives in.
+        objects.sort_by_key(|o| std::cmp::Reverse(COMPONENTS.iter().position(|c| *c == o.name)));
         let total = objects.len() as u32;
-        // Reverse order: the agent goes before the namespace it lives in.
-        for (n, o) in objects.iter().rev().enumerate() {
+        for (n, o) in objects.iter().enumerate() {
             self.sim.step("k8s.delete").await?;
             self.sim.delete(id, &o.id).await?;
-            ctx.progress(format!("deleted {}", o.name), n as u32 + 1, total)
-                .await;
+            ctx.progress(format!("deleted {}", o.name), n as u32 + 1, total).await;
         }
         self.store.delete(&keys::k8s(id)).await?;
         Ok(())
@@ -103,23 +81,16 @@ impl ClusterApi for SimKube {
             .operation
             .as_ref()
             .and_then(|o| o.target_workers)
-            .ok_or_else(|| {
-                PhaseError::Permanent("scale operation without a target worker count".into())
-            })?;
+            .ok_or_else(|| PhaseError::Permanent("scale operation without a target worker count".into()))?;
         let infra: InfraRecord = read_record(&self.store, &keys::cloud(id)).await?;
-        let drained = read_record::<K8sRecord>(&self.store, &keys::k8s(id))
-            .await?
-            .drained;
+        let drained = read_record::<K8sRecord>(&self.store, &keys::k8s(id)).await?.drained;
         let (role, count) = match ctx.cluster.cluster_type {
             ClusterType::Managed => (Role::Managed, infra.node_pool_size as usize),
             ClusterType::Selfmanaged => (Role::Worker, infra.vms_of(Role::Worker).count()),
         };
         let mut nodes: Vec<_> = infra.vms_of(role).cloned().collect();
         nodes.sort_by_key(|v| std::cmp::Reverse(v.index));
-        let remove: Vec<_> = nodes
-            .into_iter()
-            .take(count.saturating_sub(target as usize))
-            .collect();
+        let remove: Vec<_> = nodes.into_iter().take(count.saturating_sub(target as usize)).collect();
         let total = remove.len() as u32;
         for (n, vm) in remove.iter().enumerate() {
             if !drained.contains(&vm.id) {
@@ -130,8 +101,7 @@ impl ClusterApi for SimKube {
                 })
                 .await?;
             }
-            ctx.progress(format!("drained node {}", vm.name), n as u32 + 1, total)
-                .await;
+            ctx.progress(format!("drained node {}", vm.name), n as u32 + 1, total).await;
         }
         Ok(())
     }

@@ -9,8 +9,7 @@ mod results;
 
 use clap::Parser;
 use ksctl_bus::subjects::{
-    MANAGER_REQUESTS_CONSUMER, MANAGER_RESULTS_CONSUMER, REQUESTS_STREAM, RESULTS_STREAM,
-    durable_consumer,
+    MANAGER_REQUESTS_CONSUMER, MANAGER_RESULTS_CONSUMER, REQUESTS_STREAM, RESULTS_STREAM, durable_consumer,
 };
 use ksctl_core::spec::Provider;
 use ksctl_runtime::{CommonArgs, Runtime, RuntimeError};
@@ -19,20 +18,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 #[derive(Debug, Clone, Parser)]
-#[command(
-    name = "ksctl-manager",
-    about = "ksctl-rs manager: requests, state machine, sagas, queries"
-)]
+#[command(name = "ksctl-manager", about = "ksctl-rs manager: requests, state machine, sagas, queries")]
 pub struct Config {
     #[command(flatten)]
     pub common: CommonArgs,
     /// Providers this control plane accepts requests for (comma-separated).
-    #[arg(
-        long,
-        env = "KSCTL_PROVIDERS",
-        default_value = "sim",
-        value_delimiter = ','
-    )]
+    #[arg(long, env = "KSCTL_PROVIDERS", default_value = "sim", value_delimiter = ',')]
     pub providers: Vec<String>,
     /// Seconds between reconciler passes (one manager replica at a time runs them).
     #[arg(long, env = "KSCTL_RECONCILE_INTERVAL_SECS", default_value_t = 10)]
@@ -51,15 +42,13 @@ pub struct Manager {
     pub phase_timeout: Duration,
 }
 
-pub async fn run(
-    config: Config,
-    shutdown: tokio::sync::watch::Receiver<bool>,
-) -> Result<(), RuntimeError> {
+pub async fn run(config: Config, shutdown: tokio::sync::watch::Receiver<bool>) -> Result<(), RuntimeError> {
     let mut providers = Vec::new();
     for p in &config.providers {
-        providers.push(Provider::parse(p.trim()).ok_or_else(|| {
-            RuntimeError::Config(format!("KSCTL_PROVIDERS: unknown provider {p:?}"))
-        })?);
+        providers.push(
+            Provider::parse(p.trim())
+                .ok_or_else(|| RuntimeError::Config(format!("KSCTL_PROVIDERS: unknown provider {p:?}")))?,
+        );
     }
     let rt = config.common.connect("manager").await?;
     let ready = Arc::new(AtomicBool::new(false));
@@ -68,27 +57,10 @@ pub async fn run(
             .await
             .map_err(|e| RuntimeError::Config(format!("binding {addr}: {e}")))?;
     }
-    let m = Manager {
-        rt: rt.clone(),
-        providers,
-        phase_timeout: Duration::from_secs(config.phase_timeout_secs),
-    };
-    let requests = durable_consumer(
-        &rt.publisher.js,
-        REQUESTS_STREAM,
-        MANAGER_REQUESTS_CONSUMER,
-        &rt.bus,
-        10_000,
-    )
-    .await?;
-    let results = durable_consumer(
-        &rt.publisher.js,
-        RESULTS_STREAM,
-        MANAGER_RESULTS_CONSUMER,
-        &rt.bus,
-        10_000,
-    )
-    .await?;
+    let m = Manager { rt: rt.clone(), providers, phase_timeout: Duration::from_secs(config.phase_timeout_secs) };
+    let requests =
+        durable_consumer(&rt.publisher.js, REQUESTS_STREAM, MANAGER_REQUESTS_CONSUMER, &rt.bus, 10_000).await?;
+    let results = durable_consumer(&rt.publisher.js, RESULTS_STREAM, MANAGER_RESULTS_CONSUMER, &rt.bus, 10_000).await?;
     let queries = queries::start(m.clone()).await?;
     let reconciler = tokio::spawn(reconciler::run(
         m.clone(),

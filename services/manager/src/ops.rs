@@ -14,35 +14,22 @@ pub fn store_retry(e: StoreError) -> HandlerError {
 impl Manager {
     /// Takes the cluster's lease (waiting briefly); a busy cluster means "try again later".
     pub async fn lease(&self, id: &ClusterId) -> Result<Lease, HandlerError> {
-        Lease::acquire(
-            &self.rt.store,
-            &keys::cluster_lease(id),
-            &self.rt.replica,
-            &self.rt.lease,
-        )
-        .await
-        .map_err(store_retry)?
-        .ok_or_else(|| {
-            self.rt
-                .metrics
-                .inc("lease_contention_total", &[("service", "manager")]);
-            HandlerError::retry(format!("cluster {id} is leased by another worker"))
-        })
+        Lease::acquire(&self.rt.store, &keys::cluster_lease(id), &self.rt.replica, &self.rt.lease)
+            .await
+            .map_err(store_retry)?
+            .ok_or_else(|| {
+                self.rt.metrics.inc("lease_contention_total", &[("service", "manager")]);
+                HandlerError::retry(format!("cluster {id} is leased by another worker"))
+            })
     }
 
     pub async fn load(&self, id: &ClusterId) -> Result<Option<(ClusterRecord, u64)>, HandlerError> {
-        ksctl_store::get_json(self.rt.store.as_ref(), &keys::cluster(id))
-            .await
-            .map_err(store_retry)
+        ksctl_store::get_json(self.rt.store.as_ref(), &keys::cluster(id)).await.map_err(store_retry)
     }
 
     /// Writes the record: created when `revision` is `None`, else compare-and-swap. We hold the
     /// cluster lease, so a conflict means the lease was lost: retry the whole message.
-    pub async fn save(
-        &self,
-        rec: &ClusterRecord,
-        revision: Option<u64>,
-    ) -> Result<(), HandlerError> {
+    pub async fn save(&self, rec: &ClusterRecord, revision: Option<u64>) -> Result<(), HandlerError> {
         let bytes = serde_json::to_vec(rec).expect("records serialise");
         let key = keys::cluster(&rec.id);
         match revision {
@@ -67,9 +54,7 @@ impl Manager {
             dispatch: op.dispatch,
         };
         self.rt.publisher.command(&cmd).await?;
-        self.rt
-            .metrics
-            .inc("phases_dispatched_total", &[("phase", op.phase.as_str())]);
+        self.rt.metrics.inc("phases_dispatched_total", &[("phase", op.phase.as_str())]);
         Ok(())
     }
 

@@ -26,13 +26,7 @@ pub async fn start(m: Manager) -> Result<tokio::task::JoinHandle<()>, RuntimeErr
                 let Some(reply) = msg.reply.clone() else {
                     return;
                 };
-                let verb = msg
-                    .subject
-                    .as_str()
-                    .rsplit('.')
-                    .next()
-                    .unwrap_or_default()
-                    .to_string();
+                let verb = msg.subject.as_str().rsplit('.').next().unwrap_or_default().to_string();
                 m.rt.metrics.inc("queries_total", &[("query", &verb)]);
                 let body = answer(&m, &verb, &msg.payload).await;
                 if let Err(e) = m.rt.publisher.client.publish(reply, body.into()).await {
@@ -74,9 +68,7 @@ async fn answer(m: &Manager, verb: &str, payload: &[u8]) -> Vec<u8> {
                 },
             }
         }
-        other => json(QueryReply::<()>::err(format!(
-            "unknown query {other:?}; expected get, list, info or switch"
-        ))),
+        other => json(QueryReply::<()>::err(format!("unknown query {other:?}; expected get, list, info or switch"))),
     }
 }
 
@@ -90,11 +82,7 @@ async fn load(m: &Manager, name: &str) -> Result<ClusterRecord, String> {
 }
 
 async fn list(m: &Manager) -> Result<Vec<ClusterSummary>, String> {
-    let rows =
-        m.rt.store
-            .children(keys::CLUSTER_PREFIX.trim_end_matches('.'))
-            .await
-            .map_err(|e| e.to_string())?;
+    let rows = m.rt.store.children(keys::CLUSTER_PREFIX.trim_end_matches('.')).await.map_err(|e| e.to_string())?;
     Ok(rows
         .into_iter()
         .filter_map(|(_, v)| serde_json::from_slice::<ClusterRecord>(&v.value).ok())
@@ -129,31 +117,12 @@ async fn switch(m: &Manager, rec: &ClusterRecord) -> Result<SwitchData, String> 
     let s = &m.rt.store;
     let e = |e: ksctl_runtime::PhaseError| e.to_string();
     let sealed = match rec.cluster_type {
-        ClusterType::Managed => {
-            read_record::<InfraRecord>(s, &keys::cloud(&rec.id))
-                .await
-                .map_err(e)?
-                .kubeconfig
-        }
+        ClusterType::Managed => read_record::<InfraRecord>(s, &keys::cloud(&rec.id)).await.map_err(e)?.kubeconfig,
         ClusterType::Selfmanaged => {
-            read_record::<BootstrapRecord>(s, &keys::bootstrap(&rec.id))
-                .await
-                .map_err(e)?
-                .kubeconfig
+            read_record::<BootstrapRecord>(s, &keys::bootstrap(&rec.id)).await.map_err(e)?.kubeconfig
         }
     };
-    let sealed = sealed.ok_or_else(|| {
-        format!(
-            "cluster {} has no kubeconfig yet (state {})",
-            rec.id, rec.state
-        )
-    })?;
-    let kubeconfig =
-        m.rt.sealer
-            .open_string(&format!("kubeconfig/{}", rec.id), &sealed)
-            .map_err(|e| e.to_string())?;
-    Ok(SwitchData {
-        context: context_name(rec),
-        kubeconfig,
-    })
+    let sealed = sealed.ok_or_else(|| format!("cluster {} has no kubeconfig yet (state {})", rec.id, rec.state))?;
+    let kubeconfig = m.rt.sealer.open_string(&format!("kubeconfig/{}", rec.id), &sealed).map_err(|e| e.to_string())?;
+    Ok(SwitchData { context: context_name(rec), kubeconfig })
 }

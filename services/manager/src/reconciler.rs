@@ -16,12 +16,7 @@ pub async fn run(m: Manager, interval: Duration, mut shutdown: tokio::sync::watc
             _ = tokio::time::sleep(interval) => {}
             _ = shutdown.wait_for(|s| *s) => return,
         }
-        match m
-            .rt
-            .store
-            .try_lease(keys::RECONCILER_LEASE, &m.rt.replica, interval * 3)
-            .await
-        {
+        match m.rt.store.try_lease(keys::RECONCILER_LEASE, &m.rt.replica, interval * 3).await {
             Ok(true) => {
                 if let Err(e) = pass(&m).await {
                     tracing::warn!(error = %e, "reconciler pass failed");
@@ -35,11 +30,7 @@ pub async fn run(m: Manager, interval: Duration, mut shutdown: tokio::sync::watc
 
 /// One pass; returns how many phases were dispatched again.
 pub async fn pass(m: &Manager) -> Result<usize, String> {
-    let rows =
-        m.rt.store
-            .children(keys::CLUSTER_PREFIX.trim_end_matches('.'))
-            .await
-            .map_err(|e| e.to_string())?;
+    let rows = m.rt.store.children(keys::CLUSTER_PREFIX.trim_end_matches('.')).await.map_err(|e| e.to_string())?;
     let now = now_ms();
     let mut redispatched = 0;
     for (key, v) in rows {
@@ -56,10 +47,7 @@ pub async fn pass(m: &Manager) -> Result<usize, String> {
             &m.rt.store,
             &keys::cluster_lease(&rec.id),
             &m.rt.replica,
-            &ksctl_store::LeaseOptions {
-                ttl: m.rt.lease.ttl,
-                wait: Duration::ZERO,
-            },
+            &ksctl_store::LeaseOptions { ttl: m.rt.lease.ttl, wait: Duration::ZERO },
         )
         .await
         else {
@@ -93,16 +81,12 @@ async fn redispatch(m: &Manager, seen: &ClusterRecord) -> Result<bool, ksctl_bus
     touch(&mut rec);
     m.save(&rec, Some(rev)).await?;
     m.dispatch(&rec).await?;
-    m.rt.metrics
-        .inc("phases_redispatched_total", &[("phase", phase.as_str())]);
+    m.rt.metrics.inc("phases_redispatched_total", &[("phase", phase.as_str())]);
     tracing::info!(cluster_id = %rec.id, %phase, dispatch = n, "stalled phase dispatched again");
     m.event(
         &rec,
         EventKind::Retrying,
-        format!(
-            "{phase} reported nothing within {}s; dispatched again (#{n})",
-            m.phase_timeout.as_secs()
-        ),
+        format!("{phase} reported nothing within {}s; dispatched again (#{n})", m.phase_timeout.as_secs()),
     )
     .await;
     Ok(true)

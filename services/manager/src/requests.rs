@@ -5,8 +5,7 @@ use crate::ops::touch;
 use ksctl_bus::{Envelope, Handler, HandlerError};
 use ksctl_core::ids::validate_request_id;
 use ksctl_core::messages::{
-    API_VERSION, CreateRequest, DeleteRequest, Event, EventKind, REPLY_HEADER, RequestReply,
-    ScaleRequest,
+    API_VERSION, CreateRequest, DeleteRequest, Event, EventKind, REPLY_HEADER, RequestReply, ScaleRequest,
 };
 use ksctl_core::records::{ClusterRecord, OperationRecord};
 use ksctl_core::saga::first_phase;
@@ -20,12 +19,7 @@ pub struct RequestHandler(pub Manager);
 /// Why a request was not accepted.
 enum Outcome {
     Accepted(Box<RequestReply>),
-    Rejected {
-        cluster: Option<String>,
-        request_id: Option<String>,
-        message: String,
-        errors: Vec<FieldError>,
-    },
+    Rejected { cluster: Option<String>, request_id: Option<String>, message: String, errors: Vec<FieldError> },
 }
 
 fn reject(cluster: Option<&str>, request_id: Option<&str>, message: impl Into<String>) -> Outcome {
@@ -38,8 +32,7 @@ fn reject(cluster: Option<&str>, request_id: Option<&str>, message: impl Into<St
 }
 
 fn parse<T: DeserializeOwned>(payload: &[u8]) -> Result<T, Outcome> {
-    serde_json::from_slice(payload)
-        .map_err(|e| reject(None, None, format!("malformed request: {e}")))
+    serde_json::from_slice(payload).map_err(|e| reject(None, None, format!("malformed request: {e}")))
 }
 
 fn check_common(api_version: &str, request_id: &str, name: &str) -> Result<ClusterId, Outcome> {
@@ -51,17 +44,9 @@ fn check_common(api_version: &str, request_id: &str, name: &str) -> Result<Clust
         });
     }
     if let Err(m) = validate_request_id(request_id) {
-        errors.push(FieldError {
-            field: "request_id".into(),
-            message: m,
-        });
+        errors.push(FieldError { field: "request_id".into(), message: m });
     }
-    let id = ClusterId::new(name).map_err(|m| {
-        errors.push(FieldError {
-            field: "cluster_name".into(),
-            message: m,
-        })
-    });
+    let id = ClusterId::new(name).map_err(|m| errors.push(FieldError { field: "cluster_name".into(), message: m }));
     match (errors.is_empty(), id) {
         (true, Ok(id)) => Ok(id),
         _ => Err(invalid(name, request_id, errors)),
@@ -78,12 +63,7 @@ fn invalid(name: &str, request_id: &str, errors: Vec<FieldError>) -> Outcome {
     }
 }
 
-fn accepted(
-    id: &ClusterId,
-    request_id: &str,
-    op: Option<&OperationId>,
-    message: String,
-) -> Outcome {
+fn accepted(id: &ClusterId, request_id: &str, op: Option<&OperationId>, message: String) -> Outcome {
     Outcome::Accepted(Box::new(RequestReply {
         accepted: true,
         request_id: Some(request_id.into()),
@@ -94,12 +74,7 @@ fn accepted(
     }))
 }
 
-fn new_operation(
-    id: &str,
-    kind: OpKind,
-    rec: &ClusterRecord,
-    target_workers: Option<u32>,
-) -> OperationRecord {
+fn new_operation(id: &str, kind: OpKind, rec: &ClusterRecord, target_workers: Option<u32>) -> OperationRecord {
     let now = now_ms();
     OperationRecord {
         id: OperationId::from_request(id),
@@ -119,46 +94,22 @@ fn new_operation(
 impl Handler for RequestHandler {
     async fn handle(&self, env: &Envelope) -> Result<(), HandlerError> {
         let m = &self.0;
-        let verb = env
-            .subject()
-            .rsplit('.')
-            .next()
-            .unwrap_or_default()
-            .to_string();
+        let verb = env.subject().rsplit('.').next().unwrap_or_default().to_string();
         let outcome = match verb.as_str() {
             "create" => self.create(env.payload()).await?,
             "delete" => self.delete(env.payload()).await?,
             "scale" => self.scale(env.payload()).await?,
-            other => reject(
-                None,
-                None,
-                format!("unknown request {other:?}; expected create, delete or scale"),
-            ),
+            other => reject(None, None, format!("unknown request {other:?}; expected create, delete or scale")),
         };
         let reply = match outcome {
             Outcome::Accepted(r) => {
-                m.rt.metrics.inc(
-                    "requests_total",
-                    &[("request", &verb), ("outcome", "accepted")],
-                );
+                m.rt.metrics.inc("requests_total", &[("request", &verb), ("outcome", "accepted")]);
                 *r
             }
-            Outcome::Rejected {
-                cluster,
-                request_id,
-                message,
-                errors,
-            } => {
-                m.rt.metrics.inc(
-                    "requests_total",
-                    &[("request", &verb), ("outcome", "rejected")],
-                );
+            Outcome::Rejected { cluster, request_id, message, errors } => {
+                m.rt.metrics.inc("requests_total", &[("request", &verb), ("outcome", "rejected")]);
                 tracing::info!(request = %verb, %message, "request rejected");
-                let mut ev = Event::new(
-                    cluster.as_deref().unwrap_or("_"),
-                    EventKind::Rejected,
-                    message.clone(),
-                );
+                let mut ev = Event::new(cluster.as_deref().unwrap_or("_"), EventKind::Rejected, message.clone());
                 ev.request_id = request_id.clone();
                 m.rt.publisher.event(ev).await;
                 RequestReply {
@@ -197,10 +148,7 @@ impl RequestHandler {
             Err(errors) => return Ok(invalid(&req.spec.cluster_name, &req.request_id, errors)),
         };
         let op_id = OperationId::from_request(&req.request_id);
-        if let Some(o) = self
-            .precheck(&id, &op_id, &req.request_id, OpKind::Create)
-            .await?
-        {
+        if let Some(o) = self.precheck(&id, &op_id, &req.request_id, OpKind::Create).await? {
             return Ok(o);
         }
         let lease = m.lease(&id).await?;
@@ -253,8 +201,7 @@ impl RequestHandler {
             Ok(id) => id,
             Err(o) => return Ok(o),
         };
-        self.transition(&id, &req.request_id, OpKind::Delete, |_| Ok(None))
-            .await
+        self.transition(&id, &req.request_id, OpKind::Delete, |_| Ok(None)).await
     }
 
     async fn scale(&self, payload: &[u8]) -> Result<Outcome, HandlerError> {
@@ -269,10 +216,7 @@ impl RequestHandler {
         if req.workers > MAX_NODES_PER_ROLE {
             let e = FieldError {
                 field: "workers".into(),
-                message: format!(
-                    "{} is more than the limit of {MAX_NODES_PER_ROLE}",
-                    req.workers
-                ),
+                message: format!("{} is more than the limit of {MAX_NODES_PER_ROLE}", req.workers),
             };
             return Ok(invalid(&req.cluster_name, &req.request_id, vec![e]));
         }
@@ -321,9 +265,20 @@ impl RequestHandler {
                 (kind, None)
             } else {
                 match decide(&rec) {
-                    Err(why) => return Ok(reject(Some(id.as_str()), Some(request_id), format!("cannot scale cluster {id}: {why}"))),
+                    Err(why) => {
+                        return Ok(reject(
+                            Some(id.as_str()),
+                            Some(request_id),
+                            format!("cannot scale cluster {id}: {why}"),
+                        ));
+                    }
                     Ok(None) => {
-                        return Ok(accepted(id, request_id, None, format!("cluster {id} already has the requested number of workers; nothing to do")));
+                        return Ok(accepted(
+                            id,
+                            request_id,
+                            None,
+                            format!("cluster {id} already has the requested number of workers; nothing to do"),
+                        ));
                     }
                     Ok(Some((k, t))) => (k, Some(t)),
                 }
@@ -352,25 +307,16 @@ impl RequestHandler {
         kind: OpKind,
     ) -> Result<Option<Outcome>, HandlerError> {
         let existing = self.0.load(id).await?;
-        if let Some(o) = self
-            .same_operation(&existing, op_id, id, request_id)
-            .await?
-        {
+        if let Some(o) = self.same_operation(&existing, op_id, id, request_id).await? {
             return Ok(Some(o));
         }
         let state = existing.as_ref().map(|(r, _)| r.state);
         // Scale's direction is decided under the lease; its rules match scale-up's.
         match (state, check_transition(state, kind)) {
-            (None, Err(_)) => Ok(Some(reject(
-                Some(id.as_str()),
-                Some(request_id),
-                format!("no cluster named {id}"),
-            ))),
-            (Some(_), Err(why)) => Ok(Some(reject(
-                Some(id.as_str()),
-                Some(request_id),
-                format!("cannot {kind} cluster {id}: {why}"),
-            ))),
+            (None, Err(_)) => Ok(Some(reject(Some(id.as_str()), Some(request_id), format!("no cluster named {id}")))),
+            (Some(_), Err(why)) => {
+                Ok(Some(reject(Some(id.as_str()), Some(request_id), format!("cannot {kind} cluster {id}: {why}"))))
+            }
             _ => Ok(None),
         }
     }
@@ -389,20 +335,10 @@ impl RequestHandler {
         };
         if rec.operation.as_ref().is_some_and(|o| &o.id == op_id) {
             self.0.dispatch(rec).await?;
-            return Ok(Some(accepted(
-                id,
-                request_id,
-                Some(op_id),
-                format!("operation {op_id} is under way"),
-            )));
+            return Ok(Some(accepted(id, request_id, Some(op_id), format!("operation {op_id} is under way"))));
         }
         if rec.last_operation.as_ref().is_some_and(|o| &o.id == op_id) {
-            return Ok(Some(accepted(
-                id,
-                request_id,
-                Some(op_id),
-                format!("operation {op_id} already finished"),
-            )));
+            return Ok(Some(accepted(id, request_id, Some(op_id), format!("operation {op_id} already finished"))));
         }
         Ok(None)
     }
@@ -420,17 +356,7 @@ impl RequestHandler {
         m.dispatch(&rec).await?;
         let op = rec.operation.as_ref().expect("set by caller");
         tracing::info!(cluster_id = %rec.id, op_id = %op.id, kind = %op.kind, "operation started");
-        m.event(
-            &rec,
-            EventKind::Accepted,
-            format!("{} of cluster {} accepted", op.kind, rec.id),
-        )
-        .await;
-        Ok(accepted(
-            &rec.id,
-            request_id,
-            Some(&op.id),
-            format!("{} of cluster {} accepted", op.kind, rec.id),
-        ))
+        m.event(&rec, EventKind::Accepted, format!("{} of cluster {} accepted", op.kind, rec.id)).await;
+        Ok(accepted(&rec.id, request_id, Some(&op.id), format!("{} of cluster {} accepted", op.kind, rec.id)))
     }
 }

@@ -17,9 +17,8 @@ pub struct ResultHandler(pub Manager);
 #[async_trait::async_trait]
 impl Handler for ResultHandler {
     async fn handle(&self, env: &Envelope) -> Result<(), HandlerError> {
-        let res: PhaseResult = serde_json::from_slice(env.payload()).map_err(|e| {
-            HandlerError::Permanent(format!("undecodable result on {}: {e}", env.subject()))
-        })?;
+        let res: PhaseResult = serde_json::from_slice(env.payload())
+            .map_err(|e| HandlerError::Permanent(format!("undecodable result on {}: {e}", env.subject())))?;
         let span = tracing::info_span!("result", cluster_id = %res.cluster_id, op_id = %res.op_id, phase = %res.phase);
         async {
             let lease = self.0.lease(&res.cluster_id).await?;
@@ -59,17 +58,11 @@ impl ResultHandler {
             rec.last_operation = Some(op.clone());
             touch(&mut rec);
             m.save(&rec, Some(rev)).await?;
-            m.rt.metrics.inc(
-                "operations_total",
-                &[("kind", op.kind.as_str()), ("outcome", "failed")],
-            );
+            m.rt.metrics.inc("operations_total", &[("kind", op.kind.as_str()), ("outcome", "failed")]);
             m.event(
                 &rec,
                 EventKind::OperationFailed,
-                format!(
-                    "{} of cluster {} failed in {}: {error}",
-                    op.kind, rec.id, res.phase
-                ),
+                format!("{} of cluster {} failed in {}: {error}", op.kind, rec.id, res.phase),
             )
             .await;
             return Ok(());
@@ -98,45 +91,19 @@ impl ResultHandler {
     ) -> Result<(), HandlerError> {
         let m = &self.0;
         op.finished_at_ms = Some(now_ms());
-        let secs = (op
-            .finished_at_ms
-            .unwrap_or(0)
-            .saturating_sub(op.started_at_ms)) as f64
-            / 1000.0;
-        m.rt.metrics.inc(
-            "operations_total",
-            &[("kind", op.kind.as_str()), ("outcome", "succeeded")],
-        );
-        m.rt.metrics.add(
-            "operation_seconds_total",
-            &[("kind", op.kind.as_str())],
-            secs,
-        );
+        let secs = (op.finished_at_ms.unwrap_or(0).saturating_sub(op.started_at_ms)) as f64 / 1000.0;
+        m.rt.metrics.inc("operations_total", &[("kind", op.kind.as_str()), ("outcome", "succeeded")]);
+        m.rt.metrics.add("operation_seconds_total", &[("kind", op.kind.as_str())], secs);
         if op.kind == OpKind::Delete {
             // The controllers' records first, the cluster record last: a crash in between
             // leaves a record the redelivered result finishes deleting.
-            for key in [
-                keys::k8s(&rec.id),
-                keys::bootstrap(&rec.id),
-                keys::cloud(&rec.id),
-            ] {
-                m.rt.store
-                    .delete(&key)
-                    .await
-                    .map_err(crate::ops::store_retry)?;
+            for key in [keys::k8s(&rec.id), keys::bootstrap(&rec.id), keys::cloud(&rec.id)] {
+                m.rt.store.delete(&key).await.map_err(crate::ops::store_retry)?;
             }
-            m.rt.store
-                .delete(&keys::cluster(&rec.id))
-                .await
-                .map_err(crate::ops::store_retry)?;
+            m.rt.store.delete(&keys::cluster(&rec.id)).await.map_err(crate::ops::store_retry)?;
             rec.operation = None;
             rec.last_operation = Some(op);
-            m.event(
-                &rec,
-                EventKind::OperationSucceeded,
-                format!("cluster {} deleted", rec.id),
-            )
-            .await;
+            m.event(&rec, EventKind::OperationSucceeded, format!("cluster {} deleted", rec.id)).await;
             return Ok(());
         }
         if let Some(t) = op.target_workers {
@@ -151,12 +118,8 @@ impl ResultHandler {
         rec.last_operation = Some(op);
         touch(&mut rec);
         m.save(&rec, Some(rev)).await?;
-        m.event(
-            &rec,
-            EventKind::OperationSucceeded,
-            format!("{kind} of cluster {} succeeded; it is running", rec.id),
-        )
-        .await;
+        m.event(&rec, EventKind::OperationSucceeded, format!("{kind} of cluster {} succeeded; it is running", rec.id))
+            .await;
         Ok(())
     }
 }

@@ -11,10 +11,7 @@ pub struct Envelope {
 
 impl Envelope {
     pub fn new(msg: Message, drop_delay: Duration) -> Self {
-        Self {
-            msg: Some(msg),
-            drop_delay,
-        }
+        Self { msg: Some(msg), drop_delay }
     }
     fn msg(&self) -> &Message {
         self.msg.as_ref().expect("envelope used after its decision")
@@ -26,11 +23,7 @@ impl Envelope {
         &self.msg().payload
     }
     pub fn header(&self, name: &str) -> Option<String> {
-        self.msg()
-            .headers
-            .as_ref()?
-            .get(name)
-            .map(|v| v.as_str().to_string())
+        self.msg().headers.as_ref()?.get(name).map(|v| v.as_str().to_string())
     }
     /// How often this message has been delivered, including this time.
     pub fn delivered(&self) -> i64 {

@@ -3,10 +3,7 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
     #[error("connecting to NATS at {url}: {source}")]
-    Connect {
-        url: String,
-        source: async_nats::ConnectError,
-    },
+    Connect { url: String, source: async_nats::ConnectError },
     #[error("setting up stream {stream}: {message}")]
     Setup { stream: String, message: String },
     #[error("publishing to {subject}: {message}")]
@@ -27,10 +24,7 @@ impl BusError {
 pub enum HandlerError {
     /// Try again later: NAK with a delay (`None`: the worker's backoff).
     #[error("{reason} (will retry)")]
-    Retry {
-        reason: String,
-        delay: Option<Duration>,
-    },
+    Retry { reason: String, delay: Option<Duration> },
     /// Never try again: TERM. The handler has already recorded the failure where users see it.
     #[error("{0}")]
     Permanent(String),
@@ -38,10 +32,7 @@ pub enum HandlerError {
 
 impl HandlerError {
     pub fn retry(reason: impl Into<String>) -> Self {
-        Self::Retry {
-            reason: reason.into(),
-            delay: None,
-        }
+        Self::Retry { reason: reason.into(), delay: None }
     }
     pub fn retryable(&self) -> bool {
         matches!(self, Self::Retry { .. })
@@ -50,10 +41,6 @@ impl HandlerError {
 
 impl From<BusError> for HandlerError {
     fn from(e: BusError) -> Self {
-        if e.retryable() {
-            Self::retry(e.to_string())
-        } else {
-            Self::Permanent(e.to_string())
-        }
+        if e.retryable() { Self::retry(e.to_string()) } else { Self::Permanent(e.to_string()) }
     }
 }

@@ -20,16 +20,8 @@ impl Publisher {
 
     /// Publishes to a stream and waits for its ack. The stream drops a repeated `msg_id` within
     /// its duplicate window, so a redelivered handler can publish again safely.
-    pub async fn publish_durable<T: Serialize>(
-        &self,
-        subject: &str,
-        msg_id: &str,
-        body: &T,
-    ) -> Result<(), BusError> {
-        let err = |m: String| BusError::Publish {
-            subject: subject.into(),
-            message: m,
-        };
+    pub async fn publish_durable<T: Serialize>(&self, subject: &str, msg_id: &str, body: &T) -> Result<(), BusError> {
+        let err = |m: String| BusError::Publish { subject: subject.into(), message: m };
         let payload = serde_json::to_vec(body).map_err(|e| err(e.to_string()))?;
         let mut headers = HeaderMap::new();
         headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id);
@@ -43,13 +35,11 @@ impl Publisher {
     }
 
     pub async fn command(&self, cmd: &Command) -> Result<(), BusError> {
-        self.publish_durable(&command_subject(cmd.phase), &cmd.msg_id(), cmd)
-            .await
+        self.publish_durable(&command_subject(cmd.phase), &cmd.msg_id(), cmd).await
     }
 
     pub async fn result(&self, r: &PhaseResult) -> Result<(), BusError> {
-        self.publish_durable(&result_subject(r.phase), &r.msg_id(), r)
-            .await
+        self.publish_durable(&result_subject(r.phase), &r.msg_id(), r).await
     }
 
     /// Events are progress and audit, not state: published without waiting, never failing a handler.

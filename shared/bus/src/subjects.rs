@@ -102,16 +102,10 @@ fn work_queue(name: &str, subjects: &str, s: &BusSettings) -> stream::Config {
 /// Ensures every stream exists. An existing stream with another configuration is used as it is
 /// (and logged): streams hold operations in flight and are never deleted to "fix" a mismatch.
 pub async fn ensure_streams(js: &jetstream::Context, s: &BusSettings) -> Result<(), BusError> {
-    let mut configs = vec![
-        work_queue(REQUESTS_STREAM, REQUEST_SUBJECTS, s),
-        work_queue(RESULTS_STREAM, RESULT_SUBJECTS, s),
-    ];
+    let mut configs =
+        vec![work_queue(REQUESTS_STREAM, REQUEST_SUBJECTS, s), work_queue(RESULTS_STREAM, RESULT_SUBJECTS, s)];
     for svc in [Service::Cloud, Service::Bootstrap, Service::K8s] {
-        configs.push(work_queue(
-            service_stream(svc),
-            &format!("ksctl.{}.>", svc.as_str()),
-            s,
-        ));
+        configs.push(work_queue(service_stream(svc), &format!("ksctl.{}.>", svc.as_str()), s));
     }
     configs.push(stream::Config {
         name: EVENTS_STREAM.into(),
@@ -123,12 +117,7 @@ pub async fn ensure_streams(js: &jetstream::Context, s: &BusSettings) -> Result<
     });
     for cfg in configs {
         let name = cfg.name.clone();
-        js.get_or_create_stream(cfg)
-            .await
-            .map_err(|e| BusError::Setup {
-                stream: name,
-                message: e.to_string(),
-            })?;
+        js.get_or_create_stream(cfg).await.map_err(|e| BusError::Setup { stream: name, message: e.to_string() })?;
     }
     Ok(())
 }
@@ -141,14 +130,8 @@ pub async fn durable_consumer(
     s: &BusSettings,
     max_ack_pending: i64,
 ) -> Result<jetstream::consumer::Consumer<pull::Config>, BusError> {
-    let setup = |e: String| BusError::Setup {
-        stream: stream_name.into(),
-        message: e,
-    };
-    let stream = js
-        .get_stream(stream_name)
-        .await
-        .map_err(|e| setup(e.to_string()))?;
+    let setup = |e: String| BusError::Setup { stream: stream_name.into(), message: e };
+    let stream = js.get_stream(stream_name).await.map_err(|e| setup(e.to_string()))?;
     stream
         .get_or_create_consumer(
             durable,

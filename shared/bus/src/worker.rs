@@ -41,10 +41,7 @@ impl Default for WorkerOptions {
 /// every delivery in milliseconds.
 pub fn backoff(opts: &WorkerOptions, delivered: i64) -> Duration {
     let exp = (delivered.max(1) - 1).min(16) as u32;
-    let d = opts
-        .base_backoff
-        .saturating_mul(2u32.saturating_pow(exp))
-        .min(opts.max_backoff);
+    let d = opts.base_backoff.saturating_mul(2u32.saturating_pow(exp)).min(opts.max_backoff);
     let jitter = fastrand_jitter(d.as_millis() as u64 / 4);
     d + Duration::from_millis(jitter)
 }
@@ -68,17 +65,10 @@ pub async fn run_consumer(
     opts: WorkerOptions,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), BusError> {
-    let err = |m: String| BusError::Consume {
-        consumer: name.into(),
-        message: m,
-    };
+    let err = |m: String| BusError::Consume { consumer: name.into(), message: m };
     // Pull no more than we can work on: a prefetched message waits on its ack timer.
-    let mut messages = consumer
-        .stream()
-        .max_messages_per_batch(opts.max_jobs)
-        .messages()
-        .await
-        .map_err(|e| err(e.to_string()))?;
+    let mut messages =
+        consumer.stream().max_messages_per_batch(opts.max_jobs).messages().await.map_err(|e| err(e.to_string()))?;
     let permits = Arc::new(Semaphore::new(opts.max_jobs));
     let mut tasks = JoinSet::new();
     loop {
@@ -122,14 +112,8 @@ pub async fn run_consumer(
     // Graceful shutdown: stop pulling, let in-flight work finish within the deadline; whatever
     // is still running is aborted and its envelope NAKs itself for another replica.
     let drain = async { while tasks.join_next().await.is_some() {} };
-    if tokio::time::timeout(opts.drain_deadline, drain)
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            consumer = name,
-            "in-flight work did not finish before the deadline; aborting it"
-        );
+    if tokio::time::timeout(opts.drain_deadline, drain).await.is_err() {
+        tracing::warn!(consumer = name, "in-flight work did not finish before the deadline; aborting it");
     }
     Ok(())
 }

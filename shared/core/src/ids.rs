@@ -30,23 +30,15 @@ pub fn validate_name(name: &str) -> Result<(), String> {
         return Err("must not be empty".into());
     }
     if name.len() > 50 {
-        return Err(format!(
-            "is {} characters long; at most 50 are allowed",
-            name.len()
-        ));
+        return Err(format!("is {} characters long; at most 50 are allowed", name.len()));
     }
     let b = name.as_bytes();
     let ok_mid = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-';
     if !b[0].is_ascii_lowercase() {
-        return Err(
-            "must start with a lowercase letter (pattern ^[a-z]([-a-z0-9]*[a-z0-9])?$)".into(),
-        );
+        return Err("must start with a lowercase letter (pattern ^[a-z]([-a-z0-9]*[a-z0-9])?$)".into());
     }
     if !b.iter().all(|&c| ok_mid(c)) {
-        return Err(
-            "may contain only lowercase letters, digits and '-' (pattern ^[a-z]([-a-z0-9]*[a-z0-9])?$)"
-                .into(),
-        );
+        return Err("may contain only lowercase letters, digits and '-' (pattern ^[a-z]([-a-z0-9]*[a-z0-9])?$)".into());
     }
     if b[b.len() - 1] == b'-' {
         return Err("must not end with '-' (pattern ^[a-z]([-a-z0-9]*[a-z0-9])?$)".into());
@@ -80,10 +72,7 @@ pub fn validate_request_id(id: &str) -> Result<(), String> {
     if id.is_empty() || id.len() > 64 {
         return Err("must be 1 to 64 characters".into());
     }
-    if !id
-        .bytes()
-        .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
-    {
+    if !id.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_') {
         return Err("may contain only letters, digits, '-' and '_'".into());
     }
     Ok(())

@@ -14,8 +14,5 @@ pub use ids::{ClusterId, OperationId};
 
 /// Milliseconds since the Unix epoch; every timestamp in records and events uses it.
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }

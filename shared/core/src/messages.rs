@@ -187,18 +187,10 @@ pub struct QueryReply<T> {
 
 impl<T> QueryReply<T> {
     pub fn ok(data: T) -> Self {
-        Self {
-            ok: true,
-            error: None,
-            data: Some(data),
-        }
+        Self { ok: true, error: None, data: Some(data) }
     }
     pub fn err(e: impl Into<String>) -> Self {
-        Self {
-            ok: false,
-            error: Some(e.into()),
-            data: None,
-        }
+        Self { ok: false, error: Some(e.into()), data: None }
     }
 }
 
@@ -289,11 +281,5 @@ pub struct SwitchData {
 
 /// ksctl's context name: `<name>-<region>-<type>-<cloud>-ksctl`.
 pub fn context_name(r: &ClusterRecord) -> String {
-    format!(
-        "{}-{}-{}-{}-ksctl",
-        r.id,
-        r.spec.region,
-        r.cluster_type.as_str(),
-        r.provider
-    )
+    format!("{}-{}-{}-{}-ksctl", r.id, r.spec.region, r.cluster_type.as_str(), r.provider)
 }

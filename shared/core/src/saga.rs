@@ -51,9 +51,7 @@ impl Phase {
     ];
     pub fn service(self) -> Service {
         match self {
-            Self::CloudCreate | Self::CloudDelete | Self::CloudScaleUp | Self::CloudScaleDown => {
-                Service::Cloud
-            }
+            Self::CloudCreate | Self::CloudDelete | Self::CloudScaleUp | Self::CloudScaleDown => Service::Cloud,
             Self::Bootstrap | Self::BootstrapJoin => Service::Bootstrap,
             Self::K8sInstall | Self::K8sUninstall | Self::K8sDrain => Service::K8s,
         }
@@ -86,9 +84,7 @@ impl Phase {
         }
     }
     pub fn from_subject(service: &str, verb: &str) -> Option<Self> {
-        Self::ALL
-            .into_iter()
-            .find(|p| p.service().as_str() == service && p.verb() == verb)
+        Self::ALL.into_iter().find(|p| p.service().as_str() == service && p.verb() == verb)
     }
 }
 
@@ -139,40 +135,22 @@ mod tests {
     fn selfmanaged_create_runs_cloud_bootstrap_k8s() {
         let t = ClusterType::Selfmanaged;
         assert_eq!(first_phase(OpKind::Create, t), Phase::CloudCreate);
-        assert_eq!(
-            next_phase(OpKind::Create, t, Phase::CloudCreate),
-            Some(Phase::Bootstrap)
-        );
-        assert_eq!(
-            next_phase(OpKind::Create, t, Phase::Bootstrap),
-            Some(Phase::K8sInstall)
-        );
+        assert_eq!(next_phase(OpKind::Create, t, Phase::CloudCreate), Some(Phase::Bootstrap));
+        assert_eq!(next_phase(OpKind::Create, t, Phase::Bootstrap), Some(Phase::K8sInstall));
         assert_eq!(next_phase(OpKind::Create, t, Phase::K8sInstall), None);
-        assert_eq!(
-            previous_phase(OpKind::Create, t, Phase::Bootstrap),
-            Some(Phase::CloudCreate)
-        );
+        assert_eq!(previous_phase(OpKind::Create, t, Phase::Bootstrap), Some(Phase::CloudCreate));
         assert_eq!(previous_phase(OpKind::Create, t, Phase::CloudCreate), None);
     }
 
     #[test]
     fn managed_create_skips_bootstrap() {
-        assert_eq!(
-            next_phase(OpKind::Create, ClusterType::Managed, Phase::CloudCreate),
-            Some(Phase::K8sInstall)
-        );
+        assert_eq!(next_phase(OpKind::Create, ClusterType::Managed, Phase::CloudCreate), Some(Phase::K8sInstall));
     }
 
     #[test]
     fn scale_down_drains_before_cloud() {
-        assert_eq!(
-            phases(OpKind::ScaleDown, ClusterType::Selfmanaged),
-            [Phase::K8sDrain, Phase::CloudScaleDown]
-        );
-        assert_eq!(
-            phases(OpKind::ScaleUp, ClusterType::Selfmanaged),
-            [Phase::CloudScaleUp, Phase::BootstrapJoin]
-        );
+        assert_eq!(phases(OpKind::ScaleDown, ClusterType::Selfmanaged), [Phase::K8sDrain, Phase::CloudScaleDown]);
+        assert_eq!(phases(OpKind::ScaleUp, ClusterType::Selfmanaged), [Phase::CloudScaleUp, Phase::BootstrapJoin]);
     }
 
     #[test]

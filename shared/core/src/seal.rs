@@ -40,22 +40,14 @@ impl Sealer {
         if key.len() != 32 {
             return Err(SealError::BadKey);
         }
-        Ok(Self {
-            cipher: ChaCha20Poly1305::new(Key::from_slice(&key)),
-        })
+        Ok(Self { cipher: ChaCha20Poly1305::new(Key::from_slice(&key)) })
     }
 
     pub fn seal(&self, purpose: &str, plaintext: &[u8]) -> Sealed {
         let nonce = ChaCha20Poly1305::generate_nonce(&mut OsRng);
         let ct = self
             .cipher
-            .encrypt(
-                &nonce,
-                Payload {
-                    msg: plaintext,
-                    aad: purpose.as_bytes(),
-                },
-            )
+            .encrypt(&nonce, Payload { msg: plaintext, aad: purpose.as_bytes() })
             .expect("chacha20poly1305 encryption does not fail for in-memory buffers");
         let mut out = nonce.to_vec();
         out.extend_from_slice(&ct);
@@ -70,13 +62,7 @@ impl Sealer {
         }
         let (nonce, ct) = bytes.split_at(12);
         self.cipher
-            .decrypt(
-                Nonce::from_slice(nonce),
-                Payload {
-                    msg: ct,
-                    aad: purpose.as_bytes(),
-                },
-            )
+            .decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad: purpose.as_bytes() })
             .map_err(|_| SealError::Open)
     }
 

@@ -137,35 +137,21 @@ impl ClusterSpec {
     /// `enabled` lists the providers this control plane can serve.
     pub fn validate(&self, enabled: &[Provider]) -> Result<Shape, Vec<FieldError>> {
         let mut errs = Vec::new();
-        let mut err = |field: &str, message: String| {
-            errs.push(FieldError {
-                field: field.into(),
-                message,
-            })
-        };
+        let mut err = |field: &str, message: String| errs.push(FieldError { field: field.into(), message });
         if let Err(e) = validate_name(&self.cluster_name) {
             err("cluster_name", e);
         }
         if self.region.is_empty()
             || self.region.len() > 40
-            || !self
-                .region
-                .bytes()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+            || !self.region.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
         {
-            err(
-                "region",
-                "must be 1 to 40 lowercase letters, digits or '-'".into(),
-            );
+            err("region", "must be 1 to 40 lowercase letters, digits or '-'".into());
         }
         let provider = match Provider::parse(&self.cloud_provider) {
             None => {
                 err(
                     "cloud_provider",
-                    format!(
-                        "unknown provider {:?}; expected one of sim, aws, azure, local, byo",
-                        self.cloud_provider
-                    ),
+                    format!("unknown provider {:?}; expected one of sim, aws, azure, local, byo", self.cloud_provider),
                 );
                 None
             }
@@ -173,10 +159,7 @@ impl ClusterSpec {
                 let names: Vec<_> = enabled.iter().map(|p| p.as_str()).collect();
                 err(
                     "cloud_provider",
-                    format!(
-                        "provider {p} is not enabled in this control plane (enabled: {})",
-                        names.join(", ")
-                    ),
+                    format!("provider {p} is not enabled in this control plane (enabled: {})", names.join(", ")),
                 );
                 None
             }
@@ -186,10 +169,7 @@ impl ClusterSpec {
             "managed" => Some(ClusterType::Managed),
             "selfmanaged" => Some(ClusterType::Selfmanaged),
             other => {
-                err(
-                    "cluster_type",
-                    format!("unknown type {other:?}; expected managed or selfmanaged"),
-                );
+                err("cluster_type", format!("unknown type {other:?}; expected managed or selfmanaged"));
                 None
             }
         };
@@ -198,40 +178,25 @@ impl ClusterSpec {
             Some("k3s") => Some(Distro::K3s),
             Some("kubeadm") => Some(Distro::Kubeadm),
             Some(other) => {
-                err(
-                    "kubernetes_distro",
-                    format!("unknown distro {other:?}; expected k3s or kubeadm"),
-                );
+                err("kubernetes_distro", format!("unknown distro {other:?}; expected k3s or kubeadm"));
                 None
             }
         };
         if !is_version(&self.kubernetes_version) {
             err(
                 "kubernetes_version",
-                format!(
-                    "{:?} is not a version like 1.31 or v1.31.2+k3s1",
-                    self.kubernetes_version
-                ),
+                format!("{:?} is not a version like 1.31 or v1.31.2+k3s1", self.kubernetes_version),
             );
         }
         if let Some(v) = &self.etcd_version
             && !is_version(v)
         {
-            err(
-                "etcd_version",
-                format!("{v:?} is not a version like 3.5.15"),
-            );
+            err("etcd_version", format!("{v:?} is not a version like 3.5.15"));
         }
         if let Some(cni) = &self.cni
             && !KNOWN_CNIS.contains(&cni.as_str())
         {
-            err(
-                "cni",
-                format!(
-                    "unknown CNI {cni:?}; expected one of {}",
-                    KNOWN_CNIS.join(", ")
-                ),
-            );
+            err("cni", format!("unknown CNI {cni:?}; expected one of {}", KNOWN_CNIS.join(", ")));
         }
         for (field, n) in [
             ("managed_nodes", self.managed_nodes),
@@ -240,49 +205,30 @@ impl ClusterSpec {
             ("datastore_nodes", self.datastore_nodes),
         ] {
             if n > MAX_NODES_PER_ROLE {
-                err(
-                    field,
-                    format!("{n} is more than the limit of {MAX_NODES_PER_ROLE}"),
-                );
+                err(field, format!("{n} is more than the limit of {MAX_NODES_PER_ROLE}"));
             }
         }
         match cluster_type {
             Some(ClusterType::Managed) => {
                 if self.managed_nodes < 1 {
-                    err(
-                        "managed_nodes",
-                        "a managed cluster needs at least 1 node".into(),
-                    );
+                    err("managed_nodes", "a managed cluster needs at least 1 node".into());
                 }
                 if provider == Some(Provider::Byo) {
-                    err(
-                        "cluster_type",
-                        "provider byo supports only selfmanaged clusters".into(),
-                    );
+                    err("cluster_type", "provider byo supports only selfmanaged clusters".into());
                 }
             }
             Some(ClusterType::Selfmanaged) => {
                 if provider == Some(Provider::Local) {
-                    err(
-                        "cluster_type",
-                        "provider local supports only managed clusters".into(),
-                    );
+                    err("cluster_type", "provider local supports only managed clusters".into());
                 }
                 if self.kubernetes_distro.as_deref().unwrap_or("").is_empty() {
-                    err(
-                        "kubernetes_distro",
-                        "required for selfmanaged clusters (k3s or kubeadm)".into(),
-                    );
+                    err("kubernetes_distro", "required for selfmanaged clusters (k3s or kubeadm)".into());
                 }
-                for (field, n) in [
-                    ("control_plane_nodes", self.control_plane_nodes),
-                    ("datastore_nodes", self.datastore_nodes),
-                ] {
+                for (field, n) in
+                    [("control_plane_nodes", self.control_plane_nodes), ("datastore_nodes", self.datastore_nodes)]
+                {
                     if n < 3 || n % 2 == 0 {
-                        err(
-                            field,
-                            format!("must be odd and at least 3 for high availability, got {n}"),
-                        );
+                        err(field, format!("must be odd and at least 3 for high availability, got {n}"));
                     }
                 }
             }
@@ -291,11 +237,7 @@ impl ClusterSpec {
         if !errs.is_empty() {
             return Err(errs);
         }
-        Ok(Shape {
-            provider: provider.expect("checked"),
-            cluster_type: cluster_type.expect("checked"),
-            distro,
-        })
+        Ok(Shape { provider: provider.expect("checked"), cluster_type: cluster_type.expect("checked"), distro })
     }
 }
 
@@ -307,13 +249,9 @@ fn is_version(v: &str) -> bool {
     };
     let parts: Vec<_> = core.split('.').collect();
     (2..=3).contains(&parts.len())
-        && parts
-            .iter()
-            .all(|p| !p.is_empty() && p.len() <= 4 && p.bytes().all(|c| c.is_ascii_digit()))
+        && parts.iter().all(|p| !p.is_empty() && p.len() <= 4 && p.bytes().all(|c| c.is_ascii_digit()))
         && suffix.len() <= 32
-        && suffix
-            .bytes()
-            .all(|c| c.is_ascii_alphanumeric() || c == b'.' || c == b'-' || c == b'+')
+        && suffix.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'.' || c == b'-' || c == b'+')
 }
 
 #[cfg(test)]
@@ -330,11 +268,7 @@ mod tests {
     }
 
     fn fields(spec: &ClusterSpec) -> Vec<String> {
-        spec.validate(&[Provider::Sim])
-            .unwrap_err()
-            .into_iter()
-            .map(|e| e.field)
-            .collect()
+        spec.validate(&[Provider::Sim]).unwrap_err().into_iter().map(|e| e.field).collect()
     }
 
     #[test]
@@ -344,10 +278,7 @@ mod tests {
         let mut m = selfmanaged();
         m.cluster_type = "managed".into();
         m.managed_nodes = 1;
-        assert_eq!(
-            m.validate(&[Provider::Sim]).unwrap().cluster_type,
-            ClusterType::Managed
-        );
+        assert_eq!(m.validate(&[Provider::Sim]).unwrap().cluster_type, ClusterType::Managed);
     }
 
     #[test]

@@ -87,15 +87,11 @@ pub fn check_transition(current: Option<ClusterState>, op: OpKind) -> Result<Clu
     match (current, op) {
         (None, OpKind::Create) | (Some(CreationFailed), OpKind::Create) => Ok(Creating),
         (None, _) => Err("no such cluster".into()),
-        (Some(s), _) if s.is_busy() => Err(format!(
-            "the cluster is {s}: an operation is under way and only reads are allowed until it ends"
-        )),
-        (Some(s), OpKind::Create) => Err(format!(
-            "a cluster with this name already exists (state {s})"
-        )),
-        (Some(Running | CreationFailed | ConfiguringFailed | DeletionFailed), OpKind::Delete) => {
-            Ok(Deleting)
+        (Some(s), _) if s.is_busy() => {
+            Err(format!("the cluster is {s}: an operation is under way and only reads are allowed until it ends"))
         }
+        (Some(s), OpKind::Create) => Err(format!("a cluster with this name already exists (state {s})")),
+        (Some(Running | CreationFailed | ConfiguringFailed | DeletionFailed), OpKind::Delete) => Ok(Deleting),
         (Some(Running | ConfiguringFailed), OpKind::ScaleUp | OpKind::ScaleDown) => Ok(Configuring),
         (Some(s), op) => Err(format!("{op} is not allowed while the cluster is {s}")),
     }
@@ -109,26 +105,14 @@ mod tests {
     #[test]
     fn create_only_when_absent_or_failed() {
         assert_eq!(check_transition(None, OpKind::Create), Ok(Creating));
-        assert_eq!(
-            check_transition(Some(CreationFailed), OpKind::Create),
-            Ok(Creating)
-        );
-        assert!(
-            check_transition(Some(Running), OpKind::Create)
-                .unwrap_err()
-                .contains("already exists")
-        );
+        assert_eq!(check_transition(Some(CreationFailed), OpKind::Create), Ok(Creating));
+        assert!(check_transition(Some(Running), OpKind::Create).unwrap_err().contains("already exists"));
     }
 
     #[test]
     fn busy_states_allow_nothing() {
         for s in [Creating, Deleting, Configuring] {
-            for op in [
-                OpKind::Create,
-                OpKind::Delete,
-                OpKind::ScaleUp,
-                OpKind::ScaleDown,
-            ] {
+            for op in [OpKind::Create, OpKind::Delete, OpKind::ScaleUp, OpKind::ScaleDown] {
                 assert!(check_transition(Some(s), op).is_err(), "{s} {op}");
             }
         }

@@ -27,11 +27,7 @@ pub struct CommonArgs {
     #[arg(long, env = "KSCTL_STORE", value_enum, default_value = "redis")]
     pub store: StoreKind,
     /// Redis URL for `--store redis` (`redis://:password@host:port/db` for AUTH).
-    #[arg(
-        long,
-        env = "KSCTL_REDIS_URL",
-        default_value = "redis://127.0.0.1:6379"
-    )]
+    #[arg(long, env = "KSCTL_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     pub redis_url: String,
     /// Prefix of every key: Redis key namespace, or NATS KV bucket name.
     #[arg(long, env = "KSCTL_STORE_NAMESPACE", default_value = "ksctl")]
@@ -109,21 +105,17 @@ impl CommonArgs {
     }
 
     pub async fn nats(&self) -> Result<async_nats::Client, RuntimeError> {
-        let mut opts = async_nats::ConnectOptions::new()
-            .retry_on_initial_connect()
-            .connection_timeout(Duration::from_secs(5));
+        let mut opts =
+            async_nats::ConnectOptions::new().retry_on_initial_connect().connection_timeout(Duration::from_secs(5));
         if let (Some(u), Some(p)) = (&self.nats_user, &self.nats_password) {
             opts = opts.user_and_password(u.clone(), p.clone());
         }
         // retry_on_initial_connect returns at once and connects in the background; wait until
         // the first connection so start-up errors surface here.
-        let client =
-            opts.connect(&self.nats_url)
-                .await
-                .map_err(|source| ksctl_bus::BusError::Connect {
-                    url: self.nats_url.clone(),
-                    source,
-                })?;
+        let client = opts
+            .connect(&self.nats_url)
+            .await
+            .map_err(|source| ksctl_bus::BusError::Connect { url: self.nats_url.clone(), source })?;
         for _ in 0..100 {
             if client.connection_state() == async_nats::connection::State::Connected {
                 break;
@@ -138,12 +130,8 @@ impl CommonArgs {
         let sealer = self.sealer()?;
         let client = self.nats().await?;
         let store: DynStore = match self.store {
-            StoreKind::Redis => {
-                Arc::new(RedisStore::connect(&self.redis_url, &self.store_namespace).await?)
-            }
-            StoreKind::Nats => {
-                Arc::new(KvStore::open(client.clone(), &self.store_namespace).await?)
-            }
+            StoreKind::Redis => Arc::new(RedisStore::connect(&self.redis_url, &self.store_namespace).await?),
+            StoreKind::Nats => Arc::new(KvStore::open(client.clone(), &self.store_namespace).await?),
         };
         let bus = BusSettings {
             ack_wait: Duration::from_secs(self.ack_wait_secs.max(1)),
@@ -163,10 +151,7 @@ impl CommonArgs {
             sealer,
             replica,
             bus,
-            lease: LeaseOptions {
-                ttl: Duration::from_secs(self.lease_ttl_secs.max(1)),
-                wait: Duration::from_secs(2),
-            },
+            lease: LeaseOptions { ttl: Duration::from_secs(self.lease_ttl_secs.max(1)), wait: Duration::from_secs(2) },
             worker: WorkerOptions {
                 max_jobs: self.max_jobs.max(1),
                 base_backoff: Duration::from_millis(self.retry_base_ms.max(1)),

@@ -25,11 +25,7 @@ pub enum PhaseError {
 
 impl From<ksctl_store::StoreError> for PhaseError {
     fn from(e: ksctl_store::StoreError) -> Self {
-        if e.retryable() {
-            Self::Retryable(e.to_string())
-        } else {
-            Self::Permanent(e.to_string())
-        }
+        if e.retryable() { Self::Retryable(e.to_string()) } else { Self::Permanent(e.to_string()) }
     }
 }
 
@@ -55,14 +51,10 @@ impl PhaseCtx<'_> {
         self.rt
             .publisher
             .event(
-                Event::new(
-                    self.cluster.id.as_str(),
-                    EventKind::Progress,
-                    format!("{step} ({done}/{total})"),
-                )
-                .op(&self.cmd.op_id)
-                .phase(self.cmd.phase)
-                .step(step, done, total),
+                Event::new(self.cluster.id.as_str(), EventKind::Progress, format!("{step} ({done}/{total})"))
+                    .op(&self.cmd.op_id)
+                    .phase(self.cmd.phase)
+                    .step(step, done, total),
             )
             .await;
         self.env.progress().await;
@@ -88,13 +80,8 @@ impl Handler for CommandHandler {
             Ok(c) => c,
             Err(e) => {
                 // Nobody can act on it; it names no operation we could fail.
-                self.rt
-                    .metrics
-                    .inc("messages_rejected_total", &[("service", self.rt.service)]);
-                return Err(HandlerError::Permanent(format!(
-                    "undecodable command on {}: {e}",
-                    env.subject()
-                )));
+                self.rt.metrics.inc("messages_rejected_total", &[("service", self.rt.service)]);
+                return Err(HandlerError::Permanent(format!("undecodable command on {}: {e}", env.subject())));
             }
         };
         let span = tracing::info_span!("phase", cluster_id = %cmd.cluster_id, op_id = %cmd.op_id, phase = %cmd.phase, delivered = env.delivered());
@@ -107,50 +94,32 @@ impl CommandHandler {
         let rt = &self.rt;
         let svc = rt.service;
         let lease_name = keys::cluster_lease(&cmd.cluster_id);
-        let Some(lease) = Lease::acquire(&rt.store, &lease_name, &rt.replica, &rt.lease)
-            .await
-            .map_err(store_retry)?
+        let Some(lease) = Lease::acquire(&rt.store, &lease_name, &rt.replica, &rt.lease).await.map_err(store_retry)?
         else {
-            rt.metrics
-                .inc("lease_contention_total", &[("service", svc)]);
-            return Err(HandlerError::retry(format!(
-                "cluster {} is leased by another worker",
-                cmd.cluster_id
-            )));
+            rt.metrics.inc("lease_contention_total", &[("service", svc)]);
+            return Err(HandlerError::retry(format!("cluster {} is leased by another worker", cmd.cluster_id)));
         };
         let outcome = self.run_leased(env, cmd, &lease).await;
         lease.release().await;
         outcome
     }
 
-    async fn run_leased(
-        &self,
-        env: &Envelope,
-        cmd: &Command,
-        lease: &Lease,
-    ) -> Result<(), HandlerError> {
+    async fn run_leased(&self, env: &Envelope, cmd: &Command, lease: &Lease) -> Result<(), HandlerError> {
         let rt = &self.rt;
         let svc = rt.service;
-        let record = get_json::<ClusterRecord>(rt.store.as_ref(), &keys::cluster(&cmd.cluster_id))
-            .await
-            .map_err(store_retry)?;
+        let record =
+            get_json::<ClusterRecord>(rt.store.as_ref(), &keys::cluster(&cmd.cluster_id)).await.map_err(store_retry)?;
         let Some((cluster, _)) = record else {
             tracing::info!("cluster no longer exists; dropping command");
             return Ok(());
         };
-        let current = cluster
-            .operation
-            .as_ref()
-            .is_some_and(|op| op.id == cmd.op_id && op.phase == cmd.phase);
+        let current = cluster.operation.as_ref().is_some_and(|op| op.id == cmd.op_id && op.phase == cmd.phase);
         if !current {
             tracing::info!("stale command: the operation has moved on; dropping it");
             rt.metrics.inc("messages_stale_total", &[("service", svc)]);
             return Ok(());
         }
-        rt.metrics.inc(
-            "phases_started_total",
-            &[("service", svc), ("phase", cmd.phase.as_str())],
-        );
+        rt.metrics.inc("phases_started_total", &[("service", svc), ("phase", cmd.phase.as_str())]);
         rt.publisher
             .event(
                 Event::new(
@@ -163,12 +132,7 @@ impl CommandHandler {
             )
             .await;
         let started = std::time::Instant::now();
-        let ctx = PhaseCtx {
-            rt,
-            cmd,
-            cluster: &cluster,
-            env,
-        };
+        let ctx = PhaseCtx { rt, cmd, cluster: &cluster, env };
         let work = self.worker.run(&ctx);
         tokio::pin!(work);
         let mut tick = tokio::time::interval(rt.bus.ack_wait / 3);
@@ -191,13 +155,8 @@ impl CommandHandler {
         );
         let error = match outcome {
             Ok(()) => None,
-            Err(PhaseError::Retryable(reason))
-                if env.delivered() < rt.bus.max_deliver || rt.bus.max_deliver <= 0 =>
-            {
-                rt.metrics.inc(
-                    "phases_retried_total",
-                    &[("service", svc), ("phase", cmd.phase.as_str())],
-                );
+            Err(PhaseError::Retryable(reason)) if env.delivered() < rt.bus.max_deliver || rt.bus.max_deliver <= 0 => {
+                rt.metrics.inc("phases_retried_total", &[("service", svc), ("phase", cmd.phase.as_str())]);
                 rt.publisher
                     .event(
                         Event::new(
@@ -211,17 +170,12 @@ impl CommandHandler {
                     .await;
                 return Err(HandlerError::retry(reason));
             }
-            Err(PhaseError::Retryable(reason)) => Some(format!(
-                "{reason} (gave up after {} attempts)",
-                env.delivered()
-            )),
+            Err(PhaseError::Retryable(reason)) => {
+                Some(format!("{reason} (gave up after {} attempts)", env.delivered()))
+            }
             Err(PhaseError::Permanent(reason)) => Some(reason),
         };
-        let kind = if error.is_some() {
-            EventKind::PhaseFailed
-        } else {
-            EventKind::PhaseSucceeded
-        };
+        let kind = if error.is_some() { EventKind::PhaseFailed } else { EventKind::PhaseSucceeded };
         let result = PhaseResult {
             op_id: cmd.op_id.clone(),
             cluster_id: cmd.cluster_id.clone(),
@@ -234,20 +188,10 @@ impl CommandHandler {
             None => format!("{} succeeded", cmd.phase),
         };
         rt.metrics.inc(
-            if error.is_some() {
-                "phases_failed_total"
-            } else {
-                "phases_succeeded_total"
-            },
+            if error.is_some() { "phases_failed_total" } else { "phases_succeeded_total" },
             &[("service", svc), ("phase", cmd.phase.as_str())],
         );
-        rt.publisher
-            .event(
-                Event::new(cmd.cluster_id.as_str(), kind, msg)
-                    .op(&cmd.op_id)
-                    .phase(cmd.phase),
-            )
-            .await;
+        rt.publisher.event(Event::new(cmd.cluster_id.as_str(), kind, msg).op(&cmd.op_id).phase(cmd.phase)).await;
         Ok(())
     }
 }
@@ -270,28 +214,12 @@ pub async fn run_controller(
             .await
             .map_err(|e| crate::RuntimeError::Config(format!("binding {addr}: {e}")))?;
     }
-    let consumer = durable_consumer(
-        &rt.publisher.js,
-        service_stream(service),
-        service_consumer(service),
-        &rt.bus,
-        10_000,
-    )
-    .await?;
+    let consumer =
+        durable_consumer(&rt.publisher.js, service_stream(service), service_consumer(service), &rt.bus, 10_000).await?;
     ready.store(true, std::sync::atomic::Ordering::SeqCst);
     tracing::info!(replica = %rt.replica, "{} ready", rt.service);
-    let handler = Arc::new(CommandHandler {
-        rt: rt.clone(),
-        worker,
-    });
-    ksctl_bus::run_consumer(
-        service_consumer(service),
-        consumer,
-        handler,
-        rt.worker.clone(),
-        shutdown,
-    )
-    .await?;
+    let handler = Arc::new(CommandHandler { rt: rt.clone(), worker });
+    ksctl_bus::run_consumer(service_consumer(service), consumer, handler, rt.worker.clone(), shutdown).await?;
     Ok(())
 }
 
@@ -300,10 +228,7 @@ pub async fn read_record<T: serde::de::DeserializeOwned + Default>(
     store: &ksctl_store::DynStore,
     key: &str,
 ) -> Result<T, PhaseError> {
-    Ok(get_json(store.as_ref(), key)
-        .await?
-        .map(|(r, _)| r)
-        .unwrap_or_default())
+    Ok(get_json(store.as_ref(), key).await?.map(|(r, _)| r).unwrap_or_default())
 }
 
 /// Checkpoints into a controller-owned record (created from its default), with compare-and-swap.

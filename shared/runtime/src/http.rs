@@ -7,11 +7,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 /// Binds `addr` and serves until the process ends. Returns the bound address.
-pub async fn serve(
-    addr: &str,
-    metrics: Arc<Metrics>,
-    ready: Arc<AtomicBool>,
-) -> std::io::Result<std::net::SocketAddr> {
+pub async fn serve(addr: &str, metrics: Arc<Metrics>, ready: Arc<AtomicBool>) -> std::io::Result<std::net::SocketAddr> {
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     tracing::info!(%local, "health and metrics endpoint listening");

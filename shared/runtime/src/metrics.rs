@@ -12,18 +12,10 @@ impl Metrics {
     pub fn add(&self, name: &str, labels: &[(&str, &str)], v: f64) {
         let mut key = format!("ksctl_{name}");
         if !labels.is_empty() {
-            let parts: Vec<String> = labels
-                .iter()
-                .map(|(k, v)| format!("{k}=\"{}\"", v.replace('"', "'")))
-                .collect();
+            let parts: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{}\"", v.replace('"', "'"))).collect();
             key.push_str(&format!("{{{}}}", parts.join(",")));
         }
-        *self
-            .counters
-            .lock()
-            .expect("metrics lock")
-            .entry(key)
-            .or_default() += v;
+        *self.counters.lock().expect("metrics lock").entry(key).or_default() += v;
     }
     pub fn inc(&self, name: &str, labels: &[(&str, &str)]) {
         self.add(name, labels, 1.0);

@@ -64,15 +64,10 @@ impl SimConfig {
     pub fn parse(latency_ms: u64, faults: &str) -> Result<Self, String> {
         let mut out = Vec::new();
         for item in faults.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-            let (step, rest) = item
-                .split_once('=')
-                .ok_or_else(|| format!("fault {item:?}: expected <step>=<kind>[*N]"))?;
+            let (step, rest) =
+                item.split_once('=').ok_or_else(|| format!("fault {item:?}: expected <step>=<kind>[*N]"))?;
             let (kind, times) = match rest.split_once('*') {
-                Some((k, n)) => (
-                    k,
-                    n.parse::<u32>()
-                        .map_err(|_| format!("fault {item:?}: bad count {n:?}"))?,
-                ),
+                Some((k, n)) => (k, n.parse::<u32>().map_err(|_| format!("fault {item:?}: bad count {n:?}"))?),
                 None => (rest, u32::MAX),
             };
             let kind = match kind {
@@ -80,35 +75,20 @@ impl SimConfig {
                 "permanent" => FaultKind::Permanent,
                 "crash" => FaultKind::Crash,
                 k => {
-                    return Err(format!(
-                        "fault {item:?}: unknown kind {k:?} (retryable, permanent, crash)"
-                    ));
+                    return Err(format!("fault {item:?}: unknown kind {k:?} (retryable, permanent, crash)"));
                 }
             };
-            out.push(Fault {
-                step_prefix: step.to_string(),
-                kind,
-                times,
-            });
+            out.push(Fault { step_prefix: step.to_string(), kind, times });
         }
-        Ok(Self {
-            latency: Duration::from_millis(latency_ms),
-            faults: out,
-        })
+        Ok(Self { latency: Duration::from_millis(latency_ms), faults: out })
     }
 
     pub fn from_env() -> Result<Self, String> {
         let latency = std::env::var("KSCTL_SIM_LATENCY_MS")
             .ok()
-            .map(|v| {
-                v.parse::<u64>()
-                    .map_err(|_| format!("KSCTL_SIM_LATENCY_MS={v:?} is not a number"))
-            })
+            .map(|v| v.parse::<u64>().map_err(|_| format!("KSCTL_SIM_LATENCY_MS={v:?} is not a number")))
             .transpose()?;
-        Self::parse(
-            latency.unwrap_or(0),
-            &std::env::var("KSCTL_SIM_FAULTS").unwrap_or_default(),
-        )
+        Self::parse(latency.unwrap_or(0), &std::env::var("KSCTL_SIM_FAULTS").unwrap_or_default())
     }
 }
 
@@ -120,11 +100,7 @@ pub struct Sim {
 
 impl Sim {
     pub fn new(store: DynStore, cfg: SimConfig) -> Self {
-        Self {
-            store,
-            cfg,
-            fired: Mutex::new(HashMap::new()),
-        }
+        Self { store, cfg, fired: Mutex::new(HashMap::new()) }
     }
 
     /// Every simulated call goes through here: latency, then any fault planned for this step.
@@ -149,14 +125,10 @@ impl Sim {
             if fire {
                 match f.kind {
                     FaultKind::Retryable => {
-                        return Err(PhaseError::Retryable(format!(
-                            "simulated transient failure at {step}"
-                        )));
+                        return Err(PhaseError::Retryable(format!("simulated transient failure at {step}")));
                     }
                     FaultKind::Permanent => {
-                        return Err(PhaseError::Permanent(format!(
-                            "simulated permanent failure at {step}"
-                        )));
+                        return Err(PhaseError::Permanent(format!("simulated permanent failure at {step}")));
                     }
                     FaultKind::Crash => {
                         eprintln!("simulated crash at {step}");
@@ -174,23 +146,14 @@ impl Sim {
         let rows = self.store.children(parent.trim_end_matches('.')).await?;
         rows.into_iter()
             .map(|(k, v)| {
-                serde_json::from_slice(&v.value)
-                    .map_err(|e| PhaseError::Permanent(format!("sim resource {k}: {e}")))
+                serde_json::from_slice(&v.value).map_err(|e| PhaseError::Permanent(format!("sim resource {k}: {e}")))
             })
             .collect()
     }
 
     /// Looks a resource up by its tag.
-    pub async fn find(
-        &self,
-        cluster: &ClusterId,
-        name: &str,
-    ) -> Result<Option<SimResource>, PhaseError> {
-        Ok(self
-            .list(cluster)
-            .await?
-            .into_iter()
-            .find(|r| r.name == name))
+    pub async fn find(&self, cluster: &ClusterId, name: &str) -> Result<Option<SimResource>, PhaseError> {
+        Ok(self.list(cluster).await?.into_iter().find(|r| r.name == name))
     }
 
     /// Creates a resource with a fresh id (as a cloud API does): calling it twice makes two.
@@ -203,11 +166,7 @@ impl Sim {
         index: u32,
         size: u32,
     ) -> Result<SimResource, PhaseError> {
-        let id = format!(
-            "{}-{}",
-            kind.replace('_', ""),
-            &uuid::Uuid::new_v4().simple().to_string()[..12]
-        );
+        let id = format!("{}-{}", kind.replace('_', ""), &uuid::Uuid::new_v4().simple().to_string()[..12]);
         let n = fastrand::u32(1..250);
         let r = SimResource {
             id: id.clone(),
@@ -216,26 +175,13 @@ impl Sim {
             name: name.into(),
             role,
             index,
-            public_ip: if kind == "vm" {
-                format!("203.0.113.{n}")
-            } else {
-                String::new()
-            },
-            private_ip: if kind == "vm" {
-                format!("10.0.{}.{}", n % 3, fastrand::u32(2..250))
-            } else {
-                String::new()
-            },
+            public_ip: if kind == "vm" { format!("203.0.113.{n}") } else { String::new() },
+            private_ip: if kind == "vm" { format!("10.0.{}.{}", n % 3, fastrand::u32(2..250)) } else { String::new() },
             size,
             applied: vec![],
             created_at_ms: ksctl_core::now_ms(),
         };
-        put_new(
-            self.store.as_ref(),
-            &format!("{}{id}", keys::sim_prefix(cluster)),
-            &r,
-        )
-        .await?;
+        put_new(self.store.as_ref(), &format!("{}{id}", keys::sim_prefix(cluster)), &r).await?;
         Ok(r)
     }
 
@@ -257,10 +203,7 @@ impl Sim {
 
     /// Deletes by id; "not found" is done.
     pub async fn delete(&self, cluster: &ClusterId, id: &str) -> Result<(), PhaseError> {
-        Ok(self
-            .store
-            .delete(&format!("{}{id}", keys::sim_prefix(cluster)))
-            .await?)
+        Ok(self.store.delete(&format!("{}{id}", keys::sim_prefix(cluster))).await?)
     }
 
     /// Changes a resource in place (node pool size, host steps).
@@ -277,17 +220,11 @@ impl Sim {
             Ok::<_, String>(Some(r))
         })
         .await?;
-        out.map(|r| r.expect("written"))
-            .map_err(PhaseError::Permanent)
+        out.map(|r| r.expect("written")).map_err(PhaseError::Permanent)
     }
 
     /// Applies a host step on a simulated VM, once: like a real host step guarded by a check.
-    pub async fn apply_on_host(
-        &self,
-        cluster: &ClusterId,
-        host_id: &str,
-        step: &str,
-    ) -> Result<(), PhaseError> {
+    pub async fn apply_on_host(&self, cluster: &ClusterId, host_id: &str, step: &str) -> Result<(), PhaseError> {
         let step = step.to_string();
         self.update(cluster, host_id, move |r| {
             if !r.applied.contains(&step) {
@@ -298,17 +235,8 @@ impl Sim {
         .map(|_| ())
     }
 
-    pub async fn get(
-        &self,
-        cluster: &ClusterId,
-        id: &str,
-    ) -> Result<Option<SimResource>, PhaseError> {
-        Ok(get_json(
-            self.store.as_ref(),
-            &format!("{}{id}", keys::sim_prefix(cluster)),
-        )
-        .await?
-        .map(|(r, _)| r))
+    pub async fn get(&self, cluster: &ClusterId, id: &str) -> Result<Option<SimResource>, PhaseError> {
+        Ok(get_json(self.store.as_ref(), &format!("{}{id}", keys::sim_prefix(cluster))).await?.map(|(r, _)| r))
     }
 }
 
@@ -323,11 +251,7 @@ pub fn fake_pem(label: &str) -> String {
 
 /// A random bearer token in the shape kubeadm/k3s use (`abcdef.0123456789abcdef`).
 pub fn fake_token() -> String {
-    let hex = |n: usize| {
-        (0..n)
-            .map(|_| fastrand::alphanumeric().to_ascii_lowercase())
-            .collect::<String>()
-    };
+    let hex = |n: usize| (0..n).map(|_| fastrand::alphanumeric().to_ascii_lowercase()).collect::<String>();
     format!("{}.{}", hex(6), hex(16))
 }
 

@@ -29,11 +29,7 @@ async fn bucket(js: &jetstream::Context, name: &str) -> Result<kv::Store, StoreE
     match js.get_key_value(name).await {
         Ok(s) => Ok(s),
         Err(_) => js
-            .create_key_value(kv::Config {
-                bucket: name.into(),
-                history: 1,
-                ..Default::default()
-            })
+            .create_key_value(kv::Config { bucket: name.into(), history: 1, ..Default::default() })
             .await
             .map_err(unavailable),
     }
@@ -60,30 +56,21 @@ fn live(e: Option<kv::Entry>) -> Option<kv::Entry> {
 impl Store for KvStore {
     async fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
         let e = self.records.entry(key).await.map_err(unavailable)?;
-        Ok(live(e).map(|e| Versioned {
-            value: e.value.to_vec(),
-            revision: e.revision,
-        }))
+        Ok(live(e).map(|e| Versioned { value: e.value.to_vec(), revision: e.revision }))
     }
 
     async fn create(&self, key: &str, value: &[u8]) -> Result<u64, StoreError> {
-        self.records
-            .create(key, value.to_vec().into())
-            .await
-            .map_err(|e| match e.kind() {
-                kv::CreateErrorKind::AlreadyExists => StoreError::AlreadyExists(key.into()),
-                _ => unavailable(e),
-            })
+        self.records.create(key, value.to_vec().into()).await.map_err(|e| match e.kind() {
+            kv::CreateErrorKind::AlreadyExists => StoreError::AlreadyExists(key.into()),
+            _ => unavailable(e),
+        })
     }
 
     async fn update(&self, key: &str, value: &[u8], revision: u64) -> Result<u64, StoreError> {
-        self.records
-            .update(key, value.to_vec().into(), revision)
-            .await
-            .map_err(|e| match e.kind() {
-                kv::UpdateErrorKind::WrongLastRevision => StoreError::Conflict(key.into()),
-                _ => unavailable(e),
-            })
+        self.records.update(key, value.to_vec().into(), revision).await.map_err(|e| match e.kind() {
+            kv::UpdateErrorKind::WrongLastRevision => StoreError::Conflict(key.into()),
+            _ => unavailable(e),
+        })
     }
 
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
@@ -94,15 +81,8 @@ impl Store for KvStore {
         // The stream knows which subjects it holds; ask for those one level below `parent`,
         // then read each (a deleted key still has a marker and reads as absent).
         let prefix = format!("$KV.{}.", self.bucket);
-        let stream = self
-            .js
-            .get_stream(format!("KV_{}", self.bucket))
-            .await
-            .map_err(unavailable)?;
-        let mut subjects = stream
-            .info_with_subjects(format!("{prefix}{parent}.*"))
-            .await
-            .map_err(unavailable)?;
+        let stream = self.js.get_stream(format!("KV_{}", self.bucket)).await.map_err(unavailable)?;
+        let mut subjects = stream.info_with_subjects(format!("{prefix}{parent}.*")).await.map_err(unavailable)?;
         let mut keys = Vec::new();
         while let Some(s) = subjects.next().await {
             let (subject, _) = s.map_err(unavailable)?;
@@ -122,11 +102,9 @@ impl Store for KvStore {
 
     async fn try_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
         let now = ksctl_core::now_ms();
-        let value = serde_json::to_vec(&LeaseValue {
-            holder: holder.into(),
-            expires_at_ms: now + ttl.as_millis() as u64,
-        })
-        .expect("lease serialises");
+        let value =
+            serde_json::to_vec(&LeaseValue { holder: holder.into(), expires_at_ms: now + ttl.as_millis() as u64 })
+                .expect("lease serialises");
         match live(self.leases.entry(name).await.map_err(unavailable)?) {
             None => match self.leases.create(name, value.into()).await {
                 Ok(_) => Ok(true),
@@ -134,11 +112,8 @@ impl Store for KvStore {
                 Err(e) => Err(unavailable(e)),
             },
             Some(e) => {
-                let cur: LeaseValue =
-                    serde_json::from_slice(&e.value).map_err(|err| StoreError::Corrupt {
-                        key: name.into(),
-                        message: err.to_string(),
-                    })?;
+                let cur: LeaseValue = serde_json::from_slice(&e.value)
+                    .map_err(|err| StoreError::Corrupt { key: name.into(), message: err.to_string() })?;
                 if cur.holder != holder && cur.expires_at_ms > now {
                     return Ok(false);
                 }
@@ -156,21 +131,16 @@ impl Store for KvStore {
             let cur: Result<LeaseValue, _> = serde_json::from_slice(&e.value);
             if cur.map(|c| c.holder == holder).unwrap_or(false) {
                 // Only if nobody took it over in between.
-                let _ = self
-                    .leases
-                    .delete_expect_revision(name, Some(e.revision))
-                    .await;
+                let _ = self.leases.delete_expect_revision(name, Some(e.revision)).await;
             }
         }
         Ok(())
     }
 
     async fn lease_holder(&self, name: &str) -> Result<Option<String>, StoreError> {
-        Ok(
-            live(self.leases.entry(name).await.map_err(unavailable)?).and_then(|e| {
-                let cur: LeaseValue = serde_json::from_slice(&e.value).ok()?;
-                (cur.expires_at_ms > ksctl_core::now_ms()).then_some(cur.holder)
-            }),
-        )
+        Ok(live(self.leases.entry(name).await.map_err(unavailable)?).and_then(|e| {
+            let cur: LeaseValue = serde_json::from_slice(&e.value).ok()?;
+            (cur.expires_at_ms > ksctl_core::now_ms()).then_some(cur.holder)
+        }))
     }
 }

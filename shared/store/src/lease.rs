@@ -15,10 +15,7 @@ pub struct LeaseOptions {
 
 impl Default for LeaseOptions {
     fn default() -> Self {
-        Self {
-            ttl: Duration::from_secs(15),
-            wait: Duration::from_secs(2),
-        }
+        Self { ttl: Duration::from_secs(15), wait: Duration::from_secs(2) }
     }
 }
 
@@ -52,13 +49,8 @@ impl Lease {
         }
         let lost = Arc::new(AtomicBool::new(false));
         let renewer = {
-            let (store, name, holder, lost, ttl) = (
-                store.clone(),
-                name.to_string(),
-                holder.to_string(),
-                lost.clone(),
-                opts.ttl,
-            );
+            let (store, name, holder, lost, ttl) =
+                (store.clone(), name.to_string(), holder.to_string(), lost.clone(), opts.ttl);
             tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(ttl / 3).await;
@@ -76,13 +68,7 @@ impl Lease {
                 }
             })
         };
-        Ok(Some(Lease {
-            store: store.clone(),
-            name: name.into(),
-            holder: holder.into(),
-            lost,
-            renewer,
-        }))
+        Ok(Some(Lease { store: store.clone(), name: name.into(), holder: holder.into(), lost, renewer }))
     }
 
     /// True once another holder took the lease: stop acting on the cluster.

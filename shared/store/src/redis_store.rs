@@ -62,10 +62,7 @@ impl RedisStore {
     pub async fn connect(url: &str, namespace: &str) -> Result<Self, StoreError> {
         let client = redis::Client::open(url).map_err(unavailable)?;
         let con = ConnectionManager::new(client).await.map_err(unavailable)?;
-        Ok(Self {
-            con,
-            ns: namespace.to_string(),
-        })
+        Ok(Self { con, ns: namespace.to_string() })
     }
     fn rec(&self, key: &str) -> String {
         format!("{}:rec:{key}", self.ns)
@@ -101,51 +98,31 @@ impl Store for RedisStore {
     async fn create(&self, key: &str, value: &[u8]) -> Result<u64, StoreError> {
         let mut con = self.con.clone();
         let mut inv = CREATE.prepare_invoke();
-        inv.key(self.rec(key))
-            .key(self.idx(parent_of(key)))
-            .key(self.rev_counter())
-            .arg(value)
-            .arg(key);
+        inv.key(self.rec(key)).key(self.idx(parent_of(key))).key(self.rev_counter()).arg(value).arg(key);
         let rev: u64 = inv.invoke_async(&mut con).await.map_err(unavailable)?;
-        if rev == 0 {
-            Err(StoreError::AlreadyExists(key.into()))
-        } else {
-            Ok(rev)
-        }
+        if rev == 0 { Err(StoreError::AlreadyExists(key.into())) } else { Ok(rev) }
     }
 
     async fn update(&self, key: &str, value: &[u8], revision: u64) -> Result<u64, StoreError> {
         let mut con = self.con.clone();
         let mut inv = UPDATE.prepare_invoke();
-        inv.key(self.rec(key))
-            .key(self.rev_counter())
-            .arg(value)
-            .arg(revision.to_string());
+        inv.key(self.rec(key)).key(self.rev_counter()).arg(value).arg(revision.to_string());
         let rev: u64 = inv.invoke_async(&mut con).await.map_err(unavailable)?;
-        if rev == 0 {
-            Err(StoreError::Conflict(key.into()))
-        } else {
-            Ok(rev)
-        }
+        if rev == 0 { Err(StoreError::Conflict(key.into())) } else { Ok(rev) }
     }
 
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
         let mut con = self.con.clone();
         let mut inv = DELETE.prepare_invoke();
-        inv.key(self.rec(key))
-            .key(self.idx(parent_of(key)))
-            .arg(key);
+        inv.key(self.rec(key)).key(self.idx(parent_of(key))).arg(key);
         let _: i64 = inv.invoke_async(&mut con).await.map_err(unavailable)?;
         Ok(())
     }
 
     async fn children(&self, parent: &str) -> Result<Vec<(String, Versioned)>, StoreError> {
         let mut con = self.con.clone();
-        let mut keys: Vec<String> = redis::cmd("SMEMBERS")
-            .arg(self.idx(parent))
-            .query_async(&mut con)
-            .await
-            .map_err(unavailable)?;
+        let mut keys: Vec<String> =
+            redis::cmd("SMEMBERS").arg(self.idx(parent)).query_async(&mut con).await.map_err(unavailable)?;
         keys.sort();
         if keys.is_empty() {
             return Ok(vec![]);
@@ -154,8 +131,7 @@ impl Store for RedisStore {
         for k in &keys {
             pipe.cmd("HMGET").arg(self.rec(k)).arg("v").arg("r");
         }
-        let rows: Vec<(Option<Vec<u8>>, Option<u64>)> =
-            pipe.query_async(&mut con).await.map_err(unavailable)?;
+        let rows: Vec<(Option<Vec<u8>>, Option<u64>)> = pipe.query_async(&mut con).await.map_err(unavailable)?;
         Ok(keys
             .into_iter()
             .zip(rows)
@@ -169,9 +145,7 @@ impl Store for RedisStore {
     async fn try_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
         let mut con = self.con.clone();
         let mut inv = LEASE.prepare_invoke();
-        inv.key(self.lease(name))
-            .arg(holder)
-            .arg(ttl.as_millis().max(1) as u64);
+        inv.key(self.lease(name)).arg(holder).arg(ttl.as_millis().max(1) as u64);
         let got: i64 = inv.invoke_async(&mut con).await.map_err(unavailable)?;
         Ok(got == 1)
     }
@@ -186,10 +160,6 @@ impl Store for RedisStore {
 
     async fn lease_holder(&self, name: &str) -> Result<Option<String>, StoreError> {
         let mut con = self.con.clone();
-        redis::cmd("GET")
-            .arg(self.lease(name))
-            .query_async(&mut con)
-            .await
-            .map_err(unavailable)
+        redis::cmd("GET").arg(self.lease(name)).query_async(&mut con).await.map_err(unavailable)
     }
 }

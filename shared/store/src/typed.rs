@@ -2,41 +2,26 @@
 use crate::{Store, StoreError};
 use serde::{Serialize, de::DeserializeOwned};
 
-pub async fn get_json<T: DeserializeOwned>(
-    store: &dyn Store,
-    key: &str,
-) -> Result<Option<(T, u64)>, StoreError> {
+pub async fn get_json<T: DeserializeOwned>(store: &dyn Store, key: &str) -> Result<Option<(T, u64)>, StoreError> {
     match store.get(key).await? {
         None => Ok(None),
         Some(v) => {
-            let t = serde_json::from_slice(&v.value).map_err(|e| StoreError::Corrupt {
-                key: key.into(),
-                message: e.to_string(),
-            })?;
+            let t = serde_json::from_slice(&v.value)
+                .map_err(|e| StoreError::Corrupt { key: key.into(), message: e.to_string() })?;
             Ok(Some((t, v.revision)))
         }
     }
 }
 
 /// Creates a record that must not exist yet.
-pub async fn put_new<T: Serialize>(
-    store: &dyn Store,
-    key: &str,
-    value: &T,
-) -> Result<u64, StoreError> {
-    store
-        .create(key, &serde_json::to_vec(value).expect("records serialise"))
-        .await
+pub async fn put_new<T: Serialize>(store: &dyn Store, key: &str, value: &T) -> Result<u64, StoreError> {
+    store.create(key, &serde_json::to_vec(value).expect("records serialise")).await
 }
 
 /// Read-modify-write with compare-and-swap, retried on conflict. `f` sees the current record
 /// (`None` if absent) and returns the new one, or `None` to leave the store unchanged.
 /// Returns what is stored afterwards.
-pub async fn modify<T, F, E>(
-    store: &dyn Store,
-    key: &str,
-    mut f: F,
-) -> Result<Result<Option<T>, E>, StoreError>
+pub async fn modify<T, F, E>(store: &dyn Store, key: &str, mut f: F) -> Result<Result<Option<T>, E>, StoreError>
 where
     T: Serialize + DeserializeOwned + Clone,
     F: FnMut(Option<T>) -> Result<Option<T>, E>,

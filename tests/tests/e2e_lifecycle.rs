@@ -149,7 +149,8 @@ async fn health_and_metrics_endpoints() {
         assert!(http_get(port, "/readyz").starts_with("HTTP/1.0 200"));
         assert!(http_get(port, "/nope").starts_with("HTTP/1.0 404"));
     }
-    let (code, _, err) = sys.ksctl(&["cluster", "create", "--name", "metered", "--type", "managed", "--managed-nodes", "1"]).await;
+    let (code, _, err) =
+        sys.ksctl(&["cluster", "create", "--name", "metered", "--type", "managed", "--managed-nodes", "1"]).await;
     assert_eq!(code, 0, "{err}");
     let m = http_get(mport, "/metrics");
     assert!(m.contains(r#"ksctl_requests_total{request="create",outcome="accepted"} 1"#), "{m}");

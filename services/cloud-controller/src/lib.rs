@@ -1,6 +1,8 @@
 //! cloud-controller: creates, scales and deletes a cluster's infrastructure. Providers sit behind
-//! [`CloudProvider`]; this build has the `sim` provider (AWS, Azure and kind slot in beside it).
+//! [`CloudProvider`]: `sim` and `aws` (self-managed on EC2); Azure and kind slot in beside them.
 
+pub mod aws;
+pub mod firewall;
 pub mod sim_cloud;
 
 use clap::Parser;
@@ -18,6 +20,9 @@ use std::sync::Arc;
 pub struct Config {
     #[command(flatten)]
     pub common: CommonArgs,
+    /// AWS: AMI for every VM instead of the newest Ubuntu 24.04 image from Canonical.
+    #[arg(long, env = "KSCTL_AWS_AMI")]
+    pub aws_ami: Option<String>,
 }
 
 /// One cloud. Every method is idempotent: it looks resources up by tag before creating them,
@@ -72,5 +77,15 @@ pub async fn run(config: Config, shutdown: tokio::sync::watch::Receiver<bool>) -
     let sim_cfg = ksctl_runtime::sim::SimConfig::from_env().map_err(RuntimeError::Config)?;
     let mut providers: HashMap<Provider, Arc<dyn CloudProvider>> = HashMap::new();
     providers.insert(Provider::Sim, Arc::new(sim_cloud::SimCloud::new(rt.store.clone(), sim_cfg)));
+    providers.insert(Provider::Aws, Arc::new(aws::AwsCloud::new(rt.store.clone(), config.aws_ami.clone())));
     ksctl_runtime::run_controller(rt, Service::Cloud, Arc::new(CloudWorker { providers }), shutdown).await
+}
+
+/// The worker count a scale operation asks for.
+pub(crate) fn target_workers(ctx: &PhaseCtx<'_>) -> Result<u32, PhaseError> {
+    ctx.cluster
+        .operation
+        .as_ref()
+        .and_then(|o| o.target_workers)
+        .ok_or_else(|| PhaseError::Permanent("scale operation without a target worker count".into()))
 }

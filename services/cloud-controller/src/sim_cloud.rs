@@ -1,6 +1,6 @@
 //! The simulated cloud: network, one firewall per role, an SSH key, VMs; or a managed cluster
 //! with a node pool. Resources live in the store via [`Sim`].
-use crate::{CloudProvider, checkpoint, infra};
+use crate::{CloudProvider, checkpoint, infra, target_workers};
 use futures::StreamExt;
 use ksctl_core::messages::context_name;
 use ksctl_core::records::{Role, Vm};
@@ -222,12 +222,4 @@ impl SimCloud {
         ctx.progress(format!("node pool resized to {target}"), 1, 1).await;
         Ok(())
     }
-}
-
-fn target_workers(ctx: &PhaseCtx<'_>) -> Result<u32, PhaseError> {
-    ctx.cluster
-        .operation
-        .as_ref()
-        .and_then(|o| o.target_workers)
-        .ok_or_else(|| PhaseError::Permanent("scale operation without a target worker count".into()))
 }

@@ -48,9 +48,17 @@ struct K8sWorker {
 impl PhaseWorker for K8sWorker {
     async fn run(&self, ctx: &PhaseCtx<'_>) -> Result<(), PhaseError> {
         let provider = ctx.cluster.provider;
-        let api = self.providers.get(&provider).ok_or_else(|| {
-            PhaseError::Permanent(format!("provider {provider} has no Kubernetes API client in this k8s-controller"))
-        })?;
+        let Some(api) = self.providers.get(&provider) else {
+            // Deleting the infrastructure deletes whatever runs on it: a cluster we cannot talk
+            // to must not block its own deletion.
+            if ctx.cmd.phase == Phase::K8sUninstall {
+                ctx.progress(format!("no Kubernetes API client for provider {provider}; in-cluster objects go with the infrastructure"), 1, 1).await;
+                return Ok(());
+            }
+            return Err(PhaseError::Permanent(format!(
+                "provider {provider} has no Kubernetes API client in this k8s-controller"
+            )));
+        };
         match ctx.cmd.phase {
             Phase::K8sInstall => api.install(ctx).await,
             Phase::K8sUninstall => api.uninstall(ctx).await,

@@ -85,8 +85,13 @@ pub struct Vm {
 /// Infrastructure the cloud-controller created (key `cloud.<id>`); each id is written right after
 /// the call that created it returns.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct InfraRecord {
     pub network: Option<String>,
+    /// Subnets, one per availability zone, in order.
+    pub subnets: Vec<String>,
+    pub gateway: Option<String>,
+    pub route_table: Option<String>,
     /// Security group / firewall id per role.
     pub firewalls: BTreeMap<String, String>,
     pub ssh_key_id: Option<String>,

@@ -212,6 +212,9 @@ impl MotoServer {
         let (child, port) = start_on_free_port("moto_server", |port| {
             Command::new("moto_server")
                 .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                // Validate like AWS does: unknown AMIs and instance types are errors.
+                .env("MOTO_ENABLE_AMI_VALIDATION", "true")
+                .env("MOTO_EC2_ENABLE_INSTANCE_TYPE_VALIDATION", "true")
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()

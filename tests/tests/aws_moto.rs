@@ -27,6 +27,11 @@ async fn ec2(moto: &MotoServer) -> Client {
 async fn system(moto: &MotoServer, ec2: &Client) -> System {
     let images = ec2.describe_images().send().await.unwrap();
     let ami = images.images().iter().find_map(|i| i.image_id()).expect("moto ships AMIs").to_string();
+    system_with_ami(moto, &ami).await
+}
+
+async fn system_with_ami(moto: &MotoServer, ami: &str) -> System {
+    let ami = ami.to_string();
     let mut env: Vec<(String, String, String)> =
         moto.env().into_iter().map(|(k, v)| ("ksctl-cloud-controller".to_string(), k, v)).collect();
     env.push(("ksctl-cloud-controller".into(), "KSCTL_AWS_AMI".into(), ami));
@@ -184,6 +189,42 @@ async fn kill9_mid_create_creates_each_resource_once() {
         sys.restart("ksctl-cloud-controller");
         cloud_phase_done(&sys, name).await;
         assert_eq!(census(&ec2, name).await, [1, 3, 1, 1, 4, 1, 9], "after a kill at step {k}");
-        delete_leaves_nothing(&sys, &ec2, name).await;
+        // Kill it again in the middle of the delete.
+        let mut events = sys.client.subscribe(format!("ksctl.events.{name}.progress")).await.unwrap();
+        let (code, _, err) = sys.ksctl(&["cluster", "delete", name, "--no-wait"]).await;
+        assert_eq!(code, 0, "{err}");
+        tokio::time::timeout(T, async {
+            while let Some(m) = events.next().await {
+                let ev: Event = serde_json::from_slice(&m.payload).unwrap();
+                if ev.phase == Some(Phase::CloudDelete) && ev.done.unwrap_or(0) >= 2 {
+                    return;
+                }
+            }
+        })
+        .await
+        .expect("delete progress");
+        sys.kill9("ksctl-cloud-controller");
+        sys.restart("ksctl-cloud-controller");
+        sys.wait_gone(name, T).await;
+        assert_eq!(census(&ec2, name).await, [0; 7], "resources left after a kill mid-delete");
     }
+}
+
+/// A create that fails halfway (the AMI does not exist, so no VM can start) leaves the cluster
+/// in `creation_failed` with the error in `info`, and a delete removes what was made.
+#[tokio::test(flavor = "multi_thread")]
+async fn failure_halfway_then_delete_cleans_up() {
+    let moto = MotoServer::start();
+    let ec2 = ec2(&moto).await;
+    let sys = system_with_ami(&moto, "ami-00000000deadbeef").await;
+    create(&sys, "half").await;
+    let rec = sys.wait_state("half", "creation_failed", T).await;
+    let err = rec.last_operation.unwrap().error.unwrap();
+    assert!(err.starts_with("cloud_create:") && err.contains("run instance"), "{err}");
+    let (_, out, _) = sys.ksctl(&["cluster", "info", "half"]).await;
+    assert!(out.contains("run instance"), "info shows the error: {out}");
+    let c = census(&ec2, "half").await;
+    assert_eq!(&c[..6], &[1, 3, 1, 1, 4, 1], "network made before the failure");
+    assert_eq!(c[6], 0);
+    delete_leaves_nothing(&sys, &ec2, "half").await;
 }

@@ -21,7 +21,9 @@ use ksctl_core::spec::ClusterType;
 use ksctl_runtime::{PhaseCtx, PhaseError};
 use ksctl_store::DynStore;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use ksctl_runtime::Metrics;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 use tokio::sync::Mutex;
 
@@ -38,8 +40,9 @@ pub struct AwsCloud {
     /// AMI to use instead of looking up Ubuntu 24.04.
     ami: Option<String>,
     clients: Mutex<HashMap<String, Client>>,
-    /// Every AWS call made and retried, for the benchmark and metrics.
-    pub calls: AtomicU64,
+    /// Counts every AWS call (`cloud_api_calls_total`) and our own retries of calls
+    /// (`cloud_api_retries_total`; the SDK's throttling retries happen inside a call).
+    metrics: Arc<Metrics>,
 }
 
 /// An EC2 error with its code, classified.
@@ -102,8 +105,8 @@ fn instance_type(ctx: &PhaseCtx<'_>, role: Role) -> String {
 }
 
 impl AwsCloud {
-    pub fn new(store: DynStore, ami: Option<String>) -> Self {
-        Self { store, ami, clients: Mutex::new(HashMap::new()), calls: AtomicU64::new(0) }
+    pub fn new(store: DynStore, ami: Option<String>, metrics: Arc<Metrics>) -> Self {
+        Self { store, ami, clients: Mutex::new(HashMap::new()), metrics }
     }
 
     /// One client per region, from the standard credential chain; missing credentials are a
@@ -132,7 +135,11 @@ impl AwsCloud {
     }
 
     fn count(&self) {
-        self.calls.fetch_add(1, Ordering::Relaxed);
+        self.metrics.inc("cloud_api_calls_total", &[("provider", "aws")]);
+    }
+
+    fn retried(&self) {
+        self.metrics.inc("cloud_api_retries_total", &[("provider", "aws")]);
     }
 
     async fn ensure_vpc(&self, ec2: &Client, id: &ClusterId) -> Result<String, PhaseError> {
@@ -650,6 +657,7 @@ impl AwsCloud {
                 Ok(_) => return Ok(()),
                 Err(e) if code_of(&e).ends_with(".NotFound") || code_of(&e).ends_with("NotFound") => return Ok(()),
                 Err(e) if code_of(&e) == "DependencyViolation" => {
+                    self.retried();
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_secs(15));
                 }

@@ -36,7 +36,10 @@ ENV
   echo $! >> "$LAB/pids"
   wait_port "$nats_port"; wait_port "$redis_port"
   for svc in manager cloud-controller bootstrap-controller k8s-controller; do
-    env "$@" "$bin/ksctl-$svc" >"$LAB/logs/$svc.log" 2>&1 &
+    local own=()
+    # Only the cloud-controller serves metrics here when asked (the benchmark scrapes it).
+    [ "$svc" = cloud-controller ] && [ -n "${CLOUD_HTTP_ADDR:-}" ] && own=(KSCTL_HTTP_ADDR="$CLOUD_HTTP_ADDR")
+    env "$@" "${own[@]}" "$bin/ksctl-$svc" >"$LAB/logs/$svc.log" 2>&1 &
     echo $! >> "$LAB/pids"
     # The manager creates the streams the controllers bind to.
     [ "$svc" = manager ] && sleep 1
@@ -46,6 +49,7 @@ ENV
 
 stop_system() {
   [ -f "$LAB/pids" ] || return 0
+  # Also stops helpers the caller recorded (e.g. moto).
   # shellcheck disable=SC2046
   kill $(cat "$LAB/pids") 2>/dev/null || true
   rm -f "$LAB/pids"

@@ -33,17 +33,28 @@ struct Args {
     /// managed or selfmanaged.
     #[arg(long = "type", default_value = "selfmanaged")]
     cluster_type: String,
-    /// Messages / CAS operations for the raw baselines.
+    /// Messages / CAS operations for the raw baselines (0: skip them).
     #[arg(long, default_value_t = 20_000)]
     raw_ops: usize,
+    #[arg(long, default_value = "sim")]
+    provider: String,
+    #[arg(long, default_value = "local")]
+    region: String,
+    /// Count a create as done when its cloud phase succeeds (for providers whose later phases
+    /// cannot run here, e.g. `aws` against moto with no SSH hosts).
+    #[arg(long)]
+    cloud_only: bool,
+    /// The cloud-controller's /metrics URL, to report cloud API calls per cluster.
+    #[arg(long)]
+    cloud_metrics_url: Option<String>,
 }
 
-fn spec(name: &str, t: &str) -> ClusterSpec {
+fn spec(name: &str, t: &str, provider: &str, region: &str) -> ClusterSpec {
     let selfm = t == "selfmanaged";
     ClusterSpec {
         cluster_name: name.into(),
-        region: "local".into(),
-        cloud_provider: "sim".into(),
+        region: region.into(),
+        cloud_provider: provider.into(),
         cluster_type: t.into(),
         kubernetes_distro: selfm.then(|| "k3s".into()),
         kubernetes_version: "1.31".into(),
@@ -71,12 +82,32 @@ fn pct(v: &[Duration], p: f64) -> Duration {
     v[((v.len() as f64 - 1.0) * p).round() as usize]
 }
 
+/// When an event ends a cluster's operation for the benchmark: `Some(succeeded)`.
+type DoneWhen = fn(&Event) -> Option<bool>;
+
+fn operation_end(ev: &Event) -> Option<bool> {
+    match ev.kind {
+        EventKind::OperationSucceeded => Some(true),
+        EventKind::OperationFailed => Some(false),
+        _ => None,
+    }
+}
+
+fn cloud_phase_end(ev: &Event) -> Option<bool> {
+    match (ev.kind, ev.phase) {
+        (EventKind::PhaseSucceeded, Some(ksctl_core::saga::Phase::CloudCreate)) => Some(true),
+        (EventKind::PhaseFailed, Some(ksctl_core::saga::Phase::CloudCreate)) => Some(false),
+        _ => None,
+    }
+}
+
 /// Publishes one request per cluster (at most `concurrency` in flight) and waits for each
-/// operation's final event.
+/// operation's end, as `done_when` defines it.
 async fn round(
     client: &async_nats::Client,
     names: &[String],
     concurrency: usize,
+    done_when: DoneWhen,
     mk: impl Fn(&str, &str) -> (String, Vec<u8>),
 ) -> Result<Round> {
     let js = jetstream::new(client.clone());
@@ -89,11 +120,7 @@ async fn round(
         tokio::spawn(async move {
             while let Some(m) = sub.next().await {
                 let Ok(ev) = serde_json::from_slice::<Event>(&m.payload) else { continue };
-                let ok = match ev.kind {
-                    EventKind::OperationSucceeded => true,
-                    EventKind::OperationFailed => false,
-                    _ => continue,
-                };
+                let Some(ok) = done_when(&ev) else { continue };
                 done.lock().await.insert(ev.cluster_id.clone(), (Instant::now(), ok));
                 if let Some(w) = waiters.lock().await.remove(&ev.cluster_id) {
                     let _ = w.send(());
@@ -215,6 +242,18 @@ async fn raw_redis(url: &str, n: usize) -> Result<f64> {
     Ok((per * 16) as f64 / start.elapsed().as_secs_f64())
 }
 
+/// Sums a counter from a Prometheus text endpoint (0 if absent).
+async fn scrape(url: &str, counter: &str) -> Result<f64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://").context("metrics URL must be http://host:port/path")?;
+    let (host, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap_or((rest, "/metrics".into()));
+    let mut s = tokio::net::TcpStream::connect(host).await?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes()).await?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).await?;
+    Ok(body.lines().filter(|l| l.starts_with(counter)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum())
+}
+
 async fn store_revision(url: &str, ns: &str) -> Result<u64> {
     let client = redis::Client::open(url)?;
     let mut con = client.get_multiplexed_async_connection().await?;
@@ -240,21 +279,38 @@ async fn main() -> Result<()> {
     let client = async_nats::connect(&a.nats_url).await.with_context(|| format!("connecting to {}", a.nats_url))?;
     let run = &uuid::Uuid::new_v4().simple().to_string()[..6];
     let names: Vec<String> = (0..a.clusters).map(|i| format!("bench-{run}-{i}")).collect();
-    println!(
-        "ksctl-bench: {} {} sim clusters, {} in flight, zero simulated latency",
-        a.clusters, a.cluster_type, a.concurrency
-    );
+    println!("ksctl-bench: {} {} {} clusters, {} in flight", a.clusters, a.cluster_type, a.provider, a.concurrency);
+    let calls = |_: ()| async {
+        match &a.cloud_metrics_url {
+            Some(u) => (
+                scrape(u, "ksctl_cloud_api_calls_total").await.unwrap_or(0.0),
+                scrape(u, "ksctl_cloud_api_retries_total").await.unwrap_or(0.0),
+            ),
+            None => (0.0, 0.0),
+        }
+    };
+    let calls0 = calls(()).await;
 
     let rev0 = store_revision(&a.redis_url, &a.store_namespace).await.unwrap_or(0);
     let t = a.cluster_type.clone();
-    let create = round(&client, &names, a.concurrency, |name, rid| {
-        let req = CreateRequest { api_version: API_VERSION.into(), request_id: rid.into(), spec: spec(name, &t) };
+    let done_when: DoneWhen = if a.cloud_only { cloud_phase_end } else { operation_end };
+    let create = round(&client, &names, a.concurrency, done_when, |name, rid| {
+        let req = CreateRequest {
+            api_version: API_VERSION.into(),
+            request_id: rid.into(),
+            spec: spec(name, &t, &a.provider, &a.region),
+        };
         ("ksctl.request.create".into(), serde_json::to_vec(&req).expect("serialises"))
     })
     .await?;
     report("create", &create, a.clusters);
     let rev1 = store_revision(&a.redis_url, &a.store_namespace).await.unwrap_or(0);
-    let delete = round(&client, &names, a.concurrency, |name, rid| {
+    let calls1 = calls(()).await;
+    if a.cloud_only {
+        // The operations end in creation_failed after the cloud phase; wait for that state.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    let delete = round(&client, &names, a.concurrency, operation_end, |name, rid| {
         let req = DeleteRequest { api_version: API_VERSION.into(), request_id: rid.into(), cluster_name: name.into() };
         ("ksctl.request.delete".into(), serde_json::to_vec(&req).expect("serialises"))
     })
@@ -262,6 +318,19 @@ async fn main() -> Result<()> {
     report("delete", &delete, a.clusters);
     if create.failed + delete.failed > 0 {
         bail!("{} operations did not succeed", create.failed + delete.failed);
+    }
+    if a.cloud_metrics_url.is_some() {
+        let calls2 = calls(()).await;
+        let n = a.clusters as f64;
+        println!(
+            "cloud API calls per cluster: create {:.1}, delete {:.1}; calls retried by us: {:.0}",
+            (calls1.0 - calls0.0) / n,
+            (calls2.0 - calls1.0) / n,
+            calls2.1 - calls0.1
+        );
+    }
+    if a.raw_ops == 0 {
+        return Ok(());
     }
 
     let js_rate = raw_jetstream(&client, a.raw_ops).await?;

@@ -77,7 +77,10 @@ pub async fn run(config: Config, shutdown: tokio::sync::watch::Receiver<bool>) -
     let sim_cfg = ksctl_runtime::sim::SimConfig::from_env().map_err(RuntimeError::Config)?;
     let mut providers: HashMap<Provider, Arc<dyn CloudProvider>> = HashMap::new();
     providers.insert(Provider::Sim, Arc::new(sim_cloud::SimCloud::new(rt.store.clone(), sim_cfg)));
-    providers.insert(Provider::Aws, Arc::new(aws::AwsCloud::new(rt.store.clone(), config.aws_ami.clone(), rt.metrics.clone())));
+    providers.insert(
+        Provider::Aws,
+        Arc::new(aws::AwsCloud::new(rt.store.clone(), config.aws_ami.clone(), rt.metrics.clone())),
+    );
     ksctl_runtime::run_controller(rt, Service::Cloud, Arc::new(CloudWorker { providers }), shutdown).await
 }
 

@@ -121,11 +121,22 @@ async fn two_replicas_of_every_service_on_nats_kv() {
 
 fn http_get(port: u16, path: &str) -> String {
     use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
+    // Retried: a probe can meet the endpoint while it is still starting.
+    for _ in 0..50 {
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+            std::thread::sleep(Duration::from_millis(100));
+            continue;
+        };
+        let mut out = String::new();
+        if write!(s, "GET {path} HTTP/1.0\r\n\r\n").is_ok()
+            && s.read_to_string(&mut out).is_ok()
+            && out.starts_with("HTTP/")
+        {
+            return out;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("no HTTP answer on port {port} for {path}");
 }
 
 /// `/livez`, `/readyz` and `/metrics` answer, and the counters move during an operation.

@@ -242,3 +242,30 @@ impl Drop for MotoServer {
         let _ = self.child.wait();
     }
 }
+
+/// Reads `events` until an event satisfies `pred`; panics naming `what` after `timeout`.
+pub async fn wait_event(
+    events: &mut async_nats::Subscriber,
+    timeout: Duration,
+    what: &str,
+    pred: impl Fn(&ksctl_core::messages::Event) -> bool,
+) {
+    use futures::StreamExt;
+    let found = tokio::time::timeout(timeout, async {
+        while let Some(m) = events.next().await {
+            if serde_json::from_slice(&m.payload).is_ok_and(|ev| pred(&ev)) {
+                return;
+            }
+        }
+        panic!("event subscription closed while waiting for {what}");
+    })
+    .await;
+    assert!(found.is_ok(), "no {what} within {timeout:?}");
+}
+
+/// True for a progress event of `phase` with at least `n` steps done.
+pub fn progress_at(phase: ksctl_core::saga::Phase, n: u32) -> impl Fn(&ksctl_core::messages::Event) -> bool {
+    move |ev| {
+        ev.kind == ksctl_core::messages::EventKind::Progress && ev.phase == Some(phase) && ev.done.unwrap_or(0) >= n
+    }
+}

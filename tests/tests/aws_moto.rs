@@ -5,10 +5,8 @@
 //! `creation_failed` right after the cloud phase — which is what these tests look at.
 use aws_sdk_ec2::Client;
 use aws_sdk_ec2::types::Filter;
-use futures::StreamExt;
-use ksctl_core::messages::{Event, EventKind};
 use ksctl_core::saga::Phase;
-use ksctl_tests::{MotoServer, System, SystemOptions};
+use ksctl_tests::{MotoServer, System, SystemOptions, progress_at, wait_event};
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(120);
@@ -175,16 +173,7 @@ async fn kill9_mid_create_creates_each_resource_once() {
     for (name, k) in [("crash-a", 2u32), ("crash-b", 7), ("crash-c", 11)] {
         let mut events = sys.client.subscribe(format!("ksctl.events.{name}.progress")).await.unwrap();
         create(&sys, name).await;
-        tokio::time::timeout(T, async {
-            while let Some(m) = events.next().await {
-                let ev: Event = serde_json::from_slice(&m.payload).unwrap();
-                if ev.kind == EventKind::Progress && ev.phase == Some(Phase::CloudCreate) && ev.done.unwrap_or(0) >= k {
-                    return;
-                }
-            }
-        })
-        .await
-        .expect("progress");
+        wait_event(&mut events, T, "cloud_create progress", progress_at(Phase::CloudCreate, k)).await;
         sys.kill9("ksctl-cloud-controller");
         sys.restart("ksctl-cloud-controller");
         cloud_phase_done(&sys, name).await;
@@ -193,16 +182,7 @@ async fn kill9_mid_create_creates_each_resource_once() {
         let mut events = sys.client.subscribe(format!("ksctl.events.{name}.progress")).await.unwrap();
         let (code, _, err) = sys.ksctl(&["cluster", "delete", name, "--no-wait"]).await;
         assert_eq!(code, 0, "{err}");
-        tokio::time::timeout(T, async {
-            while let Some(m) = events.next().await {
-                let ev: Event = serde_json::from_slice(&m.payload).unwrap();
-                if ev.phase == Some(Phase::CloudDelete) && ev.done.unwrap_or(0) >= 2 {
-                    return;
-                }
-            }
-        })
-        .await
-        .expect("delete progress");
+        wait_event(&mut events, T, "cloud_delete progress", progress_at(Phase::CloudDelete, 2)).await;
         sys.kill9("ksctl-cloud-controller");
         sys.restart("ksctl-cloud-controller");
         sys.wait_gone(name, T).await;

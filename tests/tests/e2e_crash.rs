@@ -3,26 +3,10 @@
 use futures::StreamExt;
 use ksctl_core::messages::{Event, EventKind};
 use ksctl_core::saga::Phase;
-use ksctl_tests::{System, SystemOptions};
+use ksctl_tests::{System, SystemOptions, progress_at, wait_event};
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(120);
-
-/// Waits for the `n`th progress event of `phase` on `cluster`'s event stream.
-async fn wait_progress(events: &mut async_nats::Subscriber, phase: Phase, n: u32) {
-    tokio::time::timeout(T, async {
-        while let Some(m) = events.next().await {
-            let Ok(ev) = serde_json::from_slice::<Event>(&m.payload) else {
-                continue;
-            };
-            if ev.phase == Some(phase) && ev.kind == EventKind::Progress && ev.done.unwrap_or(0) >= n {
-                return;
-            }
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("no progress {n} in {phase}"));
-}
 
 async fn crash_during(service: &str, phase: Phase, after_steps: u32) {
     let mut sys = System::start(SystemOptions { sim_latency_ms: 250, ..Default::default() }).await;
@@ -47,20 +31,14 @@ async fn crash_during(service: &str, phase: Phase, after_steps: u32) {
         ])
         .await;
     assert_eq!(code, 0, "{err}");
-    wait_progress(&mut events, phase, after_steps).await;
+    wait_event(&mut events, T, &format!("progress {after_steps} in {phase}"), progress_at(phase, after_steps)).await;
     sys.kill9(service);
     if service == "ksctl-manager" {
         // Keep it down until the phase's result is waiting in the stream for it.
-        tokio::time::timeout(T, async {
-            while let Some(m) = events.next().await {
-                let ev: Event = serde_json::from_slice(&m.payload).unwrap();
-                if ev.phase == Some(phase) && ev.kind == EventKind::PhaseSucceeded {
-                    return;
-                }
-            }
+        wait_event(&mut events, T, "the phase result while the manager is down", |ev| {
+            ev.phase == Some(phase) && ev.kind == EventKind::PhaseSucceeded
         })
-        .await
-        .expect("phase result while the manager is down");
+        .await;
     } else {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
@@ -84,7 +62,7 @@ async fn crash_during(service: &str, phase: Phase, after_steps: u32) {
     let (code, _, err) = sys.ksctl(&["cluster", "delete", name, "--no-wait"]).await;
     assert_eq!(code, 0, "{err}");
     if service == "ksctl-cloud-controller" {
-        wait_progress(&mut events, Phase::CloudDelete, 3).await;
+        wait_event(&mut events, T, "cloud_delete progress", progress_at(Phase::CloudDelete, 3)).await;
         sys.kill9(service);
         sys.restart(service);
     }

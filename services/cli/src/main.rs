@@ -309,10 +309,9 @@ async fn submit<T: Serialize>(
     let inbox = ctx.client.new_inbox();
     let mut replies = ctx.client.subscribe(inbox.clone()).await?;
     // Subscribe to the cluster's events before publishing, so no event can be missed.
-    let events = if ksctl_core::ids::validate_name(name).is_ok() {
-        Some(ctx.client.subscribe(format!("ksctl.events.{name}.>")).await?)
-    } else {
-        None
+    let events = match ksctl_core::ClusterId::new(name) {
+        Ok(id) => Some(ctx.client.subscribe(ksctl_bus::subjects::cluster_events(&id)).await?),
+        Err(_) => None,
     };
     let js = async_nats::jetstream::new(ctx.client.clone());
     let mut headers = async_nats::HeaderMap::new();

@@ -34,9 +34,6 @@ impl HandlerError {
     pub fn retry(reason: impl Into<String>) -> Self {
         Self::Retry { reason: reason.into(), delay: None }
     }
-    pub fn retryable(&self) -> bool {
-        matches!(self, Self::Retry { .. })
-    }
 }
 
 impl From<BusError> for HandlerError {

@@ -42,19 +42,8 @@ impl Default for WorkerOptions {
 pub fn backoff(opts: &WorkerOptions, delivered: i64) -> Duration {
     let exp = (delivered.max(1) - 1).min(16) as u32;
     let d = opts.base_backoff.saturating_mul(2u32.saturating_pow(exp)).min(opts.max_backoff);
-    let jitter = fastrand_jitter(d.as_millis() as u64 / 4);
+    let jitter = fastrand::u64(0..=d.as_millis() as u64 / 4);
     d + Duration::from_millis(jitter)
-}
-
-fn fastrand_jitter(max: u64) -> u64 {
-    if max == 0 {
-        return 0;
-    }
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos() as u64)
-        .unwrap_or(0);
-    nanos % max
 }
 
 /// Pulls from `consumer` until `shutdown` turns true, then drains in-flight work.

@@ -9,7 +9,7 @@ use crate::controller::PhaseError;
 use ksctl_core::ClusterId;
 use ksctl_core::keys;
 use ksctl_core::records::Role;
-use ksctl_store::{DynStore, get_json, modify, put_new};
+use ksctl_store::{DynStore, modify, put_new};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -233,10 +233,6 @@ impl Sim {
         })
         .await
         .map(|_| ())
-    }
-
-    pub async fn get(&self, cluster: &ClusterId, id: &str) -> Result<Option<SimResource>, PhaseError> {
-        Ok(get_json(self.store.as_ref(), &format!("{}{id}", keys::sim_prefix(cluster))).await?.map(|(r, _)| r))
     }
 }
 

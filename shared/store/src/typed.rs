@@ -46,18 +46,11 @@ where
             Ok(_) => return Ok(Ok(Some(new))),
             Err(StoreError::Conflict(_) | StoreError::AlreadyExists(_)) if attempt < 50 => {
                 // Back off a little so many writers of one key make progress.
-                tokio::time::sleep(std::time::Duration::from_millis(fastrand_ms(attempt))).await;
+                tokio::time::sleep(std::time::Duration::from_millis(fastrand::u64(0..=2 + 2 * attempt.min(10) as u64)))
+                    .await;
             }
             Err(e) => return Err(e),
         }
     }
     unreachable!()
-}
-
-fn fastrand_ms(attempt: u32) -> u64 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos() as u64)
-        .unwrap_or(0);
-    nanos % (2 + 2 * attempt.min(10) as u64)
 }

@@ -215,6 +215,8 @@ impl MotoServer {
                 // Validate like AWS does: unknown AMIs and instance types are errors.
                 .env("MOTO_ENABLE_AMI_VALIDATION", "true")
                 .env("MOTO_EC2_ENABLE_INSTANCE_TYPE_VALIDATION", "true")
+                // AWS-managed IAM policies exist, so attaching an unknown one fails as on AWS.
+                .env("MOTO_IAM_LOAD_MANAGED_POLICIES", "true")
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()

@@ -2,24 +2,35 @@
 //! infrastructure is created with tags and the security-group matrix, survives kill -9 of the
 //! cloud-controller with exactly the expected resources, and delete leaves nothing tagged.
 //! The bootstrap phase has no AWS host access yet (SSH is its own issue), so a create ends in
-//! `creation_failed` right after the cloud phase — which is what these tests look at.
+//! `creation_failed` right after the cloud phase — which is what these tests look at. Managed EKS
+//! reaches ACTIVE for real; moto serves no Kubernetes API, so the k8s phase fails and says so.
+//! To test scaling, a test marks such a cluster `running` in the store, as the phases that
+//! cannot run here would have, and then scales it through the bus.
 use aws_sdk_ec2::Client;
 use aws_sdk_ec2::types::Filter;
+use ksctl_core::ClusterId;
+use ksctl_core::keys;
+use ksctl_core::messages::Command;
+use ksctl_core::records::{ClusterRecord, InfraRecord, OperationRecord};
 use ksctl_core::saga::Phase;
+use ksctl_core::state::{ClusterState, OpKind};
 use ksctl_tests::{MotoServer, System, SystemOptions, progress_at, wait_event};
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(120);
 const TAG: &str = "tag:ksctl.io/cluster-id";
 
-async fn ec2(moto: &MotoServer) -> Client {
-    let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
+async fn sdk(moto: &MotoServer) -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
         .region(aws_config::Region::new("us-east-1"))
         .endpoint_url(moto.url())
         .credentials_provider(aws_sdk_ec2::config::Credentials::new("testing", "testing", None, None, "test"))
         .load()
-        .await;
-    Client::new(&conf)
+        .await
+}
+
+async fn ec2(moto: &MotoServer) -> Client {
+    Client::new(&sdk(moto).await)
 }
 
 async fn system(moto: &MotoServer, ec2: &Client) -> System {
@@ -207,4 +218,218 @@ async fn failure_halfway_then_delete_cleans_up() {
     assert_eq!(&c[..6], &[1, 3, 1, 1, 4, 1], "network made before the failure");
     assert_eq!(c[6], 0);
     delete_leaves_nothing(&sys, &ec2, "half").await;
+}
+
+/// Marks a cluster `running` in the store, standing in for the phases that cannot run against
+/// moto (SSH bootstrap, Kubernetes API), so that scale requests are allowed.
+async fn mark_running(sys: &System, name: &str) {
+    let id = ClusterId::new(name).unwrap();
+    ksctl_store::modify::<ClusterRecord, _, ()>(sys.store.as_ref(), &keys::cluster(&id), |r| {
+        let mut r = r.expect("cluster exists");
+        r.state = ClusterState::Running;
+        r.operation = None;
+        Ok(Some(r))
+    })
+    .await
+    .unwrap()
+    .unwrap();
+}
+
+async fn infra(sys: &System, name: &str) -> InfraRecord {
+    let id = ClusterId::new(name).unwrap();
+    ksctl_store::get_json(sys.store.as_ref(), &keys::cloud(&id)).await.unwrap().map(|(r, _)| r).unwrap_or_default()
+}
+
+/// Live worker instances tagged for `c`, by Name tag.
+async fn workers(ec2: &Client, c: &str) -> Vec<String> {
+    let live = Filter::builder().name("instance-state-name").values("pending").values("running").build();
+    let role = Filter::builder().name("tag:ksctl.io/role").values("wp").build();
+    let r = ec2.describe_instances().filters(tagged(c)).filters(role).filters(live).send().await.unwrap();
+    let mut names: Vec<String> = r
+        .reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .filter_map(|i| i.tags().iter().find(|t| t.key() == Some("Name")).and_then(|t| t.value()).map(str::to_string))
+        .collect();
+    names.sort();
+    names
+}
+
+/// Self-managed scale on EC2. Scale-up goes through the manager as a user's request (the cloud
+/// phase adds instances, then the join fails for lack of SSH bootstrap); scale-down starts with
+/// a drain that needs a Kubernetes API, so the test dispatches its cloud phase on the bus itself.
+#[tokio::test(flavor = "multi_thread")]
+async fn selfmanaged_scale_changes_exactly_the_right_instances() {
+    let moto = MotoServer::start();
+    let ec2 = ec2(&moto).await;
+    let sys = system(&moto, &ec2).await;
+    create(&sys, "sc").await;
+    cloud_phase_done(&sys, "sc").await;
+    assert_eq!(workers(&ec2, "sc").await, ["sc-vm-wp-0", "sc-vm-wp-1"]);
+    let before: Vec<String> = infra(&sys, "sc").await.vms.values().map(|v| v.id.clone()).collect();
+
+    mark_running(&sys, "sc").await;
+    let (code, out, err) = sys.ksctl(&["cluster", "scale", "sc", "--workers", "4", "--no-wait"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let rec = sys.wait_state("sc", "configuring_failed", T).await;
+    let op = rec.last_operation.unwrap();
+    assert!(op.phases_done.contains(&Phase::CloudScaleUp), "{op:?}");
+    assert!(op.error.as_deref().unwrap_or("").starts_with("bootstrap_join:"), "{op:?}");
+    assert_eq!(workers(&ec2, "sc").await, ["sc-vm-wp-0", "sc-vm-wp-1", "sc-vm-wp-2", "sc-vm-wp-3"]);
+    let after = infra(&sys, "sc").await;
+    assert!(before.iter().all(|id| after.vms.values().any(|v| &v.id == id)), "existing VMs kept");
+    assert_eq!(census(&ec2, "sc").await, [1, 3, 1, 1, 4, 1, 11]);
+
+    // Scale down to 1: the three highest indices go, nothing else.
+    let op_id = ksctl_core::OperationId::from_request(&uuid::Uuid::new_v4().simple().to_string());
+    let id = ClusterId::new("sc").unwrap();
+    ksctl_store::modify::<ClusterRecord, _, ()>(sys.store.as_ref(), &keys::cluster(&id), |r| {
+        let mut r = r.unwrap();
+        r.state = ClusterState::Configuring;
+        r.operation = Some(OperationRecord {
+            id: op_id.clone(),
+            kind: OpKind::ScaleDown,
+            phase: Phase::CloudScaleDown,
+            dispatch: 1,
+            dispatched_at_ms: ksctl_core::now_ms(),
+            started_at_ms: ksctl_core::now_ms(),
+            finished_at_ms: None,
+            target_workers: Some(1),
+            phases_done: vec![Phase::K8sDrain],
+            error: None,
+        });
+        Ok(Some(r))
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let cmd = Command { op_id, cluster_id: id, kind: OpKind::ScaleDown, phase: Phase::CloudScaleDown, dispatch: 1 };
+    ksctl_bus::Publisher::new(sys.client.clone()).command(&cmd).await.unwrap();
+    sys.wait_state("sc", "running", T).await;
+    assert_eq!(workers(&ec2, "sc").await, ["sc-vm-wp-0"]);
+    let after = infra(&sys, "sc").await;
+    assert_eq!(after.vms.keys().filter(|k| k.contains("-wp-")).collect::<Vec<_>>(), ["sc-vm-wp-0"]);
+    assert_eq!(census(&ec2, "sc").await, [1, 3, 1, 1, 4, 1, 8]);
+    delete_leaves_nothing(&sys, &ec2, "sc").await;
+}
+
+/// EKS clusters and ksctl IAM roles of `c`: (clusters, node groups, roles).
+async fn eks_census(conf: &aws_config::SdkConfig, c: &str) -> (usize, usize, usize) {
+    let eks = aws_sdk_eks::Client::new(conf);
+    let iam = aws_sdk_iam::Client::new(conf);
+    let clusters = eks.list_clusters().send().await.unwrap();
+    let has_cluster = clusters.clusters().iter().any(|n| n == c);
+    let groups =
+        if has_cluster { eks.list_nodegroups().cluster_name(c).send().await.unwrap().nodegroups().len() } else { 0 };
+    let roles = iam.list_roles().send().await.unwrap();
+    let ours = roles.roles().iter().filter(|r| r.role_name().starts_with(&format!("ksctl-{c}-"))).count();
+    (has_cluster as usize, groups, ours)
+}
+
+/// Managed EKS through the manager: network, IAM roles with their policies, the cluster and a
+/// node group reach ACTIVE; the k8s phase fails clearly (moto serves no Kubernetes API);
+/// `switch` mints a fresh token; scale changes the node group; delete leaves nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn managed_eks_create_scale_delete() {
+    use base64::Engine;
+    let moto = MotoServer::start();
+    let conf = sdk(&moto).await;
+    let ec2 = Client::new(&conf);
+    let sys = system(&moto, &ec2).await;
+    let (code, out, err) = sys
+        .ksctl(&[
+            "cluster",
+            "create",
+            "--name",
+            "eks",
+            "--provider",
+            "aws",
+            "--region",
+            "us-east-1",
+            "--type",
+            "managed",
+            "--managed-nodes",
+            "2",
+            "--version",
+            "1.31",
+            "--no-wait",
+        ])
+        .await;
+    assert_eq!(code, 0, "{out}{err}");
+    let rec = sys.wait_state("eks", "creation_failed", T).await;
+    let op = rec.last_operation.unwrap();
+    assert_eq!(op.phases_done, [Phase::CloudCreate], "{op:?}");
+    let e = op.error.unwrap();
+    assert!(e.starts_with("k8s_install:") && e.contains("no Kubernetes API client"), "{e}");
+
+    let eks = aws_sdk_eks::Client::new(&conf);
+    let c = eks.describe_cluster().name("eks").send().await.unwrap();
+    let c = c.cluster().unwrap();
+    assert_eq!(c.status(), Some(&aws_sdk_eks::types::ClusterStatus::Active));
+    assert_eq!(c.version(), Some("1.31"));
+    assert_eq!(c.tags().unwrap().get("ksctl.io/cluster-id").map(String::as_str), Some("eks"));
+    let subnets = c.resources_vpc_config().unwrap().subnet_ids().to_vec();
+    assert_eq!(subnets.len(), 3);
+    let ng = eks.describe_nodegroup().cluster_name("eks").nodegroup_name("eks-pool").send().await.unwrap();
+    let ng = ng.nodegroup().unwrap();
+    assert_eq!(ng.status(), Some(&aws_sdk_eks::types::NodegroupStatus::Active));
+    assert_eq!(ng.scaling_config().unwrap().desired_size(), Some(2));
+    assert_eq!(ng.node_role(), Some(c.role_arn().unwrap().replace("-cp", "-node").as_str()));
+    let iam = aws_sdk_iam::Client::new(&conf);
+    let attached = |role: &'static str| {
+        let iam = iam.clone();
+        async move {
+            let r = iam.list_attached_role_policies().role_name(role).send().await.unwrap();
+            let mut p: Vec<String> =
+                r.attached_policies().iter().filter_map(|p| p.policy_name().map(str::to_string)).collect();
+            p.sort();
+            p
+        }
+    };
+    assert_eq!(attached("ksctl-eks-cp").await, ["AmazonEKSClusterPolicy"]);
+    assert_eq!(
+        attached("ksctl-eks-node").await,
+        ["AmazonEC2ContainerRegistryReadOnly", "AmazonEKSWorkerNodePolicy", "AmazonEKS_CNI_Policy"]
+    );
+    assert_eq!(eks_census(&conf, "eks").await, (1, 1, 2));
+    // The network EKS runs in, tagged like the self-managed one; no VMs or key pairs of ours.
+    assert_eq!(census(&ec2, "eks").await, [1, 3, 1, 1, 0, 0, 0]);
+    let state = infra(&sys, "eks").await;
+    assert_eq!(state.managed_cluster.as_deref(), Some("eks"));
+    assert_eq!(state.node_pool_size, 2);
+    assert!(state.kubeconfig.is_some(), "kubeconfig sealed in state");
+
+    // `switch` mints a new token each time: a presigned STS URL bound to the cluster.
+    let token_of = |kc: &str| {
+        let t = kc.lines().find_map(|l| l.trim().strip_prefix("token: ")).expect("token line").to_string();
+        let url =
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(t.strip_prefix("k8s-aws-v1.").unwrap()).unwrap();
+        String::from_utf8(url).unwrap()
+    };
+    let (code, kc, err) = sys.ksctl(&["cluster", "switch", "eks", "--print"]).await;
+    assert_eq!(code, 0, "{kc}{err}");
+    assert!(kc.contains(c.endpoint().unwrap()) && kc.contains("eks-us-east-1-managed-aws-ksctl"), "{kc}");
+    let url = token_of(&kc);
+    assert!(url.starts_with("https://sts.us-east-1.amazonaws.com/?") && url.contains("Action=GetCallerIdentity"));
+    assert!(url.contains("X-Amz-SignedHeaders=host%3Bx-k8s-aws-id"), "{url}");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (_, again, _) = sys.ksctl(&["cluster", "switch", "eks", "--print"]).await;
+    assert_ne!(token_of(&again), url, "a fresh token on every switch");
+
+    // Scale the node group up and down through the manager.
+    mark_running(&sys, "eks").await;
+    for n in [3, 1] {
+        let (code, out, err) = sys.ksctl(&["cluster", "scale", "eks", "--workers", &n.to_string()]).await;
+        assert_eq!(code, 0, "{out}{err}");
+        let ng = eks.describe_nodegroup().cluster_name("eks").nodegroup_name("eks-pool").send().await.unwrap();
+        let s = ng.nodegroup().unwrap().scaling_config().unwrap();
+        assert_eq!((s.min_size(), s.max_size(), s.desired_size()), (Some(n), Some(n), Some(n)));
+        assert_eq!(infra(&sys, "eks").await.node_pool_size, n as u32);
+    }
+
+    let (code, out, err) = sys.ksctl(&["cluster", "delete", "eks"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    sys.wait_gone("eks", T).await;
+    assert_eq!(eks_census(&conf, "eks").await, (0, 0, 0), "EKS resources left");
+    assert_eq!(census(&ec2, "eks").await, [0; 7], "network left");
 }

@@ -280,13 +280,17 @@ async fn main() -> Result<()> {
     let run = &uuid::Uuid::new_v4().simple().to_string()[..6];
     let names: Vec<String> = (0..a.clusters).map(|i| format!("bench-{run}-{i}")).collect();
     println!("ksctl-bench: {} {} {} clusters, {} in flight", a.clusters, a.cluster_type, a.provider, a.concurrency);
+    // (calls, attempts beyond the first of a call + our own retried calls, throttled answers)
     let calls = |_: ()| async {
         match &a.cloud_metrics_url {
-            Some(u) => (
-                scrape(u, "ksctl_cloud_api_calls_total").await.unwrap_or(0.0),
-                scrape(u, "ksctl_cloud_api_retries_total").await.unwrap_or(0.0),
-            ),
-            None => (0.0, 0.0),
+            Some(u) => {
+                let c = scrape(u, "ksctl_cloud_api_calls_total").await.unwrap_or(0.0);
+                let attempts = scrape(u, "ksctl_cloud_api_attempts_total").await.unwrap_or(0.0);
+                let ours = scrape(u, "ksctl_cloud_api_retries_total").await.unwrap_or(0.0);
+                let throttled = scrape(u, "ksctl_cloud_api_throttled_total").await.unwrap_or(0.0);
+                (c, (attempts - c).max(0.0) + ours, throttled)
+            }
+            None => (0.0, 0.0, 0.0),
         }
     };
     let calls0 = calls(()).await;
@@ -323,10 +327,11 @@ async fn main() -> Result<()> {
         let calls2 = calls(()).await;
         let n = a.clusters as f64;
         println!(
-            "cloud API calls per cluster: create {:.1}, delete {:.1}; calls retried by us: {:.0}",
+            "cloud API calls per cluster: create {:.1}, delete {:.1}; calls retried: {:.0}; throttled answers: {:.0}",
             (calls1.0 - calls0.0) / n,
             (calls2.0 - calls1.0) / n,
-            calls2.1 - calls0.1
+            calls2.1 - calls0.1,
+            calls2.2 - calls0.2
         );
     }
     if a.raw_ops == 0 {

@@ -7,7 +7,7 @@ use ksctl_core::keys;
 use ksctl_core::messages::context_name;
 use ksctl_core::records::{BootstrapRecord, InfraRecord, Role, Vm};
 use ksctl_core::spec::Distro;
-use ksctl_runtime::sim::{Sim, SimConfig, fake_pem, fake_token, kubeconfig};
+use ksctl_runtime::sim::{Sim, SimConfig, fake_pem, fake_token};
 use ksctl_runtime::{PhaseCtx, PhaseError, read_record, update_record};
 use ksctl_store::DynStore;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -121,7 +121,12 @@ impl Bootstrapper for SimHosts {
             let ca =
                 ctx.rt.sealer.open_string(&format!("ca-cert/{id}"), rec.ca_cert.as_ref().expect("written above"))?;
             let token = fake_token();
-            let kc = kubeconfig(&context_name(ctx.cluster), &format!("https://{}:6443", lb.public_ip), &ca, &token);
+            let kc = ksctl_core::kubeconfig::with_token(
+                &context_name(ctx.cluster),
+                &format!("https://{}:6443", lb.public_ip),
+                &ksctl_core::kubeconfig::ca_data(&ca),
+                &token,
+            );
             let (kc, token) = (
                 ctx.rt.sealer.seal(&format!("kubeconfig/{id}"), kc.as_bytes()),
                 ctx.rt.sealer.seal(&format!("join-token/{id}"), token.as_bytes()),

@@ -3,11 +3,12 @@
 
 pub mod aws;
 pub mod firewall;
+pub mod kubeconfig_query;
 pub mod sim_cloud;
 
 use clap::Parser;
 use ksctl_core::keys;
-use ksctl_core::records::InfraRecord;
+use ksctl_core::records::{ClusterRecord, InfraRecord};
 use ksctl_core::saga::{Phase, Service};
 use ksctl_core::spec::Provider;
 use ksctl_runtime::{CommonArgs, PhaseCtx, PhaseError, PhaseWorker, RuntimeError, read_record, update_record};
@@ -23,6 +24,11 @@ pub struct Config {
     /// AWS: AMI for every VM instead of the newest Ubuntu 24.04 image from Canonical.
     #[arg(long, env = "KSCTL_AWS_AMI")]
     pub aws_ami: Option<String>,
+    /// AWS: client-side token buckets per region, `describe=100/20,mutate=200/5,run=50/5`
+    /// (burst/refill per second; EC2's published figures are the default), or `off`.
+    /// They hold per replica: with N replicas on one account, divide by N.
+    #[arg(long, env = "KSCTL_AWS_RATE_LIMITS", default_value = "")]
+    pub aws_rate_limits: String,
 }
 
 /// One cloud. Every method is idempotent: it looks resources up by tag before creating them,
@@ -36,10 +42,17 @@ pub trait CloudProvider: Send + Sync {
     async fn scale_up(&self, ctx: &PhaseCtx<'_>) -> Result<(), PhaseError>;
     /// Removes the highest-index workers down to the operation's target.
     async fn scale_down(&self, ctx: &PhaseCtx<'_>) -> Result<(), PhaseError>;
+    /// A freshly minted kubeconfig, for clouds whose credentials expire (EKS tokens last 15
+    /// minutes); `None` when the one sealed in state stays valid.
+    async fn fresh_kubeconfig(&self, _cluster: &ClusterRecord) -> Result<Option<String>, PhaseError> {
+        Ok(None)
+    }
 }
 
+type Providers = HashMap<Provider, Arc<dyn CloudProvider>>;
+
 struct CloudWorker {
-    providers: HashMap<Provider, Arc<dyn CloudProvider>>,
+    providers: Arc<Providers>,
 }
 
 #[async_trait::async_trait]
@@ -77,11 +90,16 @@ pub async fn run(config: Config, shutdown: tokio::sync::watch::Receiver<bool>) -
     let sim_cfg = ksctl_runtime::sim::SimConfig::from_env().map_err(RuntimeError::Config)?;
     let mut providers: HashMap<Provider, Arc<dyn CloudProvider>> = HashMap::new();
     providers.insert(Provider::Sim, Arc::new(sim_cloud::SimCloud::new(rt.store.clone(), sim_cfg)));
+    let limits = aws::throttle::Limits::parse(&config.aws_rate_limits).map_err(RuntimeError::Config)?;
     providers.insert(
         Provider::Aws,
-        Arc::new(aws::AwsCloud::new(rt.store.clone(), config.aws_ami.clone(), rt.metrics.clone())),
+        Arc::new(aws::AwsCloud::new(rt.store.clone(), config.aws_ami.clone(), limits, rt.metrics.clone())),
     );
-    ksctl_runtime::run_controller(rt, Service::Cloud, Arc::new(CloudWorker { providers }), shutdown).await
+    let providers = Arc::new(providers);
+    let answering = kubeconfig_query::start(rt.clone(), providers.clone()).await?;
+    let r = ksctl_runtime::run_controller(rt, Service::Cloud, Arc::new(CloudWorker { providers }), shutdown).await;
+    answering.abort();
+    r
 }
 
 /// The worker count a scale operation asks for.

@@ -5,7 +5,7 @@ use futures::StreamExt;
 use ksctl_core::messages::context_name;
 use ksctl_core::records::{Role, Vm};
 use ksctl_core::spec::ClusterType;
-use ksctl_runtime::sim::{Sim, SimConfig, fake_pem, fake_token, kubeconfig};
+use ksctl_runtime::sim::{Sim, SimConfig, fake_pem, fake_token};
 use ksctl_runtime::{PhaseCtx, PhaseError};
 use ksctl_store::DynStore;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -104,10 +104,10 @@ impl CloudProvider for SimCloud {
             if state.node_pool.is_none() {
                 let np = self.ensure_simple(ctx, "node_pool", &format!("{id}-np"), spec.managed_nodes).await?;
                 let ctx_name = context_name(ctx.cluster);
-                let kc = kubeconfig(
+                let kc = ksctl_core::kubeconfig::with_token(
                     &ctx_name,
                     &format!("https://{id}.sim.ksctl.local:443"),
-                    &fake_pem("CERTIFICATE"),
+                    &ksctl_core::kubeconfig::ca_data(&fake_pem("CERTIFICATE")),
                     &fake_token(),
                 );
                 let sealed = ctx.rt.sealer.seal(&format!("kubeconfig/{id}"), kc.as_bytes());

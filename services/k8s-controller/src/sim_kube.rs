@@ -84,11 +84,9 @@ impl ClusterApi for SimKube {
             .ok_or_else(|| PhaseError::Permanent("scale operation without a target worker count".into()))?;
         let infra: InfraRecord = read_record(&self.store, &keys::cloud(id)).await?;
         let drained = read_record::<K8sRecord>(&self.store, &keys::k8s(id)).await?.drained;
-        let (role, count) = match ctx.cluster.cluster_type {
-            ClusterType::Managed => (Role::Managed, infra.node_pool_size as usize),
-            ClusterType::Selfmanaged => (Role::Worker, infra.vms_of(Role::Worker).count()),
-        };
-        let mut nodes: Vec<_> = infra.vms_of(role).cloned().collect();
+        // Only self-managed clusters drain here: managed pools drain the nodes they remove.
+        let count = infra.vms_of(Role::Worker).count();
+        let mut nodes: Vec<_> = infra.vms_of(Role::Worker).cloned().collect();
         nodes.sort_by_key(|v| std::cmp::Reverse(v.index));
         let remove: Vec<_> = nodes.into_iter().take(count.saturating_sub(target as usize)).collect();
         let total = remove.len() as u32;

@@ -2,7 +2,7 @@
 //! manager replica, answered from the store.
 use crate::Manager;
 use futures::StreamExt;
-use ksctl_bus::subjects::{QUERY_GROUP, QUERY_SUBJECTS};
+use ksctl_bus::subjects::{KUBECONFIG_QUERY_SUBJECT, QUERY_GROUP, QUERY_SUBJECTS};
 use ksctl_core::ClusterId;
 use ksctl_core::keys;
 use ksctl_core::messages::{
@@ -114,6 +114,9 @@ async fn info(m: &Manager, rec: &ClusterRecord) -> Result<ClusterInfo, String> {
 }
 
 async fn switch(m: &Manager, rec: &ClusterRecord) -> Result<SwitchData, String> {
+    if rec.provider.kubeconfig_expires(rec.cluster_type) {
+        return Ok(SwitchData { context: context_name(rec), kubeconfig: fresh_kubeconfig(m, rec).await? });
+    }
     let s = &m.rt.store;
     let e = |e: ksctl_runtime::PhaseError| e.to_string();
     let sealed = match rec.cluster_type {
@@ -125,4 +128,20 @@ async fn switch(m: &Manager, rec: &ClusterRecord) -> Result<SwitchData, String> 
     let sealed = sealed.ok_or_else(|| format!("cluster {} has no kubeconfig yet (state {})", rec.id, rec.state))?;
     let kubeconfig = m.rt.sealer.open_string(&format!("kubeconfig/{}", rec.id), &sealed).map_err(|e| e.to_string())?;
     Ok(SwitchData { context: context_name(rec), kubeconfig })
+}
+
+/// Asks a cloud-controller for a kubeconfig with fresh credentials (EKS tokens last 15 minutes).
+async fn fresh_kubeconfig(m: &Manager, rec: &ClusterRecord) -> Result<String, String> {
+    let q = serde_json::to_vec(&NameQuery { cluster_name: rec.id.to_string() }).expect("queries serialise");
+    let ask = m.rt.publisher.client.request(KUBECONFIG_QUERY_SUBJECT, q.into());
+    let msg = tokio::time::timeout(std::time::Duration::from_secs(30), ask)
+        .await
+        .map_err(|_| "no cloud-controller answered for fresh credentials within 30 s".to_string())?
+        .map_err(|e| format!("asking a cloud-controller for fresh credentials: {e}"))?;
+    let reply: QueryReply<String> =
+        serde_json::from_slice(&msg.payload).map_err(|e| format!("unreadable credentials reply: {e}"))?;
+    match reply {
+        QueryReply { ok: true, data: Some(kc), .. } => Ok(kc),
+        QueryReply { error, .. } => Err(format!("refreshing credentials: {}", error.unwrap_or_default())),
+    }
 }

@@ -24,6 +24,10 @@ pub const EVENT_SUBJECTS: &str = "ksctl.events.>";
 /// Queries answered by the manager over core request/reply, on this queue group.
 pub const QUERY_SUBJECTS: &str = "ksctl.query.*";
 pub const QUERY_GROUP: &str = "manager";
+/// Fresh credentials for clouds whose kubeconfig tokens expire (EKS), answered by the
+/// cloud-controller over core request/reply (body: `NameQuery`, reply: `QueryReply<String>`).
+pub const KUBECONFIG_QUERY_SUBJECT: &str = "ksctl.cloudquery.kubeconfig";
+pub const KUBECONFIG_QUERY_GROUP: &str = "cloud-controller";
 
 /// Durable consumer names, shared by every replica of a service.
 pub const MANAGER_REQUESTS_CONSUMER: &str = "manager";

@@ -3,6 +3,7 @@
 
 pub mod ids;
 pub mod keys;
+pub mod kubeconfig;
 pub mod messages;
 pub mod records;
 pub mod saga;

@@ -98,6 +98,8 @@ pub struct InfraRecord {
     pub ssh_private_key: Option<Sealed>,
     pub vms: BTreeMap<String, Vm>,
     pub managed_cluster: Option<String>,
+    /// Cloud identities created for the cluster (AWS: the EKS control-plane and node IAM role ARNs).
+    pub roles: BTreeMap<String, String>,
     pub node_pool: Option<String>,
     pub node_pool_size: u32,
     /// For managed clusters the provider hands out the kubeconfig.

@@ -104,7 +104,9 @@ pub fn phases(kind: OpKind, cluster_type: ClusterType) -> &'static [Phase] {
         (OpKind::Delete, _) => &[K8sUninstall, CloudDelete],
         (OpKind::ScaleUp, Managed) => &[CloudScaleUp],
         (OpKind::ScaleUp, Selfmanaged) => &[CloudScaleUp, BootstrapJoin],
-        (OpKind::ScaleDown, _) => &[K8sDrain, CloudScaleDown],
+        // A managed pool drains the nodes it removes itself (EKS, AKS honour PodDisruptionBudgets).
+        (OpKind::ScaleDown, Managed) => &[CloudScaleDown],
+        (OpKind::ScaleDown, Selfmanaged) => &[K8sDrain, CloudScaleDown],
     }
 }
 
@@ -150,6 +152,8 @@ mod tests {
     #[test]
     fn scale_down_drains_before_cloud() {
         assert_eq!(phases(OpKind::ScaleDown, ClusterType::Selfmanaged), [Phase::K8sDrain, Phase::CloudScaleDown]);
+        // Managed pools drain what they remove; only the cloud phase runs.
+        assert_eq!(phases(OpKind::ScaleDown, ClusterType::Managed), [Phase::CloudScaleDown]);
         assert_eq!(phases(OpKind::ScaleUp, ClusterType::Selfmanaged), [Phase::CloudScaleUp, Phase::BootstrapJoin]);
     }
 

@@ -27,6 +27,11 @@ impl Provider {
             Self::Byo => "byo",
         }
     }
+    /// Whether the cloud hands out short-lived kubeconfig credentials that `switch` must mint
+    /// afresh (EKS tokens last 15 minutes) instead of reading them from state.
+    pub fn kubeconfig_expires(self, t: ClusterType) -> bool {
+        self == Self::Aws && t == ClusterType::Managed
+    }
     pub fn parse(s: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|p| p.as_str() == s)
     }

@@ -251,15 +251,6 @@ pub fn fake_token() -> String {
     format!("{}.{}", hex(6), hex(16))
 }
 
-/// A kubeconfig for `context`, authenticating with a bearer token.
-pub fn kubeconfig(context: &str, server: &str, ca_pem: &str, token: &str) -> String {
-    use base64::Engine;
-    let ca = base64::engine::general_purpose::STANDARD.encode(ca_pem);
-    format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: {context}\n  cluster:\n    server: {server}\n    certificate-authority-data: {ca}\nusers:\n- name: {context}-admin\n  user:\n    token: {token}\ncontexts:\n- name: {context}\n  context:\n    cluster: {context}\n    user: {context}-admin\ncurrent-context: {context}\n"
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,7 +5,12 @@
 //! checkpointed as soon as the call returns; `RunInstances` also carries a deterministic
 //! `ClientToken`. Delete sweeps by tag in reverse order, so nothing is left even when state is
 //! incomplete. Credentials, endpoint and retries come from the standard AWS chain
-//! (`AWS_ACCESS_KEY_ID`…, profiles, `AWS_ENDPOINT_URL`).
+//! (`AWS_ACCESS_KEY_ID`…, profiles, `AWS_ENDPOINT_URL`). Managed EKS lives in [`eks`]; every
+//! client goes through the rate limiter and call counter in [`throttle`].
+pub mod eks;
+pub mod throttle;
+pub mod token;
+
 use crate::firewall::{self, Source};
 use crate::{CloudProvider, checkpoint, infra};
 use aws_sdk_ec2::Client;
@@ -16,7 +21,7 @@ use aws_sdk_ec2::types::{
 };
 use futures::StreamExt;
 use ksctl_core::ClusterId;
-use ksctl_core::records::{Role, Vm};
+use ksctl_core::records::{ClusterRecord, Role, Vm};
 use ksctl_core::spec::ClusterType;
 use ksctl_runtime::Metrics;
 use ksctl_runtime::{PhaseCtx, PhaseError};
@@ -39,10 +44,21 @@ pub struct AwsCloud {
     store: DynStore,
     /// AMI to use instead of looking up Ubuntu 24.04.
     ami: Option<String>,
-    clients: Mutex<HashMap<String, Client>>,
-    /// Counts every AWS call (`cloud_api_calls_total`) and our own retries of calls
-    /// (`cloud_api_retries_total`; the SDK's throttling retries happen inside a call).
+    /// Client-side rate limits per region (`None`: off).
+    limits: Option<throttle::Limits>,
+    clients: Mutex<HashMap<String, Clients>>,
+    /// AWS calls, attempts and throttles are counted by [`throttle`]; our own retries of calls
+    /// (`DependencyViolation`) here, as `cloud_api_retries_total`.
     metrics: Arc<Metrics>,
+}
+
+/// The SDK clients of one region; they share that region's rate limiter.
+#[derive(Clone)]
+pub struct Clients {
+    pub ec2: Client,
+    pub eks: aws_sdk_eks::Client,
+    pub iam: aws_sdk_iam::Client,
+    conf: aws_config::SdkConfig,
 }
 
 /// An EC2 error with its code, classified.
@@ -52,7 +68,16 @@ fn aws_err<E: ProvideErrorMetadata + std::fmt::Debug, R: std::fmt::Debug>(what: 
     let retryable = matches!(e, SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_))
         || matches!(
             code.as_str(),
-            "RequestLimitExceeded" | "Throttling" | "DependencyViolation" | "InternalError" | "Unavailable"
+            "RequestLimitExceeded"
+                | "Throttling"
+                | "ThrottlingException"
+                | "TooManyRequestsException"
+                | "DependencyViolation"
+                | "InternalError"
+                | "Unavailable"
+                | "ServerException"
+                | "ServiceUnavailableException"
+                | "ServiceUnavailable"
         )
         || code.ends_with(".NotFound") && what.starts_with("wait");
     let text = format!("{what}: {code} {msg}");
@@ -105,46 +130,101 @@ fn instance_type(ctx: &PhaseCtx<'_>, role: Role) -> String {
 }
 
 impl AwsCloud {
-    pub fn new(store: DynStore, ami: Option<String>, metrics: Arc<Metrics>) -> Self {
-        Self { store, ami, clients: Mutex::new(HashMap::new()), metrics }
+    pub fn new(store: DynStore, ami: Option<String>, limits: Option<throttle::Limits>, metrics: Arc<Metrics>) -> Self {
+        Self { store, ami, limits, clients: Mutex::new(HashMap::new()), metrics }
     }
 
-    /// One client per region, from the standard credential chain; missing credentials are a
+    /// The clients of one region, from the standard credential chain; missing credentials are a
     /// clear, permanent error before any resource is touched.
-    async fn client(&self, region: &str) -> Result<Client, PhaseError> {
+    pub async fn clients(&self, region: &str) -> Result<Clients, PhaseError> {
         if let Some(c) = self.clients.lock().await.get(region) {
             return Ok(c.clone());
         }
+        let limiter = self.limits.map(|l| Arc::new(throttle::Limiter::new(l)));
+        let http = throttle::LimitedClient::new(limiter, self.metrics.clone());
         let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
             .region(aws_config::Region::new(region.to_string()))
             .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(8))
+            .http_client(http)
             .load()
             .await;
+        let clients = Clients {
+            ec2: Client::from_conf(
+                aws_sdk_ec2::config::Builder::from(&conf)
+                    .interceptor(throttle::CallCounter(self.metrics.clone()))
+                    .build(),
+            ),
+            eks: aws_sdk_eks::Client::from_conf(
+                aws_sdk_eks::config::Builder::from(&conf)
+                    .interceptor(throttle::CallCounter(self.metrics.clone()))
+                    .build(),
+            ),
+            iam: aws_sdk_iam::Client::from_conf(
+                aws_sdk_iam::config::Builder::from(&conf)
+                    .interceptor(throttle::CallCounter(self.metrics.clone()))
+                    .build(),
+            ),
+            conf,
+        };
+        self.credentials(&clients).await?;
+        self.clients.lock().await.insert(region.to_string(), clients.clone());
+        Ok(clients)
+    }
+
+    async fn credentials(&self, c: &Clients) -> Result<aws_sdk_ec2::config::Credentials, PhaseError> {
         use aws_sdk_ec2::config::ProvideCredentials;
-        let creds = conf
+        let provider = c
+            .conf
             .credentials_provider()
             .ok_or_else(|| PhaseError::Permanent("no AWS credential provider configured".into()))?;
-        creds.provide_credentials().await.map_err(|e| {
+        provider.provide_credentials().await.map_err(|e| {
             PhaseError::Permanent(format!(
                 "no AWS credentials (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile, or a role): {e}"
             ))
-        })?;
-        let c = Client::new(&conf);
-        self.clients.lock().await.insert(region.to_string(), c.clone());
-        Ok(c)
+        })
     }
 
-    fn count(&self) {
-        self.metrics.inc("cloud_api_calls_total", &[("provider", "aws")]);
+    async fn client(&self, region: &str) -> Result<Client, PhaseError> {
+        Ok(self.clients(region).await?.ec2)
     }
 
     fn retried(&self) {
         self.metrics.inc("cloud_api_retries_total", &[("provider", "aws")]);
     }
 
+    /// VPC, three subnets in three zones, internet gateway and default route: progress steps
+    /// 1–4 of `total`. Returns the subnets.
+    async fn ensure_network(&self, ec2: &Client, ctx: &PhaseCtx<'_>, total: u32) -> Result<Vec<String>, PhaseError> {
+        let id = &ctx.cluster.id;
+        let state = infra(&self.store, ctx).await?;
+        let vpc = match state.network.clone() {
+            Some(v) => v,
+            None => {
+                let v = self.ensure_vpc(ec2, id).await?;
+                checkpoint(&self.store, ctx, |i| i.network = Some(v.clone())).await?;
+                v
+            }
+        };
+        ctx.progress(format!("vpc {vpc}"), 1, total).await;
+        let subnets = if state.subnets.len() == 3 {
+            state.subnets.clone()
+        } else {
+            let s = self.ensure_subnets(ec2, id, &vpc).await?;
+            checkpoint(&self.store, ctx, |i| i.subnets = s.clone()).await?;
+            s
+        };
+        ctx.progress(format!("subnets {}", subnets.join(", ")), 2, total).await;
+        let igw = self.ensure_gateway(ec2, id, &vpc).await?;
+        checkpoint(&self.store, ctx, |i| i.gateway = Some(igw.clone())).await?;
+        ctx.progress(format!("internet gateway {igw}"), 3, total).await;
+        let rt = self.ensure_routes(ec2, id, &vpc, &igw, &subnets).await?;
+        checkpoint(&self.store, ctx, |i| i.route_table = Some(rt.clone())).await?;
+        ctx.progress(format!("route table {rt}"), 4, total).await;
+        Ok(subnets)
+    }
+
     async fn ensure_vpc(&self, ec2: &Client, id: &ClusterId) -> Result<String, PhaseError> {
         let name = format!("{id}-vpc");
-        self.count();
         let found = ec2
             .describe_vpcs()
             .filters(cluster_filter(id))
@@ -155,7 +235,6 @@ impl AwsCloud {
         let vpc = match found.vpcs().first().and_then(|v| v.vpc_id()) {
             Some(v) => v.to_string(),
             None => {
-                self.count();
                 let out = ec2
                     .create_vpc()
                     .cidr_block(VPC_CIDR)
@@ -169,7 +248,6 @@ impl AwsCloud {
                     .to_string()
             }
         };
-        self.count();
         ec2.modify_vpc_attribute()
             .vpc_id(&vpc)
             .enable_dns_hostnames(AttributeBooleanValue::builder().value(true).build())
@@ -180,7 +258,6 @@ impl AwsCloud {
     }
 
     async fn ensure_subnets(&self, ec2: &Client, id: &ClusterId, vpc: &str) -> Result<Vec<String>, PhaseError> {
-        self.count();
         let zones =
             ec2.describe_availability_zones().send().await.map_err(|e| aws_err("describe availability zones", e))?;
         let mut zones: Vec<String> =
@@ -193,7 +270,6 @@ impl AwsCloud {
         for i in 0..3 {
             let zone = &zones[i % zones.len()];
             let name = format!("{id}-subnet-{i}");
-            self.count();
             let found = ec2
                 .describe_subnets()
                 .filters(cluster_filter(id))
@@ -204,7 +280,6 @@ impl AwsCloud {
             let subnet = match found.subnets().first().and_then(|s| s.subnet_id()) {
                 Some(s) => s.to_string(),
                 None => {
-                    self.count();
                     let r = ec2
                         .create_subnet()
                         .vpc_id(vpc)
@@ -220,7 +295,6 @@ impl AwsCloud {
                         .to_string()
                 }
             };
-            self.count();
             ec2.modify_subnet_attribute()
                 .subnet_id(&subnet)
                 .map_public_ip_on_launch(AttributeBooleanValue::builder().value(true).build())
@@ -234,7 +308,6 @@ impl AwsCloud {
 
     async fn ensure_gateway(&self, ec2: &Client, id: &ClusterId, vpc: &str) -> Result<String, PhaseError> {
         let name = format!("{id}-igw");
-        self.count();
         let found = ec2
             .describe_internet_gateways()
             .filters(cluster_filter(id))
@@ -247,7 +320,6 @@ impl AwsCloud {
                 g.attachments().iter().any(|a| a.vpc_id() == Some(vpc)),
             ),
             None => {
-                self.count();
                 let r = ec2
                     .create_internet_gateway()
                     .tag_specifications(tags(id, "igw", &name, ResourceType::InternetGateway))
@@ -257,13 +329,11 @@ impl AwsCloud {
                 (r.internet_gateway().and_then(|g| g.internet_gateway_id()).unwrap_or_default().to_string(), false)
             }
         };
-        if !attached {
-            self.count();
-            if let Err(e) = ec2.attach_internet_gateway().internet_gateway_id(&igw).vpc_id(vpc).send().await
-                && code_of(&e) != "Resource.AlreadyAssociated"
-            {
-                return Err(aws_err("attach internet gateway", e));
-            }
+        if !attached
+            && let Err(e) = ec2.attach_internet_gateway().internet_gateway_id(&igw).vpc_id(vpc).send().await
+            && code_of(&e) != "Resource.AlreadyAssociated"
+        {
+            return Err(aws_err("attach internet gateway", e));
         }
         Ok(igw)
     }
@@ -277,7 +347,6 @@ impl AwsCloud {
         subnets: &[String],
     ) -> Result<String, PhaseError> {
         let name = format!("{id}-rt");
-        self.count();
         let found = ec2
             .describe_route_tables()
             .filters(cluster_filter(id))
@@ -290,7 +359,6 @@ impl AwsCloud {
                 t.associations().iter().filter_map(|a| a.subnet_id().map(str::to_string)).collect(),
             ),
             None => {
-                self.count();
                 let r = ec2
                     .create_route_table()
                     .vpc_id(vpc)
@@ -301,7 +369,6 @@ impl AwsCloud {
                 (r.route_table().and_then(|t| t.route_table_id()).unwrap_or_default().to_string(), vec![])
             }
         };
-        self.count();
         if let Err(e) =
             ec2.create_route().route_table_id(&rt).destination_cidr_block("0.0.0.0/0").gateway_id(igw).send().await
             && code_of(&e) != "RouteAlreadyExists"
@@ -309,7 +376,6 @@ impl AwsCloud {
             return Err(aws_err("create default route", e));
         }
         for s in subnets.iter().filter(|s| !associated.contains(s)) {
-            self.count();
             if let Err(e) = ec2.associate_route_table().route_table_id(&rt).subnet_id(s).send().await
                 && code_of(&e) != "Resource.AlreadyAssociated"
             {
@@ -328,7 +394,6 @@ impl AwsCloud {
     ) -> Result<String, PhaseError> {
         let id = &ctx.cluster.id;
         let name = format!("{id}-{}", role.as_str());
-        self.count();
         let found = ec2
             .describe_security_groups()
             .filters(filter("vpc-id", vpc))
@@ -339,7 +404,6 @@ impl AwsCloud {
         let sg = match found.security_groups().first().and_then(|g| g.group_id()) {
             Some(g) => g.to_string(),
             None => {
-                self.count();
                 let r = ec2
                     .create_security_group()
                     .group_name(&name)
@@ -369,7 +433,6 @@ impl AwsCloud {
             .collect();
         // One call per rule: a rule that already exists (a resumed phase) does not stop the rest.
         for p in perms {
-            self.count();
             if let Err(e) = ec2.authorize_security_group_ingress().group_id(&sg).ip_permissions(p).send().await
                 && code_of(&e) != "InvalidPermission.Duplicate"
             {
@@ -409,7 +472,6 @@ impl AwsCloud {
             .public_key()
             .to_openssh()
             .map_err(|e| PhaseError::Permanent(e.to_string()))?;
-        self.count();
         match ec2
             .import_key_pair()
             .key_name(&name)
@@ -428,7 +490,6 @@ impl AwsCloud {
         if let Some(a) = &self.ami {
             return Ok(a.clone());
         }
-        self.count();
         let r = ec2
             .describe_images()
             .owners(UBUNTU_OWNER)
@@ -476,7 +537,6 @@ impl AwsCloud {
         let instance = match existing {
             Some(i) => i,
             None => {
-                self.count();
                 let op = ctx.cmd.op_id.as_str();
                 // Spread across the three subnets (three zones) by index, role by role.
                 let r = ec2
@@ -535,7 +595,6 @@ impl AwsCloud {
     }
 
     async fn find_instance(&self, ec2: &Client, id: &ClusterId, name: &str) -> Result<Option<String>, PhaseError> {
-        self.count();
         let r = ec2
             .describe_instances()
             .filters(cluster_filter(id))
@@ -550,7 +609,6 @@ impl AwsCloud {
     async fn wait_running(&self, ec2: &Client, instance: &str) -> Result<(String, String), PhaseError> {
         let mut pause = Duration::from_millis(500);
         for _ in 0..120 {
-            self.count();
             let r = ec2
                 .describe_instances()
                 .instance_ids(instance)
@@ -579,7 +637,6 @@ impl AwsCloud {
         if ids.is_empty() {
             return Ok(());
         }
-        self.count();
         if let Err(e) = ec2.terminate_instances().set_instance_ids(Some(ids.clone())).send().await
             && !code_of(&e).ends_with(".NotFound")
         {
@@ -587,7 +644,6 @@ impl AwsCloud {
         }
         // Security groups cannot go while instances still use them.
         for _ in 0..120 {
-            self.count();
             let r = ec2.describe_instances().set_instance_ids(Some(ids.clone())).send().await;
             let alive = match r {
                 Ok(r) => r
@@ -613,7 +669,6 @@ impl AwsCloud {
         id: &ClusterId,
         role: Option<Role>,
     ) -> Result<Vec<(String, String)>, PhaseError> {
-        self.count();
         let mut req = ec2.describe_instances().filters(cluster_filter(id)).filters(
             Filter::builder()
                 .name("instance-state-name")
@@ -652,7 +707,6 @@ impl AwsCloud {
     {
         let mut pause = Duration::from_millis(500);
         for _ in 0..20 {
-            self.count();
             match f().await {
                 Ok(_) => return Ok(()),
                 Err(e) if code_of(&e).ends_with(".NotFound") || code_of(&e).ends_with("NotFound") => return Ok(()),
@@ -672,11 +726,8 @@ impl AwsCloud {
 impl CloudProvider for AwsCloud {
     async fn create(&self, ctx: &PhaseCtx<'_>) -> Result<(), PhaseError> {
         if ctx.cluster.cluster_type == ClusterType::Managed {
-            return Err(PhaseError::Permanent(
-                "managed EKS clusters are not available in this build yet; use cluster_type selfmanaged".into(),
-            ));
+            return self.create_managed(ctx).await;
         }
-        let id = &ctx.cluster.id;
         let ec2 = self.client(&ctx.cluster.spec.region).await?;
         let s = &ctx.cluster.spec;
         let mut vms = vec![(Role::LoadBalancer, 0)];
@@ -684,33 +735,10 @@ impl CloudProvider for AwsCloud {
         vms.extend((0..s.control_plane_nodes).map(|i| (Role::ControlPlane, i)));
         vms.extend((0..s.worker_nodes).map(|i| (Role::Worker, i)));
         let total = 4 + 4 + 1 + vms.len() as u32;
-        let done = AtomicU32::new(0);
+        self.ensure_network(&ec2, ctx, total).await?;
+        let vpc = infra(&self.store, ctx).await?.network.unwrap_or_default();
+        let done = AtomicU32::new(4);
         let step = |m: String| ctx.progress(m, done.fetch_add(1, Ordering::SeqCst) + 1, total);
-
-        let state = infra(&self.store, ctx).await?;
-        let vpc = match state.network.clone() {
-            Some(v) => v,
-            None => {
-                let v = self.ensure_vpc(&ec2, id).await?;
-                checkpoint(&self.store, ctx, |i| i.network = Some(v.clone())).await?;
-                v
-            }
-        };
-        step(format!("vpc {vpc}")).await;
-        let subnets = if state.subnets.len() == 3 {
-            state.subnets.clone()
-        } else {
-            let s = self.ensure_subnets(&ec2, id, &vpc).await?;
-            checkpoint(&self.store, ctx, |i| i.subnets = s.clone()).await?;
-            s
-        };
-        step(format!("subnets {}", subnets.join(", "))).await;
-        let igw = self.ensure_gateway(&ec2, id, &vpc).await?;
-        checkpoint(&self.store, ctx, |i| i.gateway = Some(igw.clone())).await?;
-        step(format!("internet gateway {igw}")).await;
-        let rt = self.ensure_routes(&ec2, id, &vpc, &igw, &subnets).await?;
-        checkpoint(&self.store, ctx, |i| i.route_table = Some(rt.clone())).await?;
-        step(format!("route table {rt}")).await;
         for role in [Role::LoadBalancer, Role::Datastore, Role::ControlPlane, Role::Worker] {
             let sg = self.ensure_security_group(&ec2, ctx, &vpc, role).await?;
             checkpoint(&self.store, ctx, |i| {
@@ -740,14 +768,19 @@ impl CloudProvider for AwsCloud {
 
     async fn delete(&self, ctx: &PhaseCtx<'_>) -> Result<(), PhaseError> {
         let id = &ctx.cluster.id;
-        let ec2 = self.client(&ctx.cluster.spec.region).await?;
+        let aws = self.clients(&ctx.cluster.spec.region).await?;
+        // Managed clusters first lose their node groups, cluster and roles (steps 1–2 of 8).
+        let (base, total) = if ctx.cluster.cluster_type == ClusterType::Managed { (2, 8) } else { (0, 6) };
+        if base > 0 {
+            self.delete_managed(ctx, &aws).await?;
+        }
+        let ec2 = aws.ec2;
         // Reverse order of creation, each step a sweep by tag.
         let instances: Vec<String> = self.tagged_instances(&ec2, id, None).await?.into_iter().map(|(i, _)| i).collect();
         let n = instances.len();
         self.terminate(&ec2, instances).await?;
-        ctx.progress(format!("terminated {n} instances"), 1, 6).await;
+        ctx.progress(format!("terminated {n} instances"), base + 1, total).await;
 
-        self.count();
         let sgs = ec2
             .describe_security_groups()
             .filters(cluster_filter(id))
@@ -757,9 +790,8 @@ impl CloudProvider for AwsCloud {
         for g in sgs.security_groups().iter().filter_map(|g| g.group_id()) {
             self.delete_with_retry("delete security group", || ec2.delete_security_group().group_id(g).send()).await?;
         }
-        ctx.progress("deleted security groups", 2, 6).await;
+        ctx.progress("deleted security groups", base + 2, total).await;
 
-        self.count();
         let keys = ec2
             .describe_key_pairs()
             .filters(cluster_filter(id))
@@ -772,9 +804,8 @@ impl CloudProvider for AwsCloud {
         for k in names {
             self.delete_with_retry("delete key pair", || ec2.delete_key_pair().key_name(&k).send()).await?;
         }
-        ctx.progress("deleted key pair", 3, 6).await;
+        ctx.progress("deleted key pair", base + 3, total).await;
 
-        self.count();
         let rts = ec2
             .describe_route_tables()
             .filters(cluster_filter(id))
@@ -798,9 +829,8 @@ impl CloudProvider for AwsCloud {
                     .await?;
             }
         }
-        ctx.progress("deleted route table", 4, 6).await;
+        ctx.progress("deleted route table", base + 4, total).await;
 
-        self.count();
         let igws = ec2
             .describe_internet_gateways()
             .filters(cluster_filter(id))
@@ -820,9 +850,8 @@ impl CloudProvider for AwsCloud {
             })
             .await?;
         }
-        ctx.progress("deleted internet gateway", 5, 6).await;
+        ctx.progress("deleted internet gateway", base + 5, total).await;
 
-        self.count();
         let subnets = ec2
             .describe_subnets()
             .filters(cluster_filter(id))
@@ -832,20 +861,26 @@ impl CloudProvider for AwsCloud {
         for s in subnets.subnets().iter().filter_map(|s| s.subnet_id()) {
             self.delete_with_retry("delete subnet", || ec2.delete_subnet().subnet_id(s).send()).await?;
         }
-        self.count();
         let vpcs =
             ec2.describe_vpcs().filters(cluster_filter(id)).send().await.map_err(|e| aws_err("describe VPCs", e))?;
         for v in vpcs.vpcs().iter().filter_map(|v| v.vpc_id()) {
             self.delete_with_retry("delete VPC", || ec2.delete_vpc().vpc_id(v).send()).await?;
         }
-        ctx.progress("deleted subnets and VPC", 6, 6).await;
+        ctx.progress("deleted subnets and VPC", base + 6, total).await;
         self.store.delete(&ksctl_core::keys::cloud(id)).await?;
         Ok(())
     }
 
+    async fn fresh_kubeconfig(&self, cluster: &ClusterRecord) -> Result<Option<String>, PhaseError> {
+        match cluster.cluster_type {
+            ClusterType::Managed => self.eks_kubeconfig(cluster).await.map(Some),
+            ClusterType::Selfmanaged => Ok(None),
+        }
+    }
+
     async fn scale_up(&self, ctx: &PhaseCtx<'_>) -> Result<(), PhaseError> {
         if ctx.cluster.cluster_type == ClusterType::Managed {
-            return Err(PhaseError::Permanent("managed EKS clusters are not available in this build yet".into()));
+            return self.scale_managed(ctx).await;
         }
         let target = crate::target_workers(ctx)?;
         let ec2 = self.client(&ctx.cluster.spec.region).await?;
@@ -863,7 +898,7 @@ impl CloudProvider for AwsCloud {
 
     async fn scale_down(&self, ctx: &PhaseCtx<'_>) -> Result<(), PhaseError> {
         if ctx.cluster.cluster_type == ClusterType::Managed {
-            return Err(PhaseError::Permanent("managed EKS clusters are not available in this build yet".into()));
+            return self.scale_managed(ctx).await;
         }
         let target = crate::target_workers(ctx)?;
         let ec2 = self.client(&ctx.cluster.spec.region).await?;

@@ -6,6 +6,7 @@
 //! first (the test script does).
 
 pub mod system;
+pub mod throttle_proxy;
 
 use std::net::TcpListener;
 use std::path::PathBuf;

@@ -133,7 +133,7 @@ impl System {
             ("KSCTL_RECONCILE_INTERVAL_SECS".into(), "2".into()),
             ("KSCTL_PHASE_TIMEOUT_SECS".into(), "20".into()),
             ("KSCTL_SIM_LATENCY_MS".into(), self.opts.sim_latency_ms.to_string()),
-            ("RUST_LOG".into(), "info".into()),
+            ("RUST_LOG".into(), "info,ksctl_runtime::controller=debug".into()),
         ];
         if let Some(r) = &self.redis {
             env.push(("KSCTL_REDIS_URL".into(), r.url()));

@@ -163,3 +163,51 @@ async fn reconciler_redispatches_a_lost_phase() {
         .unwrap();
     assert!(String::from_utf8_lossy(&ev.payload).contains("dispatched again"));
 }
+
+/// A command repeated for a phase that already finished (the reconciler re-dispatched it while
+/// the result waited for a busy or dead manager) re-publishes the recorded outcome instead of
+/// running the phase again, so it neither repeats cloud work nor holds the cluster's lease.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_repeated_command_for_a_finished_phase_is_not_run_again() {
+    use ksctl_core::messages::Command;
+    use ksctl_core::saga::Phase;
+    let mut sys = System::start(SystemOptions::default()).await;
+    let mut started = sys.client.subscribe("ksctl.events.again.phase_started").await.unwrap();
+    let mut succeeded = sys.client.subscribe("ksctl.events.again.phase_succeeded").await.unwrap();
+    let (code, _, err) = sys
+        .ksctl(&["cluster", "create", "--name", "again", "--type", "managed", "--managed-nodes", "1", "--no-wait"])
+        .await;
+    assert_eq!(code, 0, "{err}");
+    let cloud = |e: &ksctl_core::messages::Event| e.phase == Some(Phase::CloudCreate);
+    ksctl_tests::wait_event(&mut started, T, "cloud_create started", cloud).await;
+    sys.kill9("ksctl-manager");
+    ksctl_tests::wait_event(&mut succeeded, T, "cloud_create succeeded", cloud).await;
+    let op = sys.cluster("again").await.unwrap().operation.unwrap();
+    assert_eq!(op.phase, Phase::CloudCreate, "the manager is down: the operation has not moved on");
+
+    // What the reconciler would send: the same phase, the next dispatch number.
+    let cmd = Command {
+        op_id: op.id.clone(),
+        cluster_id: ksctl_core::ClusterId::new("again").unwrap(),
+        kind: op.kind,
+        phase: Phase::CloudCreate,
+        dispatch: op.dispatch + 1,
+    };
+    ksctl_bus::Publisher::new(sys.client.clone()).command(&cmd).await.unwrap();
+    let log = sys.logs.join("ksctl-cloud-controller-0.log");
+    ksctl_tests::eventually(T, "the controller to answer from the recorded outcome", || async {
+        std::fs::read_to_string(&log).ok()?.contains("phase already finished").then_some(())
+    })
+    .await;
+    sys.restart("ksctl-manager");
+    sys.wait_state("again", "running", T).await;
+    // The cloud phase started exactly once, and nothing was created twice.
+    let mut phases_started_later = vec![];
+    while let Ok(Some(m)) =
+        tokio::time::timeout(Duration::from_millis(500), futures::StreamExt::next(&mut started)).await
+    {
+        phases_started_later.push(serde_json::from_slice::<ksctl_core::messages::Event>(&m.payload).unwrap().phase);
+    }
+    assert_eq!(phases_started_later, [Some(Phase::K8sInstall)], "the cloud phase ran again");
+    sys.assert_no_duplicates("again").await;
+}

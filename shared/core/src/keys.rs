@@ -19,6 +19,13 @@ pub fn bootstrap(id: &ClusterId) -> String {
 pub fn k8s(id: &ClusterId) -> String {
     format!("k8s.{id}")
 }
+/// The outcome of the last phase a controller finished for the cluster (a `PhaseResult`),
+/// written before the result is published: a command repeated for a finished phase (the
+/// reconciler re-dispatched it while the result waited in the queue) re-publishes that outcome
+/// instead of running the phase again.
+pub fn outcome(id: &ClusterId) -> String {
+    format!("outcome.{id}")
+}
 /// The per-cluster lease every worker holds while it acts on the cluster.
 pub fn cluster_lease(id: &ClusterId) -> String {
     format!("cluster.{id}")

@@ -119,6 +119,14 @@ impl CommandHandler {
             rt.metrics.inc("messages_stale_total", &[("service", svc)]);
             return Ok(());
         }
+        let outcome_key = keys::outcome(&cmd.cluster_id);
+        let finished = get_json::<PhaseResult>(rt.store.as_ref(), &outcome_key).await.map_err(store_retry)?;
+        if let Some((done, _)) = finished.filter(|(r, _)| r.op_id == cmd.op_id && r.phase == cmd.phase) {
+            tracing::info!("phase already finished; publishing its result again instead of running it");
+            rt.metrics.inc("phases_already_done_total", &[("service", svc)]);
+            rt.publisher.result(&done).await?;
+            return Ok(());
+        }
         rt.metrics.inc("phases_started_total", &[("service", svc), ("phase", cmd.phase.as_str())]);
         rt.publisher
             .event(
@@ -157,6 +165,7 @@ impl CommandHandler {
             Ok(()) => None,
             Err(PhaseError::Retryable(reason)) if env.delivered() < rt.bus.max_deliver || rt.bus.max_deliver <= 0 => {
                 rt.metrics.inc("phases_retried_total", &[("service", svc), ("phase", cmd.phase.as_str())]);
+                tracing::warn!(%reason, "phase failed; it will be retried");
                 rt.publisher
                     .event(
                         Event::new(
@@ -182,6 +191,12 @@ impl CommandHandler {
             phase: cmd.phase,
             error: error.clone(),
         };
+        ksctl_store::modify::<PhaseResult, _, std::convert::Infallible>(rt.store.as_ref(), &outcome_key, |_| {
+            Ok(Some(result.clone()))
+        })
+        .await
+        .map_err(store_retry)?
+        .unwrap_or_else(|never| match never {});
         rt.publisher.result(&result).await?;
         let msg = match &error {
             Some(e) => format!("{} failed: {e}", cmd.phase),

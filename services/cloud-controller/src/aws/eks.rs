@@ -266,10 +266,19 @@ impl AwsCloud {
     pub(super) async fn delete_managed(&self, ctx: &PhaseCtx<'_>, aws: &Clients) -> Result<(), PhaseError> {
         let name = ctx.cluster.id.as_str();
         let eks = &aws.eks;
-        let pools = match eks.list_nodegroups().cluster_name(name).send().await {
-            Ok(r) => r.nodegroups().to_vec(),
-            Err(e) if code_of(&e) == NOT_FOUND => vec![],
-            Err(e) => return Err(aws_err("list EKS node groups", e)),
+        let exists = match eks.describe_cluster().name(name).send().await {
+            Ok(_) => true,
+            Err(e) if code_of(&e) == NOT_FOUND => false,
+            Err(e) => return Err(aws_err("describe EKS cluster", e)),
+        };
+        let pools = if !exists {
+            vec![]
+        } else {
+            match eks.list_nodegroups().cluster_name(name).send().await {
+                Ok(r) => r.nodegroups().to_vec(),
+                Err(e) if code_of(&e) == NOT_FOUND => vec![],
+                Err(e) => return Err(aws_err("list EKS node groups", e)),
+            }
         };
         for pool in &pools {
             if let Err(e) = eks.delete_nodegroup().cluster_name(name).nodegroup_name(pool).send().await

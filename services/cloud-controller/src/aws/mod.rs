@@ -19,6 +19,7 @@ use aws_sdk_ec2::types::{
     AttributeBooleanValue, BlockDeviceMapping, EbsBlockDevice, Filter, InstanceStateName, InstanceType, IpPermission,
     IpRange, ResourceType, Tag, TagSpecification, VolumeType,
 };
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use futures::StreamExt;
 use ksctl_core::ClusterId;
 use ksctl_core::records::{ClusterRecord, Role, Vm};
@@ -62,10 +63,12 @@ pub struct Clients {
 }
 
 /// An EC2 error with its code, classified.
-fn aws_err<E: ProvideErrorMetadata + std::fmt::Debug, R: std::fmt::Debug>(what: &str, e: SdkError<E, R>) -> PhaseError {
+fn aws_err<E: ProvideErrorMetadata + std::fmt::Debug>(what: &str, e: SdkError<E, HttpResponse>) -> PhaseError {
     let code = e.code().unwrap_or("").to_string();
     let msg = e.message().map(str::to_string).unwrap_or_else(|| format!("{e:?}"));
-    let retryable = matches!(e, SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_))
+    let server_error = e.raw_response().is_some_and(|r| r.status().as_u16() >= 500);
+    let retryable = server_error
+        || matches!(e, SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_))
         || matches!(
             code.as_str(),
             "RequestLimitExceeded"

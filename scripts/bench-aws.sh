@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# AWS benchmark against moto: creates and deletes N self-managed clusters concurrently through
+# AWS benchmark against moto: creates and deletes N clusters (self-managed; `--type managed` for EKS) concurrently through
 # the bus (release build) and prints wall time, latency and AWS calls per cluster. The bootstrap
 # phase has no hosts here, so a create counts as done when its cloud phase succeeds.
 # Arguments go to ksctl-bench (default: --clusters 20 --concurrency 20).
@@ -14,7 +14,7 @@ rm -rf "$LAB/nats"
 mkdir -p "$LAB/logs"
 trap stop_system EXIT
 moto_port=$(free_port)
-MOTO_ENABLE_AMI_VALIDATION=true MOTO_EC2_ENABLE_INSTANCE_TYPE_VALIDATION=true \
+MOTO_ENABLE_AMI_VALIDATION=true MOTO_EC2_ENABLE_INSTANCE_TYPE_VALIDATION=true MOTO_IAM_LOAD_MANAGED_POLICIES=true \
   moto_server -H 127.0.0.1 -p "$moto_port" >"$LAB/logs/moto.log" 2>&1 &
 moto_pid=$!
 wait_port "$moto_port"

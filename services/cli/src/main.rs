@@ -164,6 +164,7 @@ impl SpecFlags {
             datastore_nodes: self.datastores,
             cni: self.cni.clone(),
             addons: vec![],
+            hosts: None,
         })
     }
 }

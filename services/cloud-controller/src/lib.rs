@@ -1,7 +1,9 @@
 //! cloud-controller: creates, scales and deletes a cluster's infrastructure. Providers sit behind
-//! [`CloudProvider`]: `sim` and `aws` (self-managed on EC2); Azure and kind slot in beside them.
+//! [`CloudProvider`]: `sim`, `aws` (EC2 and EKS) and `byo` (hosts the user has); Azure and kind slot
+//! in beside them.
 
 pub mod aws;
+pub mod byo;
 pub mod firewall;
 pub mod kubeconfig_query;
 pub mod sim_cloud;
@@ -29,6 +31,9 @@ pub struct Config {
     /// They hold per replica: with N replicas on one account, divide by N.
     #[arg(long, env = "KSCTL_AWS_RATE_LIMITS", default_value = "")]
     pub aws_rate_limits: String,
+    /// byo: directory holding the SSH private keys that requests name in `hosts.ssh_key`.
+    #[arg(long, env = "KSCTL_BYO_KEYS_DIR", default_value = "/etc/ksctl/byo-keys")]
+    pub byo_keys_dir: std::path::PathBuf,
 }
 
 /// One cloud. Every method is idempotent: it looks resources up by tag before creating them,
@@ -95,6 +100,7 @@ pub async fn run(config: Config, shutdown: tokio::sync::watch::Receiver<bool>) -
         Provider::Aws,
         Arc::new(aws::AwsCloud::new(rt.store.clone(), config.aws_ami.clone(), limits, rt.metrics.clone())),
     );
+    providers.insert(Provider::Byo, Arc::new(byo::ByoCloud::new(rt.store.clone(), config.byo_keys_dir.clone())));
     let providers = Arc::new(providers);
     let answering = kubeconfig_query::start(rt.clone(), providers.clone()).await?;
     let r = ksctl_runtime::run_controller(rt, Service::Cloud, Arc::new(CloudWorker { providers }), shutdown).await;

@@ -96,6 +96,8 @@ pub struct InfraRecord {
     pub firewalls: BTreeMap<String, String>,
     pub ssh_key_id: Option<String>,
     pub ssh_private_key: Option<Sealed>,
+    /// SSH host key per host address, recorded on first contact and enforced afterwards.
+    pub host_keys: BTreeMap<String, String>,
     pub vms: BTreeMap<String, Vm>,
     pub managed_cluster: Option<String>,
     /// Cloud identities created for the cluster (AWS: the EKS control-plane and node IAM role ARNs).

@@ -106,6 +106,52 @@ pub struct ClusterSpec {
     pub cni: Option<String>,
     #[serde(default)]
     pub addons: Vec<String>,
+    /// Provider `byo` only: the machines to use, per role, and the SSH key to reach them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hosts: Option<ByoHosts>,
+}
+
+/// Bring-your-own machines. The private key is not in the request: `ssh_key` names a file in the
+/// cloud-controller's key directory (`KSCTL_BYO_KEYS_DIR`), e.g. a mounted secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ByoHosts {
+    pub ssh_key: String,
+    pub load_balancer: HostSpec,
+    pub datastores: Vec<HostSpec>,
+    pub control_planes: Vec<HostSpec>,
+    #[serde(default)]
+    pub workers: Vec<HostSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostSpec {
+    /// IP address or DNS name the control plane reaches the machine at.
+    pub address: String,
+    #[serde(default = "default_ssh_user")]
+    pub user: String,
+    #[serde(default = "default_ssh_port")]
+    pub port: u16,
+}
+
+fn default_ssh_user() -> String {
+    "ubuntu".into()
+}
+fn default_ssh_port() -> u16 {
+    22
+}
+
+impl ByoHosts {
+    /// Every host with its role and index, load balancer first.
+    pub fn all(&self) -> Vec<(crate::records::Role, u32, &HostSpec)> {
+        use crate::records::Role;
+        let mut v = vec![(Role::LoadBalancer, 0, &self.load_balancer)];
+        v.extend(self.datastores.iter().enumerate().map(|(i, h)| (Role::Datastore, i as u32, h)));
+        v.extend(self.control_planes.iter().enumerate().map(|(i, h)| (Role::ControlPlane, i as u32, h)));
+        v.extend(self.workers.iter().enumerate().map(|(i, h)| (Role::Worker, i as u32, h)));
+        v
+    }
 }
 
 fn default_k8s_version() -> String {
@@ -213,6 +259,43 @@ impl ClusterSpec {
                 err(field, format!("{n} is more than the limit of {MAX_NODES_PER_ROLE}"));
             }
         }
+        match (&self.hosts, provider) {
+            (None, Some(Provider::Byo)) => err("hosts", "provider byo needs the hosts to use, per role".into()),
+            (Some(_), Some(p)) if p != Provider::Byo => err("hosts", format!("only provider byo takes hosts, not {p}")),
+            (Some(h), _) => {
+                if h.ssh_key.is_empty()
+                    || h.ssh_key.len() > 64
+                    || !h.ssh_key.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_' || c == b'.')
+                    || h.ssh_key.starts_with('.')
+                {
+                    err("hosts.ssh_key", "must name a key file: 1 to 64 of letters, digits, '-', '_', '.'".into());
+                }
+                for (field, want, got) in [
+                    ("hosts.datastores", self.datastore_nodes, h.datastores.len()),
+                    ("hosts.control_planes", self.control_plane_nodes, h.control_planes.len()),
+                    ("hosts.workers", self.worker_nodes, h.workers.len()),
+                ] {
+                    if want as usize != got {
+                        err(field, format!("lists {got} hosts but the spec asks for {want}"));
+                    }
+                }
+                let mut seen = std::collections::BTreeSet::new();
+                for (_, _, host) in h.all() {
+                    if host.address.is_empty() || host.address.len() > 253 || host.address.contains(char::is_whitespace)
+                    {
+                        err("hosts", format!("{:?} is not a host address", host.address));
+                    } else if !seen.insert((host.address.as_str(), host.port)) {
+                        err("hosts", format!("{}:{} is listed twice", host.address, host.port));
+                    }
+                    if host.user.is_empty()
+                        || !host.user.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+                    {
+                        err("hosts", format!("{:?} is not a user name", host.user));
+                    }
+                }
+            }
+            _ => {}
+        }
         match cluster_type {
             Some(ClusterType::Managed) => {
                 if self.managed_nodes < 1 {
@@ -274,6 +357,47 @@ mod tests {
 
     fn fields(spec: &ClusterSpec) -> Vec<String> {
         spec.validate(&[Provider::Sim]).unwrap_err().into_iter().map(|e| e.field).collect()
+    }
+
+    #[test]
+    fn byo_needs_hosts_that_match_the_counts() {
+        let byo = |hosts: serde_json::Value| -> ClusterSpec {
+            let mut v = serde_json::to_value(selfmanaged()).unwrap();
+            v["cloud_provider"] = "byo".into();
+            v["worker_nodes"] = 1.into();
+            if !hosts.is_null() {
+                v["hosts"] = hosts;
+            }
+            serde_json::from_value(v).unwrap()
+        };
+        let h = |a: &str| serde_json::json!({"address": a});
+        let good = serde_json::json!({
+            "ssh_key": "lab", "load_balancer": h("10.0.0.1"),
+            "datastores": [h("10.0.0.2"), h("10.0.0.3"), h("10.0.0.4")],
+            "control_planes": [h("10.0.0.5"), h("10.0.0.6"), h("10.0.0.7")],
+            "workers": [h("10.0.0.8")]
+        });
+        let errs = |s: &ClusterSpec| -> Vec<String> {
+            s.validate(&[Provider::Byo]).err().unwrap_or_default().into_iter().map(|e| e.field).collect()
+        };
+        let ok = byo(good.clone());
+        assert!(errs(&ok).is_empty(), "{:?}", ok.validate(&[Provider::Byo]));
+        assert_eq!(ok.hosts.as_ref().unwrap().all().len(), 8);
+        assert_eq!(ok.hosts.as_ref().unwrap().control_planes[0].user, "ubuntu");
+        assert_eq!(errs(&byo(serde_json::Value::Null)), ["hosts"]);
+        let mut bad = good.clone();
+        bad["workers"] = serde_json::json!([]);
+        assert_eq!(errs(&byo(bad)), ["hosts.workers"]);
+        let mut bad = good.clone();
+        bad["workers"] = serde_json::json!([h("10.0.0.1")]);
+        assert_eq!(errs(&byo(bad)), ["hosts"], "listed twice");
+        let mut bad = good.clone();
+        bad["ssh_key"] = "../../etc/shadow".into();
+        assert_eq!(errs(&byo(bad)), ["hosts.ssh_key"]);
+        let mut sim = serde_json::to_value(selfmanaged()).unwrap();
+        sim["hosts"] = good;
+        let sim: ClusterSpec = serde_json::from_value(sim).unwrap();
+        assert_eq!(fields(&sim), ["hosts"], "only byo takes hosts");
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! key is recorded on first contact and must match afterwards (the caller keeps it in state);
 //! connections are retried with backoff; every command has a timeout and a label, and errors name
 //! the host and the label — never the command, which may carry secrets.
-use russh::keys::{PrivateKey, PrivateKeyWithHashAlg, PublicKeyOrCertificate};
+pub use russh::keys::PrivateKey;
+use russh::keys::{PrivateKeyWithHashAlg, PublicKeyOrCertificate};
 use russh::{ChannelMsg, client};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -1,0 +1,104 @@
+//! The `byo` provider on the SSH lab's real hosts, through the bus: the cloud phase checks every
+//! host over SSH (key, sudo) and records addresses and host keys; bad hosts fail the create with
+//! an error that names the host and the step. The bootstrap of these hosts is the next step of
+//! the work (no host bootstrapper for `byo` yet), so a good create ends at the bootstrap phase.
+use ksctl_core::ClusterId;
+use ksctl_core::keys;
+use ksctl_core::records::InfraRecord;
+use ksctl_tests::lab::Lab;
+use ksctl_tests::{System, SystemOptions, TempDir};
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(90);
+
+/// The spec for a cluster on hosts `0..` of the lab: LB, 3 etcd, 3 control planes, 1 worker.
+fn spec(name: &str, lab: &Lab, key: &str, user_of: impl Fn(usize) -> &'static str) -> String {
+    let host = |i: usize| serde_json::json!({"address": lab.hosts[i].ip, "user": user_of(i)});
+    serde_json::json!({
+        "cluster_name": name, "region": "lab", "cloud_provider": "byo", "cluster_type": "selfmanaged",
+        "kubernetes_distro": "k3s", "control_plane_nodes": 3, "datastore_nodes": 3, "worker_nodes": 1,
+        "hosts": {
+            "ssh_key": key,
+            "load_balancer": host(0),
+            "datastores": [host(1), host(2), host(3)],
+            "control_planes": [host(4), host(5), host(6)],
+            "workers": [host(7)]
+        }
+    })
+    .to_string()
+}
+
+async fn create(sys: &System, dir: &TempDir, name: &str, spec: String) {
+    let f = dir.0.join(format!("{name}.json"));
+    std::fs::write(&f, spec).unwrap();
+    let (code, out, err) = sys.ksctl(&["cluster", "create", "-f", f.to_str().unwrap(), "--no-wait"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+}
+
+async fn failure(sys: &System, name: &str) -> String {
+    let rec = sys.wait_state(name, "creation_failed", T).await;
+    rec.last_operation.unwrap().error.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn byo_hosts_are_checked_over_ssh_and_bad_hosts_are_named() {
+    let lab = Lab::start(8);
+    let keys_dir = TempDir::new("byo-keys");
+    std::fs::write(keys_dir.0.join("lab"), &lab.key_pem).unwrap();
+    let other = ssh_key::PrivateKey::random(&mut ssh_key::rand_core::OsRng, ssh_key::Algorithm::Ed25519).unwrap();
+    std::fs::write(keys_dir.0.join("stranger"), other.to_openssh(ssh_key::LineEnding::LF).unwrap().as_bytes()).unwrap();
+    let cc = "ksctl-cloud-controller".to_string();
+    let sys = System::start(SystemOptions {
+        env: vec![
+            (cc.clone(), "KSCTL_BYO_KEYS_DIR".into(), keys_dir.0.display().to_string()),
+            // An unreachable host is retried, then reported: two deliveries keep the test short.
+            (cc, "KSCTL_MAX_DELIVER".into(), "2".into()),
+            ("ksctl-manager".into(), "KSCTL_PROVIDERS".into(), "sim,byo".into()),
+        ],
+        ..Default::default()
+    })
+    .await;
+    let specs = TempDir::new("byo-specs");
+
+    // Every host answers: addresses and host keys recorded; the bootstrap is what is missing.
+    create(&sys, &specs, "metal", spec("metal", &lab, "lab", |_| "ubuntu")).await;
+    let err = failure(&sys, "metal").await;
+    assert!(err.starts_with("bootstrap:") && err.contains("byo"), "{err}");
+    let id = ClusterId::new("metal").unwrap();
+    let infra: InfraRecord = ksctl_store::get_json(sys.store.as_ref(), &keys::cloud(&id)).await.unwrap().unwrap().0;
+    assert_eq!(infra.vms.len(), 8);
+    assert_eq!(infra.host_keys.len(), 8);
+    assert!(infra.host_keys.values().all(|k| k.starts_with("ssh-ed25519 ")));
+    assert!(infra.ssh_private_key.is_some(), "the key is sealed into state");
+    let lb = &infra.vms["metal-vm-lb-0"];
+    assert_eq!((lb.public_ip.as_str(), lb.private_ip.as_str()), (lab.hosts[0].ip.as_str(), lab.hosts[0].ip.as_str()));
+    let (_, info, _) = sys.ksctl(&["cluster", "info", "metal"]).await;
+    assert_eq!(info.lines().filter(|l| l.starts_with("metal-vm-")).count(), 8, "{info}");
+
+    // Delete leaves the machines (they still answer) and forgets the cluster.
+    let (code, out, err) = sys.ksctl(&["cluster", "delete", "metal"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    sys.wait_gone("metal", T).await;
+    assert!(std::net::TcpStream::connect(format!("{}:22", lab.hosts[1].ip)).is_ok(), "the machine stays");
+
+    // A key the hosts do not accept.
+    create(&sys, &specs, "wrongkey", spec("wrongkey", &lab, "stranger", |_| "ubuntu")).await;
+    let err = failure(&sys, "wrongkey").await;
+    assert!(err.contains("wrongkey-vm-") && err.contains("SSH key was refused"), "{err}");
+
+    // A user without sudo on one host.
+    create(&sys, &specs, "nosudo", spec("nosudo", &lab, "lab", |i| if i == 7 { "nosudo" } else { "ubuntu" })).await;
+    let err = failure(&sys, "nosudo").await;
+    assert!(err.contains(&format!("nosudo-vm-wp-0 ({})", lab.hosts[7].ip)) && err.contains("sudo check"), "{err}");
+
+    // A host that does not answer.
+    lab.cut(5);
+    create(&sys, &specs, "cutoff", spec("cutoff", &lab, "lab", |_| "ubuntu")).await;
+    let err = failure(&sys, "cutoff").await;
+    assert!(err.contains(&format!("cutoff-vm-cp-1 ({})", lab.hosts[5].ip)) && err.contains("cannot connect"), "{err}");
+    lab.heal(5);
+    // A key file that is not there.
+    create(&sys, &specs, "nokey", spec("nokey", &lab, "missing", |_| "ubuntu")).await;
+    let err = failure(&sys, "nokey").await;
+    assert!(err.contains("SSH key \"missing\" not found"), "{err}");
+}

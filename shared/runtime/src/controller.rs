@@ -184,6 +184,9 @@ impl CommandHandler {
             }
             Err(PhaseError::Permanent(reason)) => Some(reason),
         };
+        if let Some(e) = &error {
+            tracing::warn!(error = %e, "phase failed");
+        }
         let kind = if error.is_some() { EventKind::PhaseFailed } else { EventKind::PhaseSucceeded };
         let result = PhaseResult {
             op_id: cmd.op_id.clone(),

@@ -82,7 +82,13 @@ fn aws_err<E: ProvideErrorMetadata + std::fmt::Debug>(what: &str, e: SdkError<E,
                 | "ServiceUnavailableException"
                 | "ServiceUnavailable"
         )
-        || code.ends_with(".NotFound") && what.starts_with("wait");
+        // Right after a create, EC2 may not know the new id yet (eventual consistency); delete
+        // paths treat "not found" as done before they get here.
+        || code.ends_with(".NotFound")
+        // A create whose answer was lost (the SDK retried it) made the resource already: the
+        // retried phase finds it by its tags and adopts it.
+        || code.ends_with(".Duplicate")
+        || code.ends_with(".Conflict");
     let text = format!("{what}: {code} {msg}");
     if retryable { PhaseError::Retryable(text) } else { PhaseError::Permanent(text) }
 }
@@ -712,7 +718,9 @@ impl AwsCloud {
         for _ in 0..20 {
             match f().await {
                 Ok(_) => return Ok(()),
-                Err(e) if code_of(&e).ends_with(".NotFound") || code_of(&e).ends_with("NotFound") => return Ok(()),
+                // Gone already (or, for a detach, detached already: an earlier attempt whose answer
+                // was lost did it).
+                Err(e) if code_of(&e).ends_with("NotFound") || code_of(&e) == "Gateway.NotAttached" => return Ok(()),
                 Err(e) if code_of(&e) == "DependencyViolation" => {
                     self.retried();
                     tokio::time::sleep(pause).await;

@@ -82,11 +82,21 @@ fn aws_err<E: ProvideErrorMetadata + std::fmt::Debug>(what: &str, e: SdkError<E,
                 | "ServiceUnavailableException"
                 | "ServiceUnavailable"
         )
-        // Right after a create, EC2 may not know the new id yet (eventual consistency); delete
-        // paths treat "not found" as done before they get here.
-        || code.ends_with(".NotFound")
-        // A create whose answer was lost (the SDK retried it) made the resource already: the
-        // retried phase finds it by its tags and adopts it.
+        // Right after we create something, EC2 may not know its id yet (eventual consistency);
+        // delete paths treat "not found" as done before they get here. Not for what the user
+        // names (an AMI, an instance type): that is a permanent mistake.
+        || [
+            "InvalidVpcID.NotFound",
+            "InvalidSubnetID.NotFound",
+            "InvalidGroup.NotFound",
+            "InvalidInternetGatewayID.NotFound",
+            "InvalidRouteTableID.NotFound",
+            "InvalidKeyPair.NotFound",
+            "InvalidInstanceID.NotFound",
+        ]
+        .contains(&code.as_str())
+        // A create answering "exists already" although our lookup by tag just missed it (seen
+        // under load against moto): the retried phase finds it by its tags and adopts it.
         || code.ends_with(".Duplicate")
         || code.ends_with(".Conflict");
     let text = format!("{what}: {code} {msg}");

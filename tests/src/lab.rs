@@ -25,6 +25,8 @@ pub struct Lab {
     pub dir: TempDir,
     /// The private key every host accepts, OpenSSH PEM.
     pub key_pem: String,
+    /// HTTP servers the hosts download from (see [`Lab::k3s_mirror`]).
+    servers: Vec<Child>,
 }
 
 fn sh(cmd: &str) -> std::process::Output {
@@ -47,6 +49,15 @@ pub fn rootfs() -> PathBuf {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("lab/build-rootfs.sh");
     let out = Command::new("bash").arg(&script).stderr(Stdio::inherit()).output().expect("run build-rootfs.sh");
     assert!(out.status.success(), "building the lab root filesystem failed");
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim().lines().last().expect("a path").to_string())
+}
+
+/// The Debian-built kube-apiserver, kube-controller-manager and kubeadm (built and cached on
+/// first use by `tests/lab/build-kube.sh`, about 10 minutes).
+pub fn kube_bins() -> PathBuf {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("lab/build-kube.sh");
+    let out = Command::new("bash").arg(&script).stderr(Stdio::inherit()).output().expect("run build-kube.sh");
+    assert!(out.status.success(), "building kube-apiserver from Debian's source package failed");
     PathBuf::from(String::from_utf8_lossy(&out.stdout).trim().lines().last().expect("a path").to_string())
 }
 
@@ -84,10 +95,14 @@ impl Lab {
         sh(&format!(
             "ip link add {bridge} type bridge && ip addr add {gateway}/24 dev {bridge} && ip link set {bridge} up"
         ));
+        // Hosts talk to each other across the bridge (etcd peers, API servers, agents). With
+        // br_netfilter loaded, bridged frames pass iptables' FORWARD chain, whose policy a Docker
+        // engine sets to DROP: let this bridge's own traffic through, as Docker does for docker0.
+        quiet(&format!("iptables -w -I FORWARD -i {bridge} -o {bridge} -j ACCEPT"));
         let key = ssh_key::PrivateKey::random(&mut ssh_key::rand_core::OsRng, ssh_key::Algorithm::Ed25519).unwrap();
         let key_pem = key.to_openssh(ssh_key::LineEnding::LF).unwrap().to_string();
         let public = key.public_key().to_openssh().unwrap();
-        let mut lab = Lab { hosts: vec![], gateway, bridge, dir, key_pem };
+        let mut lab = Lab { hosts: vec![], gateway, bridge, dir, key_pem, servers: vec![] };
         for i in 0..n {
             let name = format!("vm{i}");
             let ip = format!("10.78.{net}.{}", 10 + i);
@@ -161,6 +176,52 @@ impl Lab {
         lab
     }
 
+    /// Serves `dir` over HTTP on the bridge address, where the hosts reach it; returns the URL.
+    pub fn serve(&mut self, dir: &Path) -> String {
+        let port = crate::free_port();
+        let child = Command::new("python3")
+            .args(["-m", "http.server", &port.to_string(), "--bind", &self.gateway, "--directory"])
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 -m http.server");
+        self.servers.push(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect((self.gateway.as_str(), port)).is_err() {
+            assert!(Instant::now() < deadline, "the lab's HTTP server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        format!("http://{}:{port}", self.gateway)
+    }
+
+    /// An artifact mirror (ksctl's `KSCTL_ARTIFACTS_URL` layout) whose k3s installer is the lab's
+    /// stand-in (`tests/lab/k3s-standin.sh`: the Debian-built kube-apiserver on the etcd the
+    /// bootstrap made, since k3s cannot be had here) and whose release download is that binary.
+    pub fn k3s_mirror(&mut self) -> String {
+        let bins = kube_bins();
+        let root = self.dir.0.join("mirror");
+        let dl = root.join("k3s/releases/download");
+        std::fs::create_dir_all(&dl).unwrap();
+        std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("lab/k3s-standin.sh"), root.join("k3s/install.sh"))
+            .unwrap();
+        std::os::unix::fs::symlink(bins.join("kube-apiserver"), dl.join("kube-apiserver")).unwrap();
+        self.serve(&root)
+    }
+
+    /// Runs `cmd` inside host `i` as root: in all its namespaces (network, PID, mount, UTS) and
+    /// its root filesystem, as if logged in.
+    pub fn exec(&self, i: usize, cmd: &str) -> std::process::Output {
+        // `unshare --fork` makes the host's first process a child of the process we started.
+        let unshare = self.hosts[i].child.as_ref().expect("host running").id();
+        let children = std::fs::read_to_string(format!("/proc/{unshare}/task/{unshare}/children")).unwrap();
+        let init = children.split_whitespace().next().expect("the host's first process");
+        Command::new("nsenter")
+            .args(["-t", init, "-n", "-p", "-m", "-u", "-i", "-r", "-w", "sh", "-c", cmd])
+            .output()
+            .expect("nsenter")
+    }
+
     /// Cuts a host off the network (its link goes down); [`Lab::heal`] brings it back.
     pub fn cut(&self, i: usize) {
         sh(&format!("ip link set {} down", self.hosts[i].veth));
@@ -175,6 +236,11 @@ impl Lab {
         std::fs::read_to_string(self.hosts[i].merged.join(path.trim_start_matches('/'))).ok()
     }
 
+    /// Whether a path exists in host `i`'s filesystem.
+    pub fn exists(&self, i: usize, path: &str) -> bool {
+        self.hosts[i].merged.join(path.trim_start_matches('/')).exists()
+    }
+
     /// Runs a command in host `i`'s network namespace (not its filesystem): for probing it
     /// from the inside, e.g. `curl` to its own ports.
     pub fn in_netns(&self, i: usize, cmd: &str) -> std::process::Output {
@@ -187,6 +253,15 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        if std::env::var_os("KSCTL_LAB_KEEP").is_some() {
+            eprintln!("KSCTL_LAB_KEEP: lab left running in {} (bridge {})", self.dir.0.display(), self.bridge);
+            self.dir.0 = PathBuf::new();
+            return;
+        }
+        for s in &mut self.servers {
+            let _ = s.kill();
+            let _ = s.wait();
+        }
         for h in &mut self.hosts {
             if let Some(mut c) = h.child.take() {
                 let _ = c.kill();
@@ -198,6 +273,7 @@ impl Drop for Lab {
             quiet(&format!("ip link del {}", h.veth));
             quiet(&format!("ip netns del {}", h.netns));
         }
+        quiet(&format!("iptables -w -D FORWARD -i {b} -o {b} -j ACCEPT", b = self.bridge));
         quiet(&format!("ip link del {}", self.bridge));
     }
 }

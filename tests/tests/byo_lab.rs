@@ -1,7 +1,8 @@
 //! The `byo` provider on the SSH lab's real hosts, through the bus: the cloud phase checks every
 //! host over SSH (key, sudo) and records addresses and host keys; bad hosts fail the create with
-//! an error that names the host and the step. The bootstrap of these hosts is the next step of
-//! the work (no host bootstrapper for `byo` yet), so a good create ends at the bootstrap phase.
+//! an error that names the host and the step. The artifact mirror here has no k3s installer, so
+//! a good create fails in the bootstrap at the first k3s server, named with its host and step
+//! (`bootstrap_lab.rs` runs the whole bootstrap).
 use ksctl_core::ClusterId;
 use ksctl_core::keys;
 use ksctl_core::records::InfraRecord;
@@ -42,7 +43,9 @@ async fn failure(sys: &System, name: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn byo_hosts_are_checked_over_ssh_and_bad_hosts_are_named() {
-    let lab = Lab::start(8);
+    let mut lab = Lab::start(8);
+    let empty = TempDir::new("empty-mirror");
+    let mirror = lab.serve(&empty.0);
     let keys_dir = TempDir::new("byo-keys");
     std::fs::write(keys_dir.0.join("lab"), &lab.key_pem).unwrap();
     let other = ssh_key::PrivateKey::random(&mut ssh_key::rand_core::OsRng, ssh_key::Algorithm::Ed25519).unwrap();
@@ -54,6 +57,8 @@ async fn byo_hosts_are_checked_over_ssh_and_bad_hosts_are_named() {
             // An unreachable host is retried, then reported: two deliveries keep the test short.
             (cc, "KSCTL_MAX_DELIVER".into(), "2".into()),
             ("ksctl-manager".into(), "KSCTL_PROVIDERS".into(), "sim,byo".into()),
+            ("ksctl-bootstrap-controller".into(), "KSCTL_ARTIFACTS_URL".into(), mirror),
+            ("ksctl-bootstrap-controller".into(), "KSCTL_MAX_DELIVER".into(), "1".into()),
         ],
         ..Default::default()
     })
@@ -63,7 +68,7 @@ async fn byo_hosts_are_checked_over_ssh_and_bad_hosts_are_named() {
     // Every host answers: addresses and host keys recorded; the bootstrap is what is missing.
     create(&sys, &specs, "metal", spec("metal", &lab, "lab", |_| "ubuntu")).await;
     let err = failure(&sys, "metal").await;
-    assert!(err.starts_with("bootstrap:") && err.contains("byo"), "{err}");
+    assert!(err.starts_with("bootstrap:") && err.contains("host metal-vm-cp-0") && err.contains("k3s-init"), "{err}");
     let id = ClusterId::new("metal").unwrap();
     let infra: InfraRecord = ksctl_store::get_json(sys.store.as_ref(), &keys::cloud(&id)).await.unwrap().unwrap().0;
     assert_eq!(infra.vms.len(), 8);

@@ -1,9 +1,14 @@
 //! bootstrap-controller: turns VMs into a Kubernetes cluster (HAProxy load balancer, TLS etcd,
-//! k3s or kubeadm). Host access sits behind [`Bootstrapper`]; this build has the `sim` hosts
-//! (SSH for real hosts slots in beside it).
+//! k3s or kubeadm). Host access sits behind [`Bootstrapper`]: real hosts over SSH for `byo` and
+//! `aws`, simulated ones for `sim`.
 
+pub mod artifacts;
+pub mod kubeadm;
+pub mod pki;
 pub mod plan;
+pub mod scripts;
 pub mod sim_hosts;
+pub mod ssh_hosts;
 
 use clap::Parser;
 use ksctl_core::saga::{Phase, Service};
@@ -46,10 +51,70 @@ impl PhaseWorker for BootstrapWorker {
     }
 }
 
+/// The cluster's bootstrap record (checkpoints and sealed secrets).
+pub(crate) async fn record(
+    store: &ksctl_store::DynStore,
+    ctx: &PhaseCtx<'_>,
+) -> Result<ksctl_core::records::BootstrapRecord, PhaseError> {
+    ksctl_runtime::read_record(store, &ksctl_core::keys::bootstrap(&ctx.cluster.id)).await
+}
+
+/// Updates the bootstrap record (compare-and-swap); returns what was written.
+pub(crate) async fn checkpoint(
+    store: &ksctl_store::DynStore,
+    ctx: &PhaseCtx<'_>,
+    f: impl Fn(&mut ksctl_core::records::BootstrapRecord) + Send,
+) -> Result<ksctl_core::records::BootstrapRecord, PhaseError> {
+    ksctl_runtime::update_record(store, &ksctl_core::keys::bootstrap(&ctx.cluster.id), f).await
+}
+
+/// Hosts worked on at once within a wave.
+const PARALLEL_HOSTS: usize = 16;
+
+/// Runs one wave's host steps in parallel, skipping those already checkpointed, reporting
+/// progress; `step` runs a step and checkpoints it. Every step is tried; the first failure is
+/// returned.
+pub(crate) async fn run_wave<F, Fut>(
+    store: &ksctl_store::DynStore,
+    ctx: &PhaseCtx<'_>,
+    wave: Vec<plan::HostStep>,
+    done: &std::sync::atomic::AtomicU32,
+    total: u32,
+    step: F,
+) -> Result<(), PhaseError>
+where
+    F: Fn(plan::HostStep) -> Fut,
+    Fut: std::future::Future<Output = Result<(), PhaseError>>,
+{
+    use futures::StreamExt;
+    use std::sync::atomic::Ordering;
+    let finished = record(store, ctx).await?.steps_done;
+    let (skip, todo): (Vec<_>, Vec<_>) = wave.into_iter().partition(|s| finished.contains(&s.key()));
+    done.fetch_add(skip.len() as u32, Ordering::SeqCst);
+    let results: Vec<Result<(), PhaseError>> = futures::stream::iter(todo)
+        .map(|s| {
+            let what = format!("{} on {}", s.step, s.host.name);
+            let run = step(s);
+            async move {
+                run.await?;
+                ctx.progress(what, done.fetch_add(1, Ordering::SeqCst) + 1, total).await;
+                Ok(())
+            }
+        })
+        .buffer_unordered(PARALLEL_HOSTS)
+        .collect()
+        .await;
+    results.into_iter().collect()
+}
+
 pub async fn run(config: Config, shutdown: tokio::sync::watch::Receiver<bool>) -> Result<(), RuntimeError> {
     let rt = config.common.connect("bootstrap-controller").await?;
     let sim_cfg = ksctl_runtime::sim::SimConfig::from_env().map_err(RuntimeError::Config)?;
     let mut providers: HashMap<Provider, Arc<dyn Bootstrapper>> = HashMap::new();
     providers.insert(Provider::Sim, Arc::new(sim_hosts::SimHosts::new(rt.store.clone(), sim_cfg)));
+    let ssh: Arc<dyn Bootstrapper> =
+        Arc::new(ssh_hosts::SshHosts::new(rt.store.clone(), artifacts::Artifacts::from_env()));
+    providers.insert(Provider::Byo, ssh.clone());
+    providers.insert(Provider::Aws, ssh);
     ksctl_runtime::run_controller(rt, Service::Bootstrap, Arc::new(BootstrapWorker { providers }), shutdown).await
 }

@@ -2,17 +2,15 @@
 //! guarded by a check) and checkpointed in the bootstrap record.
 use crate::Bootstrapper;
 use crate::plan::{HostStep, bootstrap_waves, join_wave};
-use futures::StreamExt;
 use ksctl_core::keys;
 use ksctl_core::messages::context_name;
-use ksctl_core::records::{BootstrapRecord, InfraRecord, Role, Vm};
+use ksctl_core::records::{InfraRecord, Role, Vm};
 use ksctl_core::spec::Distro;
 use ksctl_runtime::sim::{Sim, SimConfig, fake_pem, fake_token};
-use ksctl_runtime::{PhaseCtx, PhaseError, read_record, update_record};
+use ksctl_runtime::{PhaseCtx, PhaseError, read_record};
 use ksctl_store::DynStore;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-const PARALLEL_HOSTS: usize = 16;
 
 pub struct SimHosts {
     store: DynStore,
@@ -35,19 +33,7 @@ impl SimHosts {
         Ok(infra.vms.into_values().collect())
     }
 
-    async fn record(&self, ctx: &PhaseCtx<'_>) -> Result<BootstrapRecord, PhaseError> {
-        read_record(&self.store, &keys::bootstrap(&ctx.cluster.id)).await
-    }
-
-    async fn checkpoint(
-        &self,
-        ctx: &PhaseCtx<'_>,
-        f: impl Fn(&mut BootstrapRecord) + Send,
-    ) -> Result<BootstrapRecord, PhaseError> {
-        update_record(&self.store, &keys::bootstrap(&ctx.cluster.id), f).await
-    }
-
-    /// Runs one wave in parallel, skipping steps already checkpointed.
+    /// Runs one wave: each step applied to its simulated host once, then checkpointed.
     async fn run_wave(
         &self,
         ctx: &PhaseCtx<'_>,
@@ -55,26 +41,17 @@ impl SimHosts {
         done: &AtomicU32,
         total: u32,
     ) -> Result<(), PhaseError> {
-        let finished = self.record(ctx).await?.steps_done;
-        let (skip, todo): (Vec<_>, Vec<_>) = wave.into_iter().partition(|s| finished.contains(&s.key()));
-        done.fetch_add(skip.len() as u32, Ordering::SeqCst);
-        let results: Vec<Result<(), PhaseError>> = futures::stream::iter(todo)
-            .map(|s| async move {
-                self.sim.step(&format!("bootstrap.{}", s.step)).await?;
-                self.sim.apply_on_host(&ctx.cluster.id, &s.host.id, s.step).await?;
-                let key = s.key();
-                self.checkpoint(ctx, |r| {
-                    r.steps_done.insert(key.clone());
-                })
-                .await?;
-                ctx.progress(format!("{} on {}", s.step, s.host.name), done.fetch_add(1, Ordering::SeqCst) + 1, total)
-                    .await;
-                Ok(())
+        crate::run_wave(&self.store, ctx, wave, done, total, |s| async move {
+            self.sim.step(&format!("bootstrap.{}", s.step)).await?;
+            self.sim.apply_on_host(&ctx.cluster.id, &s.host.id, s.step).await?;
+            let key = s.key();
+            crate::checkpoint(&self.store, ctx, |r| {
+                r.steps_done.insert(key.clone());
             })
-            .buffer_unordered(PARALLEL_HOSTS)
-            .collect()
-            .await;
-        results.into_iter().collect()
+            .await?;
+            Ok(())
+        })
+        .await
     }
 
     fn distro(ctx: &PhaseCtx<'_>) -> Result<Distro, PhaseError> {
@@ -92,13 +69,13 @@ impl Bootstrapper for SimHosts {
         let done = AtomicU32::new(0);
 
         // The CA exists before any host needs a certificate; generated once, sealed, kept for renewal.
-        if self.record(ctx).await?.ca_key.is_none() {
+        if crate::record(&self.store, ctx).await?.ca_key.is_none() {
             self.sim.step("bootstrap.pki").await?;
             let (cert, key) = (
                 ctx.rt.sealer.seal(&format!("ca-cert/{id}"), fake_pem("CERTIFICATE").as_bytes()),
                 ctx.rt.sealer.seal(&format!("ca-key/{id}"), fake_pem("PRIVATE KEY").as_bytes()),
             );
-            self.checkpoint(ctx, |r| {
+            crate::checkpoint(&self.store, ctx, |r| {
                 if r.ca_key.is_none() {
                     r.ca_cert = Some(cert.clone());
                     r.ca_key = Some(key.clone());
@@ -112,12 +89,12 @@ impl Bootstrapper for SimHosts {
             self.run_wave(ctx, wave, &done, total).await?;
         }
 
-        if self.record(ctx).await?.kubeconfig.is_none() {
+        if crate::record(&self.store, ctx).await?.kubeconfig.is_none() {
             let lb = vms
                 .iter()
                 .find(|v| v.role == Role::LoadBalancer)
                 .ok_or_else(|| PhaseError::Permanent("no load balancer VM".into()))?;
-            let rec = self.record(ctx).await?;
+            let rec = crate::record(&self.store, ctx).await?;
             let ca =
                 ctx.rt.sealer.open_string(&format!("ca-cert/{id}"), rec.ca_cert.as_ref().expect("written above"))?;
             let token = fake_token();
@@ -131,7 +108,7 @@ impl Bootstrapper for SimHosts {
                 ctx.rt.sealer.seal(&format!("kubeconfig/{id}"), kc.as_bytes()),
                 ctx.rt.sealer.seal(&format!("join-token/{id}"), token.as_bytes()),
             );
-            self.checkpoint(ctx, |r| {
+            crate::checkpoint(&self.store, ctx, |r| {
                 if r.kubeconfig.is_none() {
                     r.kubeconfig = Some(kc.clone());
                     r.join_token = Some(token.clone());
@@ -145,7 +122,7 @@ impl Bootstrapper for SimHosts {
 
     async fn join(&self, ctx: &PhaseCtx<'_>) -> Result<(), PhaseError> {
         let vms = self.vms(ctx).await?;
-        let rec = self.record(ctx).await?;
+        let rec = crate::record(&self.store, ctx).await?;
         if rec.join_token.is_none() {
             return Err(PhaseError::Permanent("the cluster has no join token; was it bootstrapped?".into()));
         }

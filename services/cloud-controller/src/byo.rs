@@ -3,9 +3,9 @@
 //! has passwordless sudo, records each host's SSH host key (enforced from then on) and its
 //! addresses, and seals the key into state for the bootstrap. Delete undoes what ksctl installed
 //! and leaves the machines.
-use crate::{CloudProvider, checkpoint, infra};
+use crate::{CloudProvider, checkpoint, infra, target_workers};
 use futures::StreamExt;
-use ksctl_core::records::Vm;
+use ksctl_core::records::{Role, Vm};
 use ksctl_core::spec::HostSpec;
 use ksctl_runtime::{PhaseCtx, PhaseError};
 use ksctl_ssh::{Session, SshError, Target};
@@ -17,17 +17,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_ATTEMPTS: u32 = 3;
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 const PARALLEL_HOSTS: usize = 16;
-
-/// What ksctl installs on a host, removed on delete; every command tolerates "not there".
-pub const UNINSTALL: &str = "set -e
-for unit in k3s k3s-agent kubelet ksctl-etcd haproxy; do
-  sudo -n systemctl disable --now \"$unit\" >/dev/null 2>&1 || true
-done
-[ -x /usr/local/bin/k3s-uninstall.sh ] && sudo -n /usr/local/bin/k3s-uninstall.sh >/dev/null 2>&1 || true
-[ -x /usr/local/bin/k3s-agent-uninstall.sh ] && sudo -n /usr/local/bin/k3s-agent-uninstall.sh >/dev/null 2>&1 || true
-sudo -n pkill -f '^/usr/bin/etcd --name ksctl-' || true
-sudo -n rm -rf /etc/ksctl /var/lib/ksctl
-";
 
 pub struct ByoCloud {
     store: DynStore,
@@ -92,24 +81,15 @@ impl ByoCloud {
             .await
             .map_err(|e| host_err(who, e))
     }
-}
-
-#[async_trait::async_trait]
-impl CloudProvider for ByoCloud {
-    async fn create(&self, ctx: &PhaseCtx<'_>) -> Result<(), PhaseError> {
+    /// Checks `hosts` over SSH in parallel (key, sudo, addresses) and records each as a VM with
+    /// its host key. Every host is tried; the first failure is reported.
+    async fn check_hosts(&self, ctx: &PhaseCtx<'_>, hosts: Vec<(Role, u32, HostSpec)>) -> Result<(), PhaseError> {
         let id = &ctx.cluster.id;
-        let hosts = ctx
-            .cluster
-            .spec
-            .hosts
-            .as_ref()
-            .ok_or_else(|| PhaseError::Permanent("provider byo needs hosts in the spec".into()))?;
         let key = self.key(ctx).await?;
         let known = infra(&self.store, ctx).await?.host_keys;
-        let all: Vec<_> = hosts.all().into_iter().map(|(r, i, h)| (r, i, h.clone())).collect();
-        let total = all.len() as u32;
+        let total = hosts.len() as u32;
         let done = std::sync::atomic::AtomicU32::new(0);
-        let checks = futures::stream::iter(all)
+        let checks = futures::stream::iter(hosts)
             .map(|(role, index, host)| {
                 let (key, known, done) = (&key, &known, &done);
                 async move {
@@ -125,7 +105,9 @@ impl CloudProvider for ByoCloud {
                     let host_key = s.host_key.clone();
                     s.close().await;
                     let vm = Vm {
-                        id: format!("{}:{}", host.address, host.port),
+                        // A host that leaves (scale down) and comes back is a new member: its
+                        // id, which keys the bootstrap's checkpoints, names the operation too.
+                        id: format!("{}:{}/{}", host.address, host.port, ctx.cmd.op_id),
                         name: name.clone(),
                         role,
                         index,
@@ -145,44 +127,79 @@ impl CloudProvider for ByoCloud {
             .buffer_unordered(PARALLEL_HOSTS)
             .collect::<Vec<_>>()
             .await;
-        // Report the first failure; every host was tried, so the user sees one cause at a time
-        // but nothing is skipped silently.
         checks.into_iter().collect::<Result<Vec<_>, _>>().map(|_| ())
     }
 
-    async fn delete(&self, ctx: &PhaseCtx<'_>) -> Result<(), PhaseError> {
-        let state = infra(&self.store, ctx).await?;
-        if !state.vms.is_empty() {
-            let key = self.key(ctx).await?;
-            let hosts = ctx.cluster.spec.hosts.as_ref().map(|h| h.all()).unwrap_or_default();
-            let total = state.vms.len() as u32;
-            for (n, vm) in state.vms.values().enumerate() {
-                let Some((_, _, host)) = hosts.iter().find(|(r, i, _)| *r == vm.role && *i == vm.index) else {
-                    continue;
-                };
-                let who = format!("{} ({})", vm.name, host.address);
-                let s = self.session(&key, host, state.host_keys.get(&host.address).map(String::as_str), &who).await?;
-                s.run("uninstall", UNINSTALL, None, COMMAND_TIMEOUT).await.map_err(|e| host_err(&who, e))?;
-                s.close().await;
-                // Done hosts leave the record, so a retried delete does not visit them again.
-                checkpoint(&self.store, ctx, |i| {
-                    i.vms.remove(&vm.name);
-                })
-                .await?;
-                ctx.progress(format!("{who}: ksctl's software removed; the machine stays"), n as u32 + 1, total).await;
-            }
+    /// Removes ksctl's software from the recorded hosts `vms` (one after another) and forgets
+    /// each once done, so a retried phase does not visit it again.
+    async fn uninstall(&self, ctx: &PhaseCtx<'_>, vms: Vec<Vm>) -> Result<(), PhaseError> {
+        if vms.is_empty() {
+            return Ok(());
         }
+        let state = infra(&self.store, ctx).await?;
+        let key = self.key(ctx).await?;
+        let hosts = ctx.cluster.spec.hosts.as_ref().map(|h| h.all()).unwrap_or_default();
+        let total = vms.len() as u32;
+        for (n, vm) in vms.iter().enumerate() {
+            let Some((_, _, host)) = hosts.iter().find(|(r, i, _)| *r == vm.role && *i == vm.index) else {
+                continue;
+            };
+            let who = format!("{} ({})", vm.name, host.address);
+            let s = self.session(&key, host, state.host_keys.get(&host.address).map(String::as_str), &who).await?;
+            let script = ksctl_ssh::host::uninstall_script();
+            s.run("uninstall", "sudo -n sh -s", Some(script.as_bytes()), COMMAND_TIMEOUT)
+                .await
+                .map_err(|e| host_err(&who, e))?;
+            s.close().await;
+            checkpoint(&self.store, ctx, |i| {
+                i.vms.remove(&vm.name);
+            })
+            .await?;
+            ctx.progress(format!("{who}: ksctl's software removed; the machine stays"), n as u32 + 1, total).await;
+        }
+        Ok(())
+    }
+}
+
+fn byo_hosts<'a>(ctx: &'a PhaseCtx<'_>) -> Result<&'a ksctl_core::spec::ByoHosts, PhaseError> {
+    ctx.cluster.spec.hosts.as_ref().ok_or_else(|| PhaseError::Permanent("provider byo needs hosts in the spec".into()))
+}
+
+#[async_trait::async_trait]
+impl CloudProvider for ByoCloud {
+    async fn create(&self, ctx: &PhaseCtx<'_>) -> Result<(), PhaseError> {
+        let hosts = byo_hosts(ctx)?;
+        let all = hosts.in_use(ctx.cluster.spec.worker_nodes).into_iter().map(|(r, i, h)| (r, i, h.clone())).collect();
+        self.check_hosts(ctx, all).await
+    }
+
+    async fn delete(&self, ctx: &PhaseCtx<'_>) -> Result<(), PhaseError> {
+        let vms = infra(&self.store, ctx).await?.vms.into_values().collect();
+        self.uninstall(ctx, vms).await?;
         self.store.delete(&ksctl_core::keys::cloud(&ctx.cluster.id)).await?;
         Ok(())
     }
 
-    async fn scale_up(&self, _ctx: &PhaseCtx<'_>) -> Result<(), PhaseError> {
-        Err(PhaseError::Permanent(
-            "byo clusters cannot be scaled by a count yet: their hosts are listed in the spec".into(),
-        ))
+    /// Takes the next spare worker hosts listed in the spec (the manager refuses a target beyond them).
+    async fn scale_up(&self, ctx: &PhaseCtx<'_>) -> Result<(), PhaseError> {
+        let target = target_workers(ctx)?;
+        let known = infra(&self.store, ctx).await?;
+        let new: Vec<_> = byo_hosts(ctx)?
+            .in_use(target)
+            .into_iter()
+            .filter(|(r, i, _)| *r == Role::Worker && !known.vms.contains_key(&r.vm_name(&ctx.cluster.id, *i)))
+            .map(|(r, i, h)| (r, i, h.clone()))
+            .collect();
+        self.check_hosts(ctx, new).await
     }
 
+    /// The workers with the highest indices leave the cluster (the k8s phase drained them):
+    /// ksctl's software goes, the machines stay and become spares again.
     async fn scale_down(&self, ctx: &PhaseCtx<'_>) -> Result<(), PhaseError> {
-        self.scale_up(ctx).await
+        let target = target_workers(ctx)?;
+        let mut gone: Vec<Vm> =
+            infra(&self.store, ctx).await?.vms_of(Role::Worker).filter(|v| v.index >= target).cloned().collect();
+        gone.sort_by_key(|v| std::cmp::Reverse(v.index));
+        self.uninstall(ctx, gone).await
     }
 }

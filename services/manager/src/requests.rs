@@ -229,6 +229,14 @@ impl RequestHandler {
             if managed && target == 0 {
                 return Err("a managed cluster needs at least 1 node".into());
             }
+            if let Some(h) = &rec.spec.hosts
+                && target as usize > h.workers.len()
+            {
+                return Err(format!(
+                    "the cluster lists {} worker hosts; a byo cluster scales only onto hosts listed in hosts.workers at create",
+                    h.workers.len()
+                ));
+            }
             Ok(Some(match target.cmp(&current) {
                 std::cmp::Ordering::Equal => return Ok(None),
                 std::cmp::Ordering::Greater => (OpKind::ScaleUp, target),

@@ -116,13 +116,23 @@ impl InfraRecord {
 
 /// Bootstrap checkpoints and secrets (key `bootstrap.<id>`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct BootstrapRecord {
     /// `<step>@<host>` for every host step that finished.
     pub steps_done: BTreeSet<String>,
+    /// The etcd CA, kept (key included) so certificates can be renewed.
     pub ca_cert: Option<Sealed>,
     pub ca_key: Option<Sealed>,
+    /// k3s: the token read from the first server; kubeadm: the current bootstrap token.
     pub join_token: Option<Sealed>,
     pub kubeconfig: Option<Sealed>,
+    /// The etcd PKI as one JSON document (CA, server and peer certificates per datastore, the
+    /// API servers' client certificate).
+    pub etcd_pki: Option<Sealed>,
+    /// kubeadm's cluster CA, bootstrap token (with expiry) and certificate key, as JSON.
+    pub kubeadm: Option<Sealed>,
+    /// SSH host keys first seen by the bootstrap (hosts the cloud phase did not contact).
+    pub host_keys: BTreeMap<String, String>,
 }
 
 /// In-cluster component checkpoints (key `k8s.<id>`).

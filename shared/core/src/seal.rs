@@ -71,6 +71,14 @@ impl Sealer {
     }
 }
 
+/// `n` bytes from the operating system's CSPRNG, for tokens and keys.
+pub fn random_bytes(n: usize) -> Vec<u8> {
+    use chacha20poly1305::aead::rand_core::RngCore;
+    let mut b = vec![0u8; n];
+    OsRng.fill_bytes(&mut b);
+    b
+}
+
 /// A fresh random key in the base64 form [`Sealer::from_base64`] takes.
 pub fn generate_key() -> String {
     B64.encode(ChaCha20Poly1305::generate_key(&mut OsRng))

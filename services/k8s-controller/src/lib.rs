@@ -1,7 +1,8 @@
 //! k8s-controller: installs our in-cluster components, drains nodes before scale-down, and
-//! uninstalls on delete. The Kubernetes API sits behind [`ClusterApi`]; this build has the `sim`
-//! API (the real `kube` client slots in beside it).
+//! uninstalls on delete. The Kubernetes API sits behind [`ClusterApi`]: the real API with `kube`
+//! for clusters bootstrapped over SSH, the simulated one for `sim`.
 
+pub mod kube_api;
 pub mod sim_kube;
 
 use clap::Parser;
@@ -16,6 +17,27 @@ use std::sync::Arc;
 pub struct Config {
     #[command(flatten)]
     pub common: CommonArgs,
+    /// How long a scale-down waits for evicted pods to leave a node before it retries.
+    #[arg(long, env = "KSCTL_DRAIN_TIMEOUT_SECS", default_value_t = 300)]
+    pub drain_timeout_secs: u64,
+}
+
+/// The workers a scale-down removes: those beyond the target, highest index first (only
+/// self-managed clusters drain here; managed pools drain the nodes they remove).
+pub fn workers_to_remove(
+    ctx: &PhaseCtx<'_>,
+    infra: &ksctl_core::records::InfraRecord,
+) -> Result<Vec<ksctl_core::records::Vm>, PhaseError> {
+    let target = ctx
+        .cluster
+        .operation
+        .as_ref()
+        .and_then(|o| o.target_workers)
+        .ok_or_else(|| PhaseError::Permanent("scale operation without a target worker count".into()))?;
+    let mut nodes: Vec<_> = infra.vms_of(ksctl_core::records::Role::Worker).cloned().collect();
+    nodes.sort_by_key(|v| std::cmp::Reverse(v.index));
+    let count = nodes.len();
+    Ok(nodes.into_iter().take(count.saturating_sub(target as usize)).collect())
 }
 
 /// The objects we install, in order (namespace first, agent last), as `<kind>/<name>`.
@@ -69,9 +91,13 @@ impl PhaseWorker for K8sWorker {
 }
 
 pub async fn run(config: Config, shutdown: tokio::sync::watch::Receiver<bool>) -> Result<(), RuntimeError> {
+    // kube's rustls needs one process-wide crypto provider (ring is in the build too).
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let rt = config.common.connect("k8s-controller").await?;
     let sim_cfg = ksctl_runtime::sim::SimConfig::from_env().map_err(RuntimeError::Config)?;
     let mut providers: HashMap<Provider, Arc<dyn ClusterApi>> = HashMap::new();
     providers.insert(Provider::Sim, Arc::new(sim_kube::SimKube::new(rt.store.clone(), sim_cfg)));
+    let drain = std::time::Duration::from_secs(config.drain_timeout_secs);
+    providers.insert(Provider::Byo, Arc::new(kube_api::KubeApi::new(rt.store.clone(), drain)));
     ksctl_runtime::run_controller(rt, Service::K8s, Arc::new(K8sWorker { providers }), shutdown).await
 }

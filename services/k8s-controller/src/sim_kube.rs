@@ -1,7 +1,7 @@
 //! The simulated Kubernetes API: our objects are `k8s_object` resources of the simulated world.
 use crate::{COMPONENTS, ClusterApi};
 use ksctl_core::keys;
-use ksctl_core::records::{BootstrapRecord, InfraRecord, K8sRecord, Role};
+use ksctl_core::records::{BootstrapRecord, InfraRecord, K8sRecord};
 use ksctl_core::spec::ClusterType;
 use ksctl_runtime::sim::{Sim, SimConfig};
 use ksctl_runtime::{PhaseCtx, PhaseError, read_record, update_record};
@@ -76,19 +76,9 @@ impl ClusterApi for SimKube {
 
     async fn drain(&self, ctx: &PhaseCtx<'_>) -> Result<(), PhaseError> {
         let id = &ctx.cluster.id;
-        let target = ctx
-            .cluster
-            .operation
-            .as_ref()
-            .and_then(|o| o.target_workers)
-            .ok_or_else(|| PhaseError::Permanent("scale operation without a target worker count".into()))?;
         let infra: InfraRecord = read_record(&self.store, &keys::cloud(id)).await?;
         let drained = read_record::<K8sRecord>(&self.store, &keys::k8s(id)).await?.drained;
-        // Only self-managed clusters drain here: managed pools drain the nodes they remove.
-        let count = infra.vms_of(Role::Worker).count();
-        let mut nodes: Vec<_> = infra.vms_of(Role::Worker).cloned().collect();
-        nodes.sort_by_key(|v| std::cmp::Reverse(v.index));
-        let remove: Vec<_> = nodes.into_iter().take(count.saturating_sub(target as usize)).collect();
+        let remove = crate::workers_to_remove(ctx, &infra)?;
         let total = remove.len() as u32;
         for (n, vm) in remove.iter().enumerate() {
             if !drained.contains(&vm.id) {

@@ -1,0 +1,374 @@
+//! The real Kubernetes API, with `kube`, for clusters whose kubeconfig ksctl holds (self-managed
+//! clusters bootstrapped over SSH). Everything is server-side applied under one field manager and
+//! labelled as ksctl's, so installing twice changes nothing.
+//!
+//! Installed so far: the `ksctl-system` namespace, the agent's service account with
+//! least-privilege RBAC, and the state importer's immutable `cluster-config` ConfigMap (replaced
+//! when the cluster's state changes). The CRDs and the agent's Deployment come with the agent.
+use crate::{ClusterApi, workers_to_remove};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use ksctl_core::keys;
+use ksctl_core::records::{BootstrapRecord, InfraRecord, K8sRecord};
+use ksctl_core::spec::ClusterType;
+use ksctl_runtime::{PhaseCtx, PhaseError, read_record, update_record};
+use ksctl_store::DynStore;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+pub const NAMESPACE: &str = "ksctl-system";
+pub const FIELD_MANAGER: &str = "ksctl";
+pub const AGENT: &str = "ksctl-agent";
+pub const CLUSTER_CONFIG: &str = "cluster-config";
+/// How long a cluster may take to answer before uninstall gives up on it.
+const UNREACHABLE_AFTER: Duration = Duration::from_secs(20);
+
+pub struct KubeApi {
+    store: DynStore,
+    drain_timeout: Duration,
+}
+
+fn labels() -> BTreeMap<String, String> {
+    [("app.kubernetes.io/managed-by".to_string(), "ksctl".to_string())].into()
+}
+
+fn meta(name: &str, namespace: Option<&str>) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.into()),
+        namespace: namespace.map(str::to_string),
+        labels: Some(labels()),
+        ..Default::default()
+    }
+}
+
+/// A failed API call: server errors and unreachable clusters are retried, refusals are not.
+fn api_err(what: &str, e: kube::Error) -> PhaseError {
+    let text = format!("{what}: {e}");
+    match &e {
+        kube::Error::Api(s) if s.code < 500 && s.code != 429 => PhaseError::Permanent(text),
+        _ => PhaseError::Retryable(text),
+    }
+}
+
+/// The agent's permissions, each rule for one thing it does (documented in the README):
+/// read Nodes (inventory, readiness, version drift), and read our own namespace's ConfigMaps,
+/// Deployments and Pods (the health of ksctl's components). Nothing cluster-wide is writable.
+pub fn agent_rules() -> (Vec<PolicyRule>, Vec<PolicyRule>) {
+    let read = || vec!["get".to_string(), "list".to_string(), "watch".to_string()];
+    let cluster = vec![PolicyRule {
+        api_groups: Some(vec![String::new()]),
+        resources: Some(vec!["nodes".into()]),
+        verbs: read(),
+        ..Default::default()
+    }];
+    let namespaced = vec![
+        PolicyRule {
+            api_groups: Some(vec![String::new()]),
+            resources: Some(vec!["configmaps".into(), "pods".into()]),
+            verbs: read(),
+            ..Default::default()
+        },
+        PolicyRule {
+            api_groups: Some(vec!["apps".into()]),
+            resources: Some(vec!["deployments".into()]),
+            verbs: read(),
+            ..Default::default()
+        },
+    ];
+    (cluster, namespaced)
+}
+
+/// The non-secret state the cluster carries about itself (the state importer's ConfigMap).
+pub fn cluster_config(ctx: &PhaseCtx<'_>, infra: &InfraRecord) -> BTreeMap<String, String> {
+    let c = ctx.cluster;
+    let nodes: Vec<serde_json::Value> = infra
+        .vms
+        .values()
+        .map(|v| serde_json::json!({"name": v.name, "role": v.role, "private_ip": v.private_ip}))
+        .collect();
+    [
+        ("cluster_id", c.id.to_string()),
+        ("provider", c.provider.to_string()),
+        ("region", c.spec.region.clone()),
+        ("cluster_type", c.cluster_type.as_str().to_string()),
+        ("distro", c.spec.kubernetes_distro.clone().unwrap_or_default()),
+        ("kubernetes_version", c.spec.kubernetes_version.clone()),
+        ("etcd_version", c.spec.etcd_version.clone().unwrap_or_default()),
+        ("nodes", serde_json::to_string(&nodes).expect("json")),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+impl KubeApi {
+    pub fn new(store: DynStore, drain_timeout: Duration) -> Self {
+        Self { store, drain_timeout }
+    }
+
+    async fn client(&self, ctx: &PhaseCtx<'_>) -> Result<kube::Client, PhaseError> {
+        let id = &ctx.cluster.id;
+        let sealed = match ctx.cluster.cluster_type {
+            ClusterType::Selfmanaged => {
+                read_record::<BootstrapRecord>(&self.store, &keys::bootstrap(id)).await?.kubeconfig
+            }
+            ClusterType::Managed => read_record::<InfraRecord>(&self.store, &keys::cloud(id)).await?.kubeconfig,
+        };
+        let sealed = sealed.ok_or_else(|| PhaseError::Permanent(format!("cluster {id} has no kubeconfig in state")))?;
+        let yaml = ctx.rt.sealer.open_string(&format!("kubeconfig/{id}"), &sealed)?;
+        let kc = kube::config::Kubeconfig::from_yaml(&yaml)
+            .map_err(|e| PhaseError::Permanent(format!("the stored kubeconfig is unusable: {e}")))?;
+        let mut config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+            .await
+            .map_err(|e| PhaseError::Permanent(format!("the stored kubeconfig is unusable: {e}")))?;
+        config.connect_timeout = Some(Duration::from_secs(10));
+        config.read_timeout = Some(Duration::from_secs(30));
+        kube::Client::try_from(config).map_err(|e| PhaseError::Permanent(format!("Kubernetes client: {e}")))
+    }
+
+    async fn apply<K>(&self, api: &Api<K>, name: &str, obj: &K) -> Result<(), PhaseError>
+    where
+        K: kube::Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+    {
+        let pp = PatchParams::apply(FIELD_MANAGER).force();
+        api.patch(name, &pp, &Patch::Apply(obj)).await.map_err(|e| api_err(&format!("applying {name}"), e))?;
+        Ok(())
+    }
+
+    /// The immutable `cluster-config` ConfigMap: created, left alone when equal, replaced when the
+    /// state changed (an immutable ConfigMap cannot be updated).
+    async fn import_state(&self, client: &kube::Client, data: BTreeMap<String, String>) -> Result<(), PhaseError> {
+        let api: Api<ConfigMap> = Api::namespaced(client.clone(), NAMESPACE);
+        if let Some(cur) = api.get_opt(CLUSTER_CONFIG).await.map_err(|e| api_err("reading cluster-config", e))? {
+            if cur.data.as_ref() == Some(&data) {
+                return Ok(());
+            }
+            api.delete(CLUSTER_CONFIG, &DeleteParams::default())
+                .await
+                .map_err(|e| api_err("replacing cluster-config", e))?;
+        }
+        let cm = ConfigMap {
+            metadata: meta(CLUSTER_CONFIG, Some(NAMESPACE)),
+            data: Some(data),
+            immutable: Some(true),
+            ..Default::default()
+        };
+        self.apply(&api, CLUSTER_CONFIG, &cm).await
+    }
+
+    async fn mark(&self, ctx: &PhaseCtx<'_>, what: &str) -> Result<(), PhaseError> {
+        update_record(&self.store, &keys::k8s(&ctx.cluster.id), |r: &mut K8sRecord| {
+            r.installed.insert(what.to_string());
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Evicts a pod (policy/v1; servers before 1.22 only know policy/v1beta1 at the same path).
+    async fn evict(&self, client: &kube::Client, ns: &str, name: &str) -> Result<(), PhaseError> {
+        let path = format!("/api/v1/namespaces/{ns}/pods/{name}/eviction");
+        let mut last = None;
+        for version in ["policy/v1", "policy/v1beta1"] {
+            let body = serde_json::json!({"apiVersion": version, "kind": "Eviction", "metadata": {"name": name, "namespace": ns}});
+            let req = http::Request::post(&path)
+                .header("Content-Type", "application/json")
+                .body(serde_json::to_vec(&body).expect("json"))
+                .expect("request");
+            match client.request::<serde_json::Value>(req).await {
+                Ok(_) => return Ok(()),
+                Err(kube::Error::Api(s)) if s.code == 404 && s.reason == "NotFound" && s.message.contains(name) => {
+                    return Ok(());
+                }
+                Err(kube::Error::Api(s)) if s.code == 429 => {
+                    return Err(PhaseError::Retryable(format!(
+                        "evicting {ns}/{name}: a disruption budget forbids it for now"
+                    )));
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(api_err(&format!("evicting {ns}/{name}"), last.expect("tried")))
+    }
+
+    /// Cordons `node`, evicts its pods (DaemonSet pods stay, as with `kubectl drain`), waits
+    /// for them to go, and deletes the Node.
+    async fn drain_node(&self, client: &kube::Client, node: &str) -> Result<(), PhaseError> {
+        let nodes: Api<Node> = Api::all(client.clone());
+        if nodes.get_opt(node).await.map_err(|e| api_err(&format!("reading node {node}"), e))?.is_none() {
+            return Ok(());
+        }
+        let cordon = serde_json::json!({"spec": {"unschedulable": true}});
+        nodes
+            .patch(node, &PatchParams::default(), &Patch::Merge(&cordon))
+            .await
+            .map_err(|e| api_err(&format!("cordoning {node}"), e))?;
+        let pods: Api<Pod> = Api::all(client.clone());
+        let on_node = ListParams::default().fields(&format!("spec.nodeName={node}"));
+        let evictable =
+            |p: &Pod| !p.metadata.owner_references.as_ref().is_some_and(|o| o.iter().any(|r| r.kind == "DaemonSet"));
+        for p in pods.list(&on_node).await.map_err(|e| api_err(&format!("listing pods on {node}"), e))?.items {
+            if evictable(&p) {
+                let (ns, name) =
+                    (p.metadata.namespace.clone().unwrap_or_default(), p.metadata.name.clone().unwrap_or_default());
+                self.evict(client, &ns, &name).await?;
+            }
+        }
+        let deadline = tokio::time::Instant::now() + self.drain_timeout;
+        loop {
+            let left: Vec<String> = pods
+                .list(&on_node)
+                .await
+                .map_err(|e| api_err(&format!("listing pods on {node}"), e))?
+                .items
+                .iter()
+                .filter(|p| evictable(p))
+                .map(|p| {
+                    format!(
+                        "{}/{}",
+                        p.metadata.namespace.clone().unwrap_or_default(),
+                        p.metadata.name.clone().unwrap_or_default()
+                    )
+                })
+                .collect();
+            if left.is_empty() {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(PhaseError::Retryable(format!(
+                    "draining {node}: pods still running after {} s: {}",
+                    self.drain_timeout.as_secs(),
+                    left.join(", ")
+                )));
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+        match nodes.delete(node, &DeleteParams::default()).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            Err(e) => Err(api_err(&format!("deleting node {node}"), e)),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl ClusterApi for KubeApi {
+    async fn install(&self, ctx: &PhaseCtx<'_>) -> Result<(), PhaseError> {
+        let client = self.client(ctx).await?;
+        let infra: InfraRecord = read_record(&self.store, &keys::cloud(&ctx.cluster.id)).await?;
+        let total = 4;
+        let ns = Namespace { metadata: meta(NAMESPACE, None), ..Default::default() };
+        self.apply(&Api::<Namespace>::all(client.clone()), NAMESPACE, &ns).await?;
+        self.mark(ctx, "namespace/ksctl-system").await?;
+        ctx.progress(format!("namespace {NAMESPACE}"), 1, total).await;
+
+        let sa = ServiceAccount { metadata: meta(AGENT, Some(NAMESPACE)), ..Default::default() };
+        self.apply(&Api::<ServiceAccount>::namespaced(client.clone(), NAMESPACE), AGENT, &sa).await?;
+        self.mark(ctx, "serviceaccount/ksctl-agent").await?;
+        ctx.progress(format!("service account {AGENT}"), 2, total).await;
+
+        let (cluster_rules, ns_rules) = agent_rules();
+        let subject = || {
+            vec![Subject {
+                kind: "ServiceAccount".into(),
+                name: AGENT.into(),
+                namespace: Some(NAMESPACE.into()),
+                ..Default::default()
+            }]
+        };
+        let cr = ClusterRole { metadata: meta(AGENT, None), rules: Some(cluster_rules), ..Default::default() };
+        self.apply(&Api::<ClusterRole>::all(client.clone()), AGENT, &cr).await?;
+        let crb = ClusterRoleBinding {
+            metadata: meta(AGENT, None),
+            role_ref: RoleRef {
+                api_group: Some("rbac.authorization.k8s.io".into()),
+                kind: "ClusterRole".into(),
+                name: AGENT.into(),
+            },
+            subjects: Some(subject()),
+        };
+        self.apply(&Api::<ClusterRoleBinding>::all(client.clone()), AGENT, &crb).await?;
+        let role = Role { metadata: meta(AGENT, Some(NAMESPACE)), rules: Some(ns_rules) };
+        self.apply(&Api::<Role>::namespaced(client.clone(), NAMESPACE), AGENT, &role).await?;
+        let rb = RoleBinding {
+            metadata: meta(AGENT, Some(NAMESPACE)),
+            role_ref: RoleRef {
+                api_group: Some("rbac.authorization.k8s.io".into()),
+                kind: "Role".into(),
+                name: AGENT.into(),
+            },
+            subjects: Some(subject()),
+        };
+        self.apply(&Api::<RoleBinding>::namespaced(client.clone(), NAMESPACE), AGENT, &rb).await?;
+        self.mark(ctx, "rbac/ksctl-agent").await?;
+        ctx.progress("agent RBAC (read nodes; read ksctl-system)", 3, total).await;
+
+        self.import_state(&client, cluster_config(ctx, &infra)).await?;
+        self.mark(ctx, "configmap/cluster-config").await?;
+        ctx.progress("cluster state imported (configmap cluster-config)", 4, total).await;
+        Ok(())
+    }
+
+    async fn uninstall(&self, ctx: &PhaseCtx<'_>) -> Result<(), PhaseError> {
+        let id = &ctx.cluster.id;
+        if read_record::<K8sRecord>(&self.store, &keys::k8s(id)).await?.installed.is_empty() {
+            ctx.progress("nothing of ksctl's was installed", 1, 1).await;
+            return Ok(());
+        }
+        let work = async {
+            let client = self.client(ctx).await?;
+            let dp = DeleteParams::default();
+            let gone = |r: Result<_, kube::Error>, what: &str| match r {
+                Ok(_) => Ok(()),
+                Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+                Err(e) => Err(api_err(&format!("deleting {what}"), e)),
+            };
+            gone(
+                Api::<ClusterRoleBinding>::all(client.clone()).delete(AGENT, &dp).await.map(|_| ()),
+                "clusterrolebinding",
+            )?;
+            gone(Api::<ClusterRole>::all(client.clone()).delete(AGENT, &dp).await.map(|_| ()), "clusterrole")?;
+            // The namespace takes everything in it along (finalized by the controller manager).
+            gone(Api::<Namespace>::all(client.clone()).delete(NAMESPACE, &dp).await.map(|_| ()), "namespace")?;
+            Ok::<_, PhaseError>(())
+        };
+        match tokio::time::timeout(UNREACHABLE_AFTER, work).await {
+            Ok(Ok(())) => {
+                ctx.progress(format!("removed namespace {NAMESPACE} and the agent's cluster RBAC"), 1, 1).await
+            }
+            Ok(Err(PhaseError::Retryable(e))) | Ok(Err(PhaseError::Permanent(e))) => {
+                // A cluster that does not answer must not block deleting its infrastructure.
+                ctx.progress(
+                    format!("the cluster did not take the uninstall ({e}); its objects go with the hosts"),
+                    1,
+                    1,
+                )
+                .await
+            }
+            Err(_) => ctx.progress("the cluster does not answer; its objects go with the hosts", 1, 1).await,
+        }
+        self.store.delete(&keys::k8s(id)).await?;
+        Ok(())
+    }
+
+    async fn drain(&self, ctx: &PhaseCtx<'_>) -> Result<(), PhaseError> {
+        let id = &ctx.cluster.id;
+        let infra: InfraRecord = read_record(&self.store, &keys::cloud(id)).await?;
+        let drained = read_record::<K8sRecord>(&self.store, &keys::k8s(id)).await?.drained;
+        let remove = workers_to_remove(ctx, &infra)?;
+        let client = self.client(ctx).await?;
+        let total = remove.len() as u32;
+        for (n, vm) in remove.iter().enumerate() {
+            if !drained.contains(&vm.id) {
+                self.drain_node(&client, &vm.name).await?;
+                update_record(&self.store, &keys::k8s(id), |r: &mut K8sRecord| {
+                    r.drained.insert(vm.id.clone());
+                })
+                .await?;
+            }
+            ctx.progress(format!("drained and deleted node {}", vm.name), n as u32 + 1, total).await;
+        }
+        Ok(())
+    }
+}

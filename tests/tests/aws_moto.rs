@@ -1,8 +1,9 @@
 //! The AWS provider through the bus against moto (a real AWS API emulator): self-managed
 //! infrastructure is created with tags and the security-group matrix, survives kill -9 of the
 //! cloud-controller with exactly the expected resources, and delete leaves nothing tagged.
-//! The bootstrap phase has no AWS host access yet (SSH is its own issue), so a create ends in
-//! `creation_failed` right after the cloud phase — which is what these tests look at. Managed EKS
+//! moto's instances are not machines: the SSH bootstrap that follows the cloud phase cannot
+//! connect to them (one short attempt here), so a create ends in `creation_failed` right after
+//! the cloud phase — which is what these tests look at. Managed EKS
 //! reaches ACTIVE for real; moto serves no Kubernetes API, so the k8s phase fails and says so.
 //! To test scaling, a test marks such a cluster `running` in the store, as the phases that
 //! cannot run here would have, and then scales it through the bus.
@@ -45,6 +46,13 @@ async fn system_with_ami(moto: &MotoServer, ami: &str) -> System {
         moto.env().into_iter().map(|(k, v)| ("ksctl-cloud-controller".to_string(), k, v)).collect();
     env.push(("ksctl-cloud-controller".into(), "KSCTL_AWS_AMI".into(), ami));
     env.push(("ksctl-manager".into(), "KSCTL_PROVIDERS".into(), "sim,aws".into()));
+    // One short SSH attempt and one delivery: moto's instances never answer.
+    let b = "ksctl-bootstrap-controller";
+    for (k, v) in
+        [("KSCTL_SSH_CONNECT_TIMEOUT_SECS", "1"), ("KSCTL_SSH_CONNECT_ATTEMPTS", "1"), ("KSCTL_MAX_DELIVER", "1")]
+    {
+        env.push((b.into(), k.into(), v.into()));
+    }
     System::start(SystemOptions { env, ..Default::default() }).await
 }
 
@@ -124,11 +132,12 @@ async fn create(sys: &System, name: &str) {
     assert_eq!(code, 0, "{err}");
 }
 
-/// Waits until the cloud phase is done: the bootstrap phase fails for lack of AWS host access.
+/// Waits until the cloud phase is done: the bootstrap then fails to reach moto's "VMs" over SSH
+/// at their public addresses.
 async fn cloud_phase_done(sys: &System, name: &str) {
     let rec = sys.wait_state(name, "creation_failed", T).await;
     let err = rec.last_operation.unwrap().error.unwrap();
-    assert!(err.starts_with("bootstrap:") && err.contains("no host bootstrapper"), "failed elsewhere: {err}");
+    assert!(err.starts_with("bootstrap: host ") && err.contains("cannot connect"), "failed elsewhere: {err}");
 }
 
 async fn delete_leaves_nothing(sys: &System, ec2: &Client, name: &str) {

@@ -320,3 +320,41 @@ async fn a_killed_bootstrap_controller_resumes_without_redoing_finished_hosts() 
     assert_eq!(code, 0);
     assert_eq!(Api::new(&kubeconfig).nodes().len(), 4);
 }
+
+/// `scripts/bench-bootstrap.sh`: the same HA k3s bootstrap of 8 hosts (1 LB, 3 etcd, 3 control
+/// planes, 1 worker) with a wave's hosts worked on in parallel (the default) and one at a time
+/// (`KSCTL_BOOTSTRAP_PARALLEL_HOSTS=1`); prints the bootstrap phase's wall time for each and
+/// their ratio.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "benchmark: run by scripts/bench-bootstrap.sh"]
+async fn bench_bootstrap_parallel_vs_serial() {
+    use ksctl_core::saga::Phase;
+    let mut secs = Vec::new();
+    for parallel in ["16", "1"] {
+        let env = vec![("ksctl-bootstrap-controller".into(), "KSCTL_BOOTSTRAP_PARALLEL_HOSTS".into(), parallel.into())];
+        let e = setup(8, env).await;
+        create(&e, "bench", spec("bench", &e.lab, 1, &[7])).await;
+        let phase = |p: Phase| {
+            let sys = &e.sys;
+            async move {
+                eventually(T, "the phase to finish", || async {
+                    let rec = sys.cluster("bench").await?;
+                    let op = rec.operation.as_ref().or(rec.last_operation.as_ref())?;
+                    op.phases_done.contains(&p).then(std::time::Instant::now)
+                })
+                .await
+            }
+        };
+        let started = phase(Phase::CloudCreate).await;
+        let finished = phase(Phase::Bootstrap).await;
+        e.sys.wait_state("bench", "running", T).await;
+        secs.push((finished - started).as_secs_f64());
+    }
+    println!(
+        "bootstrap, 8 hosts (1 LB, 3 etcd, 3 control planes, 1 worker), k3s stand-in:\n  \
+         parallel waves   {:>6.1} s\n  one host at once {:>6.1} s\n  serial / parallel {:>5.2}x",
+        secs[0],
+        secs[1],
+        secs[1] / secs[0]
+    );
+}

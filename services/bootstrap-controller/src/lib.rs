@@ -22,6 +22,15 @@ use std::sync::Arc;
 pub struct Config {
     #[command(flatten)]
     pub common: CommonArgs,
+    /// Hosts one bootstrap works on at once within a wave (SSH sessions per cluster).
+    #[arg(long, env = "KSCTL_BOOTSTRAP_PARALLEL_HOSTS", default_value_t = 16)]
+    pub parallel_hosts: usize,
+    /// Seconds one SSH connection attempt may take (TCP and handshake).
+    #[arg(long, env = "KSCTL_SSH_CONNECT_TIMEOUT_SECS", default_value_t = 10)]
+    pub ssh_connect_timeout_secs: u64,
+    /// SSH connection attempts per host step (with backoff) before the phase is retried.
+    #[arg(long, env = "KSCTL_SSH_CONNECT_ATTEMPTS", default_value_t = 4)]
+    pub ssh_connect_attempts: u32,
 }
 
 #[async_trait::async_trait]
@@ -68,9 +77,6 @@ pub(crate) async fn checkpoint(
     ksctl_runtime::update_record(store, &ksctl_core::keys::bootstrap(&ctx.cluster.id), f).await
 }
 
-/// Hosts worked on at once within a wave.
-const PARALLEL_HOSTS: usize = 16;
-
 /// Runs one wave's host steps in parallel, skipping those already checkpointed, reporting
 /// progress; `step` runs a step and checkpoints it. Every step is tried; the first failure is
 /// returned.
@@ -80,6 +86,7 @@ pub(crate) async fn run_wave<F, Fut>(
     wave: Vec<plan::HostStep>,
     done: &std::sync::atomic::AtomicU32,
     total: u32,
+    parallel: usize,
     step: F,
 ) -> Result<(), PhaseError>
 where
@@ -101,7 +108,7 @@ where
                 Ok(())
             }
         })
-        .buffer_unordered(PARALLEL_HOSTS)
+        .buffer_unordered(parallel.max(1))
         .collect()
         .await;
     results.into_iter().collect()
@@ -112,8 +119,15 @@ pub async fn run(config: Config, shutdown: tokio::sync::watch::Receiver<bool>) -
     let sim_cfg = ksctl_runtime::sim::SimConfig::from_env().map_err(RuntimeError::Config)?;
     let mut providers: HashMap<Provider, Arc<dyn Bootstrapper>> = HashMap::new();
     providers.insert(Provider::Sim, Arc::new(sim_hosts::SimHosts::new(rt.store.clone(), sim_cfg)));
-    let ssh: Arc<dyn Bootstrapper> =
-        Arc::new(ssh_hosts::SshHosts::new(rt.store.clone(), artifacts::Artifacts::from_env()));
+    let ssh: Arc<dyn Bootstrapper> = Arc::new(ssh_hosts::SshHosts::new(
+        rt.store.clone(),
+        artifacts::Artifacts::from_env(),
+        ssh_hosts::Settings {
+            parallel: config.parallel_hosts,
+            connect_timeout: std::time::Duration::from_secs(config.ssh_connect_timeout_secs),
+            connect_attempts: config.ssh_connect_attempts.max(1),
+        },
+    ));
     providers.insert(Provider::Byo, ssh.clone());
     providers.insert(Provider::Aws, ssh);
     ksctl_runtime::run_controller(rt, Service::Bootstrap, Arc::new(BootstrapWorker { providers }), shutdown).await

@@ -19,8 +19,6 @@ use ksctl_store::DynStore;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-const CONNECT_ATTEMPTS: u32 = 4;
 const ETCD_HEALTH_SECS: u32 = 90;
 
 /// How long one step may run on a host (installs download packages and binaries).
@@ -36,6 +34,16 @@ fn step_timeout(step: &str) -> Duration {
 pub struct SshHosts {
     store: DynStore,
     artifacts: Artifacts,
+    settings: Settings,
+}
+
+/// How hard the bootstrap pushes on hosts.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// Hosts of one wave worked on at once.
+    pub parallel: usize,
+    pub connect_timeout: Duration,
+    pub connect_attempts: u32,
 }
 
 /// What every step of one run needs, loaded once.
@@ -77,8 +85,8 @@ fn host_err(vm: &Vm, addr: &str, e: SshError) -> PhaseError {
 }
 
 impl SshHosts {
-    pub fn new(store: DynStore, artifacts: Artifacts) -> Self {
-        Self { store, artifacts }
+    pub fn new(store: DynStore, artifacts: Artifacts, settings: Settings) -> Self {
+        Self { store, artifacts, settings }
     }
 
     async fn load(&self, ctx: &PhaseCtx<'_>) -> Result<Run, PhaseError> {
@@ -118,9 +126,15 @@ impl SshHosts {
             Some(k) => Some(k.clone()),
             None => crate::record(&self.store, ctx).await?.host_keys.get(&addr).cloned(),
         };
-        let s = ksctl_ssh::connect_with_retry(&target, &run.key, known.as_deref(), CONNECT_TIMEOUT, CONNECT_ATTEMPTS)
-            .await
-            .map_err(|e| host_err(vm, &addr, e))?;
+        let s = ksctl_ssh::connect_with_retry(
+            &target,
+            &run.key,
+            known.as_deref(),
+            self.settings.connect_timeout,
+            self.settings.connect_attempts,
+        )
+        .await
+        .map_err(|e| host_err(vm, &addr, e))?;
         if known.is_none() {
             let hk = s.host_key.clone();
             let a = addr.clone();
@@ -354,7 +368,10 @@ impl SshHosts {
         done: &AtomicU32,
         total: u32,
     ) -> Result<(), PhaseError> {
-        crate::run_wave(&self.store, ctx, wave, done, total, |s| async move { self.run_step(ctx, run, &s).await }).await
+        crate::run_wave(&self.store, ctx, wave, done, total, self.settings.parallel, |s| async move {
+            self.run_step(ctx, run, &s).await
+        })
+        .await
     }
 
     /// etcd answers healthy over TLS with every member, checked from the first datastore.

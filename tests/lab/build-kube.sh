@@ -9,6 +9,15 @@ CACHE=${KSCTL_LAB_CACHE:-$HOME/.cache/ksctl-lab}
 MIRROR=${KSCTL_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
+mkdir -p "$CACHE"
+# Tests run as parallel processes: one builds, the others wait for it.
+exec 9>"$CACHE/.build-kube.lock"
+flock 9
+# Built before (any Debian version): use it without asking the mirror.
+for done in "$CACHE"/kube-*/.complete; do
+  [ -f "$done" ] && { dirname "$done"; exit 0; }
+done
+
 need=()
 command -v go >/dev/null 2>&1 || need+=(golang-go)
 command -v dpkg-source >/dev/null 2>&1 || need+=(dpkg-dev)

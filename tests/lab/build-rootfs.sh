@@ -7,6 +7,10 @@ VERSION=v1
 CACHE=${KSCTL_LAB_CACHE:-$HOME/.cache/ksctl-lab}
 ROOT=$CACHE/rootfs-bookworm-$VERSION
 if [ -f "$ROOT/.complete" ]; then echo "$ROOT"; exit 0; fi
+mkdir -p "$CACHE"
+exec 9>"$CACHE/.build-rootfs.lock"
+flock 9
+if [ -f "$ROOT/.complete" ]; then echo "$ROOT"; exit 0; fi
 SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 if ! command -v debootstrap >/dev/null 2>&1; then
   $SUDO apt-get update -qq >&2

@@ -118,9 +118,17 @@ curl -sfL --retry 5 "$GITHUB_URL/download/kube-apiserver" -o /usr/local/bin/kube
 chmod 755 /usr/local/bin/kube-apiserver.new
 mv /usr/local/bin/kube-apiserver.new /usr/local/bin/kube-apiserver
 
+# A server started by an earlier, interrupted run still holds :6443: stop it and wait until it
+# is gone (the API server takes a few seconds to shut down).
 if [ -f /run/k3s-standin.pid ]; then
-  kill "$(cat /run/k3s-standin.pid)" 2>/dev/null || true
-  sleep 1
+  old=$(cat /run/k3s-standin.pid)
+  alive() { [ -d "/proc/$1" ] && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status" 2>/dev/null; }
+  kill "$old" 2>/dev/null || true
+  i=0
+  while alive "$old" && [ $i -lt 150 ]; do
+    i=$((i+1)); [ $i -ne 100 ] || kill -9 "$old" 2>/dev/null || true
+    sleep 0.2
+  done
 fi
 ADV=$(hostname -I | awk '{print $1}')
 setsid /usr/local/bin/kube-apiserver --etcd-servers="$ENDPOINTS" --etcd-cafile="$CAFILE" \

@@ -5,6 +5,7 @@
 //! The binaries come from the workspace's target directory: run `cargo build --workspace --bins`
 //! first (the test script does).
 
+pub mod kube_server;
 pub mod lab;
 pub mod system;
 pub mod throttle_proxy;

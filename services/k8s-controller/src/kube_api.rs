@@ -103,6 +103,201 @@ pub fn cluster_config(ctx: &PhaseCtx<'_>, infra: &InfraRecord) -> BTreeMap<Strin
     .collect()
 }
 
+/// Server-side applies `obj` under ksctl's field manager (taking over conflicting fields:
+/// these objects are ksctl's alone).
+async fn apply<K>(api: &Api<K>, name: &str, obj: &K) -> Result<(), PhaseError>
+where
+    K: kube::Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let pp = PatchParams::apply(FIELD_MANAGER).force();
+    api.patch(name, &pp, &Patch::Apply(obj)).await.map_err(|e| api_err(&format!("applying {name}"), e))?;
+    Ok(())
+}
+
+/// What the install puts into a cluster, in order, as `<kind>/<name>`.
+pub const INSTALL: [&str; 4] =
+    ["namespace/ksctl-system", "serviceaccount/ksctl-agent", "rbac/ksctl-agent", "configmap/cluster-config"];
+
+/// Applies one component of [`INSTALL`]; `state` is the cluster-config data.
+pub async fn install_component(
+    client: &kube::Client,
+    component: &str,
+    state: &BTreeMap<String, String>,
+) -> Result<(), PhaseError> {
+    let rbac = "rbac.authorization.k8s.io";
+    let subject = || {
+        vec![Subject {
+            kind: "ServiceAccount".into(),
+            name: AGENT.into(),
+            namespace: Some(NAMESPACE.into()),
+            ..Default::default()
+        }]
+    };
+    match component {
+        "namespace/ksctl-system" => {
+            let ns = Namespace { metadata: meta(NAMESPACE, None), ..Default::default() };
+            apply(&Api::<Namespace>::all(client.clone()), NAMESPACE, &ns).await
+        }
+        "serviceaccount/ksctl-agent" => {
+            let sa = ServiceAccount { metadata: meta(AGENT, Some(NAMESPACE)), ..Default::default() };
+            apply(&Api::<ServiceAccount>::namespaced(client.clone(), NAMESPACE), AGENT, &sa).await
+        }
+        "rbac/ksctl-agent" => {
+            let (cluster_rules, ns_rules) = agent_rules();
+            let cr = ClusterRole { metadata: meta(AGENT, None), rules: Some(cluster_rules), ..Default::default() };
+            apply(&Api::<ClusterRole>::all(client.clone()), AGENT, &cr).await?;
+            let crb = ClusterRoleBinding {
+                metadata: meta(AGENT, None),
+                role_ref: RoleRef { api_group: Some(rbac.into()), kind: "ClusterRole".into(), name: AGENT.into() },
+                subjects: Some(subject()),
+            };
+            apply(&Api::<ClusterRoleBinding>::all(client.clone()), AGENT, &crb).await?;
+            let role = Role { metadata: meta(AGENT, Some(NAMESPACE)), rules: Some(ns_rules) };
+            apply(&Api::<Role>::namespaced(client.clone(), NAMESPACE), AGENT, &role).await?;
+            let rb = RoleBinding {
+                metadata: meta(AGENT, Some(NAMESPACE)),
+                role_ref: RoleRef { api_group: Some(rbac.into()), kind: "Role".into(), name: AGENT.into() },
+                subjects: Some(subject()),
+            };
+            apply(&Api::<RoleBinding>::namespaced(client.clone(), NAMESPACE), AGENT, &rb).await
+        }
+        "configmap/cluster-config" => import_state(client, state.clone()).await,
+        other => Err(PhaseError::Permanent(format!("unknown component {other}"))),
+    }
+}
+
+/// The immutable `cluster-config` ConfigMap: created, left alone when equal, replaced when the
+/// state changed (an immutable ConfigMap cannot be updated).
+async fn import_state(client: &kube::Client, data: BTreeMap<String, String>) -> Result<(), PhaseError> {
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), NAMESPACE);
+    if let Some(cur) = api.get_opt(CLUSTER_CONFIG).await.map_err(|e| api_err("reading cluster-config", e))? {
+        if cur.data.as_ref() == Some(&data) {
+            return Ok(());
+        }
+        api.delete(CLUSTER_CONFIG, &DeleteParams::default())
+            .await
+            .map_err(|e| api_err("replacing cluster-config", e))?;
+    }
+    let cm = ConfigMap {
+        metadata: meta(CLUSTER_CONFIG, Some(NAMESPACE)),
+        data: Some(data),
+        immutable: Some(true),
+        ..Default::default()
+    };
+    apply(&api, CLUSTER_CONFIG, &cm).await
+}
+
+/// Removes ksctl's objects: the agent's cluster RBAC and the namespace (which takes everything
+/// in it along, finalized by the controller manager). "Not found" is done.
+pub async fn uninstall_objects(client: &kube::Client) -> Result<(), PhaseError> {
+    let dp = DeleteParams::default();
+    let gone = |r: Result<(), kube::Error>, what: &str| match r {
+        Ok(()) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(api_err(&format!("deleting {what}"), e)),
+    };
+    gone(Api::<ClusterRoleBinding>::all(client.clone()).delete(AGENT, &dp).await.map(|_| ()), "clusterrolebinding")?;
+    gone(Api::<ClusterRole>::all(client.clone()).delete(AGENT, &dp).await.map(|_| ()), "clusterrole")?;
+    gone(Api::<Namespace>::all(client.clone()).delete(NAMESPACE, &dp).await.map(|_| ()), "namespace")
+}
+
+/// Evicts a pod (policy/v1; servers before 1.22 only know policy/v1beta1 at the same path).
+async fn evict(client: &kube::Client, ns: &str, name: &str) -> Result<(), PhaseError> {
+    let path = format!("/api/v1/namespaces/{ns}/pods/{name}/eviction");
+    let mut last = None;
+    for version in ["policy/v1", "policy/v1beta1"] {
+        let body =
+            serde_json::json!({"apiVersion": version, "kind": "Eviction", "metadata": {"name": name, "namespace": ns}});
+        let req = http::Request::post(&path)
+            .header("Content-Type", "application/json")
+            .body(serde_json::to_vec(&body).expect("json"))
+            .expect("request");
+        match client.request::<serde_json::Value>(req).await {
+            Ok(_) => return Ok(()),
+            // The pod itself is gone.
+            Err(kube::Error::Api(s)) if s.code == 404 && s.message.contains(&format!("\"{name}\"")) => return Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 429 => {
+                return Err(PhaseError::Retryable(format!(
+                    "evicting {ns}/{name}: a disruption budget forbids it for now"
+                )));
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(api_err(&format!("evicting {ns}/{name}"), last.expect("tried")))
+}
+
+fn pod_name(p: &Pod) -> String {
+    format!("{}/{}", p.metadata.namespace.clone().unwrap_or_default(), p.metadata.name.clone().unwrap_or_default())
+}
+
+/// Cordons `node`, evicts its pods (DaemonSet pods stay, as with `kubectl drain`), waits up to
+/// `timeout` for them to go, and deletes the Node. On a node whose kubelet is not Ready nobody
+/// will confirm a graceful deletion: there a pod marked for deletion counts as gone.
+pub async fn drain_node(client: &kube::Client, node: &str, timeout: Duration) -> Result<(), PhaseError> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let Some(n) = nodes.get_opt(node).await.map_err(|e| api_err(&format!("reading node {node}"), e))? else {
+        return Ok(());
+    };
+    let ready =
+        n.status.and_then(|s| s.conditions).is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+    let cordon = serde_json::json!({"spec": {"unschedulable": true}});
+    nodes
+        .patch(node, &PatchParams::default(), &Patch::Merge(&cordon))
+        .await
+        .map_err(|e| api_err(&format!("cordoning {node}"), e))?;
+    let pods: Api<Pod> = Api::all(client.clone());
+    let on_node = ListParams::default().fields(&format!("spec.nodeName={node}"));
+    let evictable =
+        |p: &Pod| !p.metadata.owner_references.as_ref().is_some_and(|o| o.iter().any(|r| r.kind == "DaemonSet"));
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let list = pods.list(&on_node).await.map_err(|e| api_err(&format!("listing pods on {node}"), e))?;
+        let left: Vec<&Pod> = list
+            .items
+            .iter()
+            .filter(|p| evictable(p))
+            .filter(|p| ready || p.metadata.deletion_timestamp.is_none())
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        for p in left.iter().filter(|p| p.metadata.deletion_timestamp.is_none()) {
+            evict(
+                client,
+                p.metadata.namespace.as_deref().unwrap_or_default(),
+                p.metadata.name.as_deref().unwrap_or_default(),
+            )
+            .await?;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let names: Vec<String> = left.iter().map(|p| pod_name(p)).collect();
+            return Err(PhaseError::Retryable(format!(
+                "draining {node}: pods still there after {} s: {}",
+                timeout.as_secs(),
+                names.join(", ")
+            )));
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    match nodes.delete(node, &DeleteParams::default()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(api_err(&format!("deleting node {node}"), e)),
+    }
+}
+
+/// A client from a kubeconfig (YAML), with bounded connect and read times.
+pub async fn client_from(kubeconfig: &str) -> Result<kube::Client, PhaseError> {
+    let unusable = |e: String| PhaseError::Permanent(format!("the stored kubeconfig is unusable: {e}"));
+    let kc = kube::config::Kubeconfig::from_yaml(kubeconfig).map_err(|e| unusable(e.to_string()))?;
+    let mut config =
+        kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.map_err(|e| unusable(e.to_string()))?;
+    config.connect_timeout = Some(Duration::from_secs(10));
+    config.read_timeout = Some(Duration::from_secs(30));
+    kube::Client::try_from(config).map_err(|e| PhaseError::Permanent(format!("Kubernetes client: {e}")))
+}
+
 impl KubeApi {
     pub fn new(store: DynStore, drain_timeout: Duration) -> Self {
         Self { store, drain_timeout }
@@ -117,138 +312,7 @@ impl KubeApi {
             ClusterType::Managed => read_record::<InfraRecord>(&self.store, &keys::cloud(id)).await?.kubeconfig,
         };
         let sealed = sealed.ok_or_else(|| PhaseError::Permanent(format!("cluster {id} has no kubeconfig in state")))?;
-        let yaml = ctx.rt.sealer.open_string(&format!("kubeconfig/{id}"), &sealed)?;
-        let kc = kube::config::Kubeconfig::from_yaml(&yaml)
-            .map_err(|e| PhaseError::Permanent(format!("the stored kubeconfig is unusable: {e}")))?;
-        let mut config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
-            .await
-            .map_err(|e| PhaseError::Permanent(format!("the stored kubeconfig is unusable: {e}")))?;
-        config.connect_timeout = Some(Duration::from_secs(10));
-        config.read_timeout = Some(Duration::from_secs(30));
-        kube::Client::try_from(config).map_err(|e| PhaseError::Permanent(format!("Kubernetes client: {e}")))
-    }
-
-    async fn apply<K>(&self, api: &Api<K>, name: &str, obj: &K) -> Result<(), PhaseError>
-    where
-        K: kube::Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
-    {
-        let pp = PatchParams::apply(FIELD_MANAGER).force();
-        api.patch(name, &pp, &Patch::Apply(obj)).await.map_err(|e| api_err(&format!("applying {name}"), e))?;
-        Ok(())
-    }
-
-    /// The immutable `cluster-config` ConfigMap: created, left alone when equal, replaced when the
-    /// state changed (an immutable ConfigMap cannot be updated).
-    async fn import_state(&self, client: &kube::Client, data: BTreeMap<String, String>) -> Result<(), PhaseError> {
-        let api: Api<ConfigMap> = Api::namespaced(client.clone(), NAMESPACE);
-        if let Some(cur) = api.get_opt(CLUSTER_CONFIG).await.map_err(|e| api_err("reading cluster-config", e))? {
-            if cur.data.as_ref() == Some(&data) {
-                return Ok(());
-            }
-            api.delete(CLUSTER_CONFIG, &DeleteParams::default())
-                .await
-                .map_err(|e| api_err("replacing cluster-config", e))?;
-        }
-        let cm = ConfigMap {
-            metadata: meta(CLUSTER_CONFIG, Some(NAMESPACE)),
-            data: Some(data),
-            immutable: Some(true),
-            ..Default::default()
-        };
-        self.apply(&api, CLUSTER_CONFIG, &cm).await
-    }
-
-    async fn mark(&self, ctx: &PhaseCtx<'_>, what: &str) -> Result<(), PhaseError> {
-        update_record(&self.store, &keys::k8s(&ctx.cluster.id), |r: &mut K8sRecord| {
-            r.installed.insert(what.to_string());
-        })
-        .await?;
-        Ok(())
-    }
-
-    /// Evicts a pod (policy/v1; servers before 1.22 only know policy/v1beta1 at the same path).
-    async fn evict(&self, client: &kube::Client, ns: &str, name: &str) -> Result<(), PhaseError> {
-        let path = format!("/api/v1/namespaces/{ns}/pods/{name}/eviction");
-        let mut last = None;
-        for version in ["policy/v1", "policy/v1beta1"] {
-            let body = serde_json::json!({"apiVersion": version, "kind": "Eviction", "metadata": {"name": name, "namespace": ns}});
-            let req = http::Request::post(&path)
-                .header("Content-Type", "application/json")
-                .body(serde_json::to_vec(&body).expect("json"))
-                .expect("request");
-            match client.request::<serde_json::Value>(req).await {
-                Ok(_) => return Ok(()),
-                Err(kube::Error::Api(s)) if s.code == 404 && s.reason == "NotFound" && s.message.contains(name) => {
-                    return Ok(());
-                }
-                Err(kube::Error::Api(s)) if s.code == 429 => {
-                    return Err(PhaseError::Retryable(format!(
-                        "evicting {ns}/{name}: a disruption budget forbids it for now"
-                    )));
-                }
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(api_err(&format!("evicting {ns}/{name}"), last.expect("tried")))
-    }
-
-    /// Cordons `node`, evicts its pods (DaemonSet pods stay, as with `kubectl drain`), waits
-    /// for them to go, and deletes the Node.
-    async fn drain_node(&self, client: &kube::Client, node: &str) -> Result<(), PhaseError> {
-        let nodes: Api<Node> = Api::all(client.clone());
-        if nodes.get_opt(node).await.map_err(|e| api_err(&format!("reading node {node}"), e))?.is_none() {
-            return Ok(());
-        }
-        let cordon = serde_json::json!({"spec": {"unschedulable": true}});
-        nodes
-            .patch(node, &PatchParams::default(), &Patch::Merge(&cordon))
-            .await
-            .map_err(|e| api_err(&format!("cordoning {node}"), e))?;
-        let pods: Api<Pod> = Api::all(client.clone());
-        let on_node = ListParams::default().fields(&format!("spec.nodeName={node}"));
-        let evictable =
-            |p: &Pod| !p.metadata.owner_references.as_ref().is_some_and(|o| o.iter().any(|r| r.kind == "DaemonSet"));
-        for p in pods.list(&on_node).await.map_err(|e| api_err(&format!("listing pods on {node}"), e))?.items {
-            if evictable(&p) {
-                let (ns, name) =
-                    (p.metadata.namespace.clone().unwrap_or_default(), p.metadata.name.clone().unwrap_or_default());
-                self.evict(client, &ns, &name).await?;
-            }
-        }
-        let deadline = tokio::time::Instant::now() + self.drain_timeout;
-        loop {
-            let left: Vec<String> = pods
-                .list(&on_node)
-                .await
-                .map_err(|e| api_err(&format!("listing pods on {node}"), e))?
-                .items
-                .iter()
-                .filter(|p| evictable(p))
-                .map(|p| {
-                    format!(
-                        "{}/{}",
-                        p.metadata.namespace.clone().unwrap_or_default(),
-                        p.metadata.name.clone().unwrap_or_default()
-                    )
-                })
-                .collect();
-            if left.is_empty() {
-                break;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(PhaseError::Retryable(format!(
-                    "draining {node}: pods still running after {} s: {}",
-                    self.drain_timeout.as_secs(),
-                    left.join(", ")
-                )));
-            }
-            tokio::time::sleep(Duration::from_secs(2)).await;
-        }
-        match nodes.delete(node, &DeleteParams::default()).await {
-            Ok(_) => Ok(()),
-            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-            Err(e) => Err(api_err(&format!("deleting node {node}"), e)),
-        }
+        client_from(&ctx.rt.sealer.open_string(&format!("kubeconfig/{id}"), &sealed)?).await
     }
 }
 
@@ -257,56 +321,18 @@ impl ClusterApi for KubeApi {
     async fn install(&self, ctx: &PhaseCtx<'_>) -> Result<(), PhaseError> {
         let client = self.client(ctx).await?;
         let infra: InfraRecord = read_record(&self.store, &keys::cloud(&ctx.cluster.id)).await?;
-        let total = 4;
-        let ns = Namespace { metadata: meta(NAMESPACE, None), ..Default::default() };
-        self.apply(&Api::<Namespace>::all(client.clone()), NAMESPACE, &ns).await?;
-        self.mark(ctx, "namespace/ksctl-system").await?;
-        ctx.progress(format!("namespace {NAMESPACE}"), 1, total).await;
-
-        let sa = ServiceAccount { metadata: meta(AGENT, Some(NAMESPACE)), ..Default::default() };
-        self.apply(&Api::<ServiceAccount>::namespaced(client.clone(), NAMESPACE), AGENT, &sa).await?;
-        self.mark(ctx, "serviceaccount/ksctl-agent").await?;
-        ctx.progress(format!("service account {AGENT}"), 2, total).await;
-
-        let (cluster_rules, ns_rules) = agent_rules();
-        let subject = || {
-            vec![Subject {
-                kind: "ServiceAccount".into(),
-                name: AGENT.into(),
-                namespace: Some(NAMESPACE.into()),
-                ..Default::default()
-            }]
-        };
-        let cr = ClusterRole { metadata: meta(AGENT, None), rules: Some(cluster_rules), ..Default::default() };
-        self.apply(&Api::<ClusterRole>::all(client.clone()), AGENT, &cr).await?;
-        let crb = ClusterRoleBinding {
-            metadata: meta(AGENT, None),
-            role_ref: RoleRef {
-                api_group: Some("rbac.authorization.k8s.io".into()),
-                kind: "ClusterRole".into(),
-                name: AGENT.into(),
-            },
-            subjects: Some(subject()),
-        };
-        self.apply(&Api::<ClusterRoleBinding>::all(client.clone()), AGENT, &crb).await?;
-        let role = Role { metadata: meta(AGENT, Some(NAMESPACE)), rules: Some(ns_rules) };
-        self.apply(&Api::<Role>::namespaced(client.clone(), NAMESPACE), AGENT, &role).await?;
-        let rb = RoleBinding {
-            metadata: meta(AGENT, Some(NAMESPACE)),
-            role_ref: RoleRef {
-                api_group: Some("rbac.authorization.k8s.io".into()),
-                kind: "Role".into(),
-                name: AGENT.into(),
-            },
-            subjects: Some(subject()),
-        };
-        self.apply(&Api::<RoleBinding>::namespaced(client.clone(), NAMESPACE), AGENT, &rb).await?;
-        self.mark(ctx, "rbac/ksctl-agent").await?;
-        ctx.progress("agent RBAC (read nodes; read ksctl-system)", 3, total).await;
-
-        self.import_state(&client, cluster_config(ctx, &infra)).await?;
-        self.mark(ctx, "configmap/cluster-config").await?;
-        ctx.progress("cluster state imported (configmap cluster-config)", 4, total).await;
+        let state = cluster_config(ctx, &infra);
+        let total = INSTALL.len() as u32;
+        // Applying is idempotent, so every component is applied on every run (a resumed install
+        // also repairs what someone changed since).
+        for (n, component) in INSTALL.iter().enumerate() {
+            install_component(&client, component, &state).await?;
+            update_record(&self.store, &keys::k8s(&ctx.cluster.id), |r: &mut K8sRecord| {
+                r.installed.insert(component.to_string());
+            })
+            .await?;
+            ctx.progress(format!("applied {component}"), n as u32 + 1, total).await;
+        }
         Ok(())
     }
 
@@ -316,38 +342,14 @@ impl ClusterApi for KubeApi {
             ctx.progress("nothing of ksctl's was installed", 1, 1).await;
             return Ok(());
         }
-        let work = async {
-            let client = self.client(ctx).await?;
-            let dp = DeleteParams::default();
-            let gone = |r: Result<_, kube::Error>, what: &str| match r {
-                Ok(_) => Ok(()),
-                Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-                Err(e) => Err(api_err(&format!("deleting {what}"), e)),
-            };
-            gone(
-                Api::<ClusterRoleBinding>::all(client.clone()).delete(AGENT, &dp).await.map(|_| ()),
-                "clusterrolebinding",
-            )?;
-            gone(Api::<ClusterRole>::all(client.clone()).delete(AGENT, &dp).await.map(|_| ()), "clusterrole")?;
-            // The namespace takes everything in it along (finalized by the controller manager).
-            gone(Api::<Namespace>::all(client.clone()).delete(NAMESPACE, &dp).await.map(|_| ()), "namespace")?;
-            Ok::<_, PhaseError>(())
+        let work = async { uninstall_objects(&self.client(ctx).await?).await };
+        // A cluster that does not answer must not block deleting its infrastructure.
+        let msg = match tokio::time::timeout(UNREACHABLE_AFTER, work).await {
+            Ok(Ok(())) => format!("removed namespace {NAMESPACE} and the agent's cluster RBAC"),
+            Ok(Err(e)) => format!("the cluster did not take the uninstall ({e}); its objects go with the hosts"),
+            Err(_) => "the cluster does not answer; its objects go with the hosts".to_string(),
         };
-        match tokio::time::timeout(UNREACHABLE_AFTER, work).await {
-            Ok(Ok(())) => {
-                ctx.progress(format!("removed namespace {NAMESPACE} and the agent's cluster RBAC"), 1, 1).await
-            }
-            Ok(Err(PhaseError::Retryable(e))) | Ok(Err(PhaseError::Permanent(e))) => {
-                // A cluster that does not answer must not block deleting its infrastructure.
-                ctx.progress(
-                    format!("the cluster did not take the uninstall ({e}); its objects go with the hosts"),
-                    1,
-                    1,
-                )
-                .await
-            }
-            Err(_) => ctx.progress("the cluster does not answer; its objects go with the hosts", 1, 1).await,
-        }
+        ctx.progress(msg, 1, 1).await;
         self.store.delete(&keys::k8s(id)).await?;
         Ok(())
     }
@@ -361,7 +363,7 @@ impl ClusterApi for KubeApi {
         let total = remove.len() as u32;
         for (n, vm) in remove.iter().enumerate() {
             if !drained.contains(&vm.id) {
-                self.drain_node(&client, &vm.name).await?;
+                drain_node(&client, &vm.name, self.drain_timeout).await?;
                 update_record(&self.store, &keys::k8s(id), |r: &mut K8sRecord| {
                     r.drained.insert(vm.id.clone());
                 })

@@ -1,0 +1,167 @@
+//! The k8s-controller's Kubernetes operations against a real API server (the Debian-built
+//! kube-apiserver 1.20 on etcd, `tests/src/kube_server.rs`): server-side apply that changes
+//! nothing the second time, a competing field manager handled on purpose, RBAC that allows the
+//! agent exactly what it needs (asked as the agent, by SelfSubjectAccessReview), uninstall, drain.
+use k8s_openapi::api::authorization::v1::{ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use ksctl_k8s_controller::kube_api::{self, INSTALL, NAMESPACE};
+use ksctl_tests::kube_server::KubeServer;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+fn state(version: &str) -> BTreeMap<String, String> {
+    [("cluster_id", "demo"), ("provider", "byo"), ("kubernetes_version", version)]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+async fn install(client: &kube::Client, state: &BTreeMap<String, String>) {
+    for c in INSTALL {
+        kube_api::install_component(client, c, state).await.unwrap();
+    }
+}
+
+async fn client(server: &KubeServer) -> kube::Client {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    kube_api::client_from(&server.kubeconfig).await.unwrap()
+}
+
+/// resourceVersion of every object the install makes.
+async fn versions(c: &kube::Client) -> Vec<String> {
+    let rv = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| m.resource_version.clone().unwrap();
+    let a = "ksctl-agent";
+    vec![
+        rv(&Api::<Namespace>::all(c.clone()).get(NAMESPACE).await.unwrap().metadata),
+        rv(&Api::<ServiceAccount>::namespaced(c.clone(), NAMESPACE).get(a).await.unwrap().metadata),
+        rv(&Api::<ClusterRole>::all(c.clone()).get(a).await.unwrap().metadata),
+        rv(&Api::<ClusterRoleBinding>::all(c.clone()).get(a).await.unwrap().metadata),
+        rv(&Api::<Role>::namespaced(c.clone(), NAMESPACE).get(a).await.unwrap().metadata),
+        rv(&Api::<RoleBinding>::namespaced(c.clone(), NAMESPACE).get(a).await.unwrap().metadata),
+        rv(&Api::<ConfigMap>::namespaced(c.clone(), NAMESPACE).get("cluster-config").await.unwrap().metadata),
+    ]
+}
+
+/// Asks the API server, as the agent's service account, whether it may `verb` `resource`.
+async fn agent_may(server: &KubeServer, verb: &str, group: &str, resource: &str, ns: Option<&str>) -> bool {
+    let kc = kube::config::Kubeconfig::from_yaml(&server.kubeconfig).unwrap();
+    let mut config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.unwrap();
+    config.auth_info.impersonate = Some("system:serviceaccount:ksctl-system:ksctl-agent".into());
+    let client = kube::Client::try_from(config).unwrap();
+    let review = SelfSubjectAccessReview {
+        spec: SelfSubjectAccessReviewSpec {
+            resource_attributes: Some(ResourceAttributes {
+                verb: Some(verb.into()),
+                group: Some(group.into()),
+                resource: Some(resource.into()),
+                namespace: ns.map(str::to_string),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let r = Api::<SelfSubjectAccessReview>::all(client).create(&PostParams::default(), &review).await.unwrap();
+    r.status.unwrap().allowed
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn install_is_idempotent_contested_fields_are_taken_back_and_rbac_is_least_privilege() {
+    let server = KubeServer::start();
+    let c = client(&server).await;
+    install(&c, &state("1.31")).await;
+    let first = versions(&c).await;
+    install(&c, &state("1.31")).await;
+    assert_eq!(versions(&c).await, first, "installing twice changed nothing");
+
+    // A changed state replaces the immutable ConfigMap.
+    let cms: Api<ConfigMap> = Api::namespaced(c.clone(), NAMESPACE);
+    let old_uid = cms.get("cluster-config").await.unwrap().metadata.uid;
+    install(&c, &state("1.32")).await;
+    let cm = cms.get("cluster-config").await.unwrap();
+    assert_ne!(cm.metadata.uid, old_uid);
+    assert_eq!((cm.immutable, cm.data.unwrap()["kubernetes_version"].as_str()), (Some(true), "1.32"));
+
+    // Another field manager that wants our Role's rules gets a conflict unless it forces; when
+    // it forces, the next install takes them back (ksctl's objects are ksctl's).
+    let roles: Api<Role> = Api::namespaced(c.clone(), NAMESPACE);
+    let theirs = serde_json::json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+        "metadata": {"name": "ksctl-agent", "namespace": NAMESPACE},
+        "rules": [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}]
+    });
+    let err = roles.patch("ksctl-agent", &PatchParams::apply("intruder"), &Patch::Apply(&theirs)).await.unwrap_err();
+    assert!(matches!(err, kube::Error::Api(ref s) if s.code == 409), "{err:?}");
+    roles.patch("ksctl-agent", &PatchParams::apply("intruder").force(), &Patch::Apply(&theirs)).await.unwrap();
+    assert!(agent_may(&server, "get", "", "secrets", Some(NAMESPACE)).await);
+    install(&c, &state("1.32")).await;
+    let rules = roles.get("ksctl-agent").await.unwrap().rules.unwrap();
+    assert!(rules.iter().all(|r| !r.resources.as_ref().unwrap().contains(&"secrets".to_string())), "{rules:?}");
+
+    // The agent may read Nodes and ksctl-system's ConfigMaps, Pods, Deployments; nothing else.
+    let ns = Some(NAMESPACE);
+    for (verb, group, resource, ns, want) in [
+        ("list", "", "nodes", None, true),
+        ("watch", "", "nodes", None, true),
+        ("get", "", "configmaps", ns, true),
+        ("list", "", "pods", ns, true),
+        ("get", "apps", "deployments", ns, true),
+        ("delete", "", "nodes", None, false),
+        ("patch", "", "nodes", None, false),
+        ("get", "", "secrets", ns, false),
+        ("get", "", "configmaps", Some("kube-system"), false),
+        ("create", "apps", "deployments", ns, false),
+        ("update", "", "configmaps", ns, false),
+        ("list", "", "pods", Some("default"), false),
+    ] {
+        assert_eq!(agent_may(&server, verb, group, resource, ns).await, want, "{verb} {group}/{resource} in {ns:?}");
+    }
+
+    // Uninstall: the cluster RBAC goes; the namespace is deleted (finalized by a controller
+    // manager, which this server does not run, so it is at least terminating).
+    kube_api::uninstall_objects(&c).await.unwrap();
+    kube_api::uninstall_objects(&c).await.unwrap();
+    assert!(Api::<ClusterRole>::all(c.clone()).get_opt("ksctl-agent").await.unwrap().is_none());
+    assert!(Api::<ClusterRoleBinding>::all(c.clone()).get_opt("ksctl-agent").await.unwrap().is_none());
+    let ns = Api::<Namespace>::all(c.clone()).get_opt(NAMESPACE).await.unwrap();
+    assert!(ns.is_none_or(|n| n.metadata.deletion_timestamp.is_some()));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn drain_cordons_evicts_and_deletes_the_node() {
+    let server = KubeServer::start();
+    let c = client(&server).await;
+    let nodes: Api<Node> = Api::all(c.clone());
+    let pods: Api<Pod> = Api::namespaced(c.clone(), "default");
+    let node: Node = serde_json::from_value(serde_json::json!({"metadata": {"name": "w1"}})).unwrap();
+    nodes.create(&PostParams::default(), &node).await.unwrap();
+    let pod = |name: &str, owner: Option<&str>| -> Pod {
+        let mut v = serde_json::json!({
+            "metadata": {"name": name},
+            "spec": {"nodeName": "w1", "automountServiceAccountToken": false, "containers": [{"name": "c", "image": "busybox"}]}
+        });
+        if let Some(kind) = owner {
+            v["metadata"]["ownerReferences"] = serde_json::json!([{
+                "apiVersion": "apps/v1", "kind": kind, "name": "x", "uid": "00000000-0000-0000-0000-000000000001"
+            }]);
+        }
+        serde_json::from_value(v).unwrap()
+    };
+    // The service-account admission wants `default` (a controller manager would make it).
+    let sa: ServiceAccount = serde_json::from_value(serde_json::json!({"metadata": {"name": "default"}})).unwrap();
+    Api::<ServiceAccount>::namespaced(c.clone(), "default").create(&PostParams::default(), &sa).await.unwrap();
+    pods.create(&PostParams::default(), &pod("app", None)).await.unwrap();
+    pods.create(&PostParams::default(), &pod("logs", Some("DaemonSet"))).await.unwrap();
+
+    kube_api::drain_node(&c, "w1", Duration::from_secs(30)).await.unwrap();
+    assert!(nodes.get_opt("w1").await.unwrap().is_none(), "the Node is deleted");
+    // Evicted through the eviction API: marked for deletion (no kubelet here confirms it).
+    let app = pods.get_opt("app").await.unwrap();
+    assert!(app.is_none_or(|p| p.metadata.deletion_timestamp.is_some()), "app was evicted");
+    let logs = pods.get("logs").await.unwrap();
+    assert!(logs.metadata.deletion_timestamp.is_none(), "DaemonSet pods stay, as with kubectl drain");
+    // Draining a node that is already gone is done.
+    kube_api::drain_node(&c, "w1", Duration::from_secs(5)).await.unwrap();
+}

@@ -1,13 +1,18 @@
 //! The k8s-controller's Kubernetes operations against a real API server (the Debian-built
 //! kube-apiserver 1.20 on etcd, `tests/src/kube_server.rs`): server-side apply that changes
 //! nothing the second time, a competing field manager handled on purpose, RBAC that allows the
-//! agent exactly what it needs (asked as the agent, by SelfSubjectAccessReview), uninstall, drain.
+//! agent exactly what it needs (asked as the agent, by SelfSubjectAccessReview), CRDs from Rust
+//! types whose schemas the server enforces, uninstall, drain.
 use k8s_openapi::api::authorization::v1::{ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use ksctl_k8s_controller::crds::{Stack, StackComponent, StackSpec};
 use ksctl_k8s_controller::kube_api::{self, INSTALL, NAMESPACE};
 use ksctl_tests::kube_server::KubeServer;
+use kube::api::DynamicObject;
 use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::discovery::ApiResource;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -41,6 +46,12 @@ async fn versions(c: &kube::Client) -> Vec<String> {
         rv(&Api::<Role>::namespaced(c.clone(), NAMESPACE).get(a).await.unwrap().metadata),
         rv(&Api::<RoleBinding>::namespaced(c.clone(), NAMESPACE).get(a).await.unwrap().metadata),
         rv(&Api::<ConfigMap>::namespaced(c.clone(), NAMESPACE).get("cluster-config").await.unwrap().metadata),
+        rv(&Api::<CustomResourceDefinition>::all(c.clone()).get("stacks.app.ksctl.io").await.unwrap().metadata),
+        rv(&Api::<CustomResourceDefinition>::all(c.clone())
+            .get("clusteraddons.manage.ksctl.io")
+            .await
+            .unwrap()
+            .metadata),
     ]
 }
 
@@ -75,6 +86,31 @@ async fn install_is_idempotent_contested_fields_are_taken_back_and_rbac_is_least
     let first = versions(&c).await;
     install(&c, &state("1.31")).await;
     assert_eq!(versions(&c).await, first, "installing twice changed nothing");
+
+    // The CRDs are served: a Stack made from the Rust type is accepted; objects that break the
+    // generated schema are refused by the API server.
+    let stacks: Api<Stack> = Api::namespaced(c.clone(), NAMESPACE);
+    let good = Stack::new(
+        "monitoring",
+        StackSpec {
+            stack_name: "monitoring".into(),
+            components: vec![StackComponent { name: "prometheus".into(), version: "2.53.0".into() }],
+        },
+    );
+    stacks.create(&PostParams::default(), &good).await.unwrap();
+    let raw: Api<DynamicObject> = Api::namespaced_with(c.clone(), NAMESPACE, &ApiResource::erase::<Stack>(&()));
+    for (name, spec) in [
+        ("components-not-a-list", serde_json::json!({"stackName": "x", "components": "prometheus"})),
+        ("no-stack-name", serde_json::json!({"components": []})),
+        ("version-not-a-string", serde_json::json!({"stackName": "x", "components": [{"name": "a", "version": 2}]})),
+    ] {
+        let obj: DynamicObject = serde_json::from_value(serde_json::json!({
+            "apiVersion": "app.ksctl.io/v1", "kind": "Stack", "metadata": {"name": name}, "spec": spec
+        }))
+        .unwrap();
+        let err = raw.create(&PostParams::default(), &obj).await.unwrap_err();
+        assert!(matches!(err, kube::Error::Api(ref s) if s.code == 422), "{name}: {err:?}");
+    }
 
     // A changed state replaces the immutable ConfigMap.
     let cms: Api<ConfigMap> = Api::namespaced(c.clone(), NAMESPACE);
@@ -125,6 +161,10 @@ async fn install_is_idempotent_contested_fields_are_taken_back_and_rbac_is_least
     kube_api::uninstall_objects(&c).await.unwrap();
     assert!(Api::<ClusterRole>::all(c.clone()).get_opt("ksctl-agent").await.unwrap().is_none());
     assert!(Api::<ClusterRoleBinding>::all(c.clone()).get_opt("ksctl-agent").await.unwrap().is_none());
+    for crd in ["stacks.app.ksctl.io", "clusteraddons.manage.ksctl.io"] {
+        let cur = Api::<CustomResourceDefinition>::all(c.clone()).get_opt(crd).await.unwrap();
+        assert!(cur.is_none_or(|c| c.metadata.deletion_timestamp.is_some()), "{crd} is going");
+    }
     let ns = Api::<Namespace>::all(c.clone()).get_opt(NAMESPACE).await.unwrap();
     assert!(ns.is_none_or(|n| n.metadata.deletion_timestamp.is_some()));
 }

@@ -3,17 +3,20 @@
 //! labelled as ksctl's, so installing twice changes nothing.
 //!
 //! Installed so far: the `ksctl-system` namespace, the agent's service account with
-//! least-privilege RBAC, and the state importer's immutable `cluster-config` ConfigMap (replaced
-//! when the cluster's state changes). The CRDs and the agent's Deployment come with the agent.
+//! least-privilege RBAC, the `ClusterAddon` and `Stack` CRDs (from Rust types, waited on until
+//! established), and the state importer's immutable `cluster-config` ConfigMap (replaced when the
+//! cluster's state changes). The agent's Deployment comes with the agent.
 use crate::{ClusterApi, workers_to_remove};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use ksctl_core::keys;
 use ksctl_core::records::{BootstrapRecord, InfraRecord, K8sRecord};
 use ksctl_core::spec::ClusterType;
 use ksctl_runtime::{PhaseCtx, PhaseError, read_record, update_record};
 use ksctl_store::DynStore;
+use kube::CustomResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -115,8 +118,45 @@ where
 }
 
 /// What the install puts into a cluster, in order, as `<kind>/<name>`.
-pub const INSTALL: [&str; 4] =
-    ["namespace/ksctl-system", "serviceaccount/ksctl-agent", "rbac/ksctl-agent", "configmap/cluster-config"];
+pub const INSTALL: [&str; 6] = [
+    "namespace/ksctl-system",
+    "serviceaccount/ksctl-agent",
+    "rbac/ksctl-agent",
+    "crd/clusteraddons.manage.ksctl.io",
+    "crd/stacks.app.ksctl.io",
+    "configmap/cluster-config",
+];
+
+/// How long a new CRD may take to be established.
+const CRD_ESTABLISHED_WITHIN: Duration = Duration::from_secs(30);
+
+/// Applies a CRD made from our Rust types and waits until the API server serves it.
+async fn apply_crd(client: &kube::Client, mut crd: CustomResourceDefinition) -> Result<(), PhaseError> {
+    let name = crd.metadata.name.clone().expect("generated CRDs are named");
+    crd.metadata.labels = Some(labels());
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    apply(&api, &name, &crd).await?;
+    let deadline = tokio::time::Instant::now() + CRD_ESTABLISHED_WITHIN;
+    loop {
+        let cur = api.get(&name).await.map_err(|e| api_err(&format!("reading CRD {name}"), e))?;
+        let conditions = cur.status.and_then(|s| s.conditions).unwrap_or_default();
+        if conditions.iter().any(|c| c.type_ == "Established" && c.status == "True") {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let why: Vec<String> = conditions
+                .iter()
+                .map(|c| format!("{}={} ({})", c.type_, c.status, c.message.clone().unwrap_or_default()))
+                .collect();
+            return Err(PhaseError::Retryable(format!(
+                "CRD {name} not established after {} s: {}",
+                CRD_ESTABLISHED_WITHIN.as_secs(),
+                why.join("; ")
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
 
 /// Applies one component of [`INSTALL`]; `state` is the cluster-config data.
 pub async fn install_component(
@@ -161,6 +201,8 @@ pub async fn install_component(
             };
             apply(&Api::<RoleBinding>::namespaced(client.clone(), NAMESPACE), AGENT, &rb).await
         }
+        "crd/clusteraddons.manage.ksctl.io" => apply_crd(client, crate::crds::ClusterAddon::crd()).await,
+        "crd/stacks.app.ksctl.io" => apply_crd(client, crate::crds::Stack::crd()).await,
         "configmap/cluster-config" => import_state(client, state.clone()).await,
         other => Err(PhaseError::Permanent(format!("unknown component {other}"))),
     }
@@ -187,7 +229,8 @@ async fn import_state(client: &kube::Client, data: BTreeMap<String, String>) -> 
     apply(&api, CLUSTER_CONFIG, &cm).await
 }
 
-/// Removes ksctl's objects: the agent's cluster RBAC and the namespace (which takes everything
+/// Removes ksctl's objects: the agent's cluster RBAC, the CRDs (and so every ksctl custom
+/// resource) and the namespace (which takes everything
 /// in it along, finalized by the controller manager). "Not found" is done.
 pub async fn uninstall_objects(client: &kube::Client) -> Result<(), PhaseError> {
     let dp = DeleteParams::default();
@@ -198,6 +241,10 @@ pub async fn uninstall_objects(client: &kube::Client) -> Result<(), PhaseError> 
     };
     gone(Api::<ClusterRoleBinding>::all(client.clone()).delete(AGENT, &dp).await.map(|_| ()), "clusterrolebinding")?;
     gone(Api::<ClusterRole>::all(client.clone()).delete(AGENT, &dp).await.map(|_| ()), "clusterrole")?;
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in [crate::crds::ClusterAddon::crd_name(), crate::crds::Stack::crd_name()] {
+        gone(crds.delete(crd, &dp).await.map(|_| ()), crd)?;
+    }
     gone(Api::<Namespace>::all(client.clone()).delete(NAMESPACE, &dp).await.map(|_| ()), "namespace")
 }
 

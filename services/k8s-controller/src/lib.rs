@@ -2,6 +2,7 @@
 //! uninstalls on delete. The Kubernetes API sits behind [`ClusterApi`]: the real API with `kube`
 //! for clusters bootstrapped over SSH, the simulated one for `sim`.
 
+pub mod crds;
 pub mod kube_api;
 pub mod sim_kube;
 

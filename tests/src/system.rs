@@ -201,6 +201,16 @@ impl System {
         )
     }
 
+    /// `ksctl cluster create` of a self-managed HA k3s cluster (3 control planes, 3 datastores)
+    /// with `workers` workers, plus `extra` flags; (exit code, stdout, stderr).
+    pub async fn create_ha(&self, name: &str, workers: u32, extra: &[&str]) -> (i32, String, String) {
+        let w = workers.to_string();
+        let mut args = vec!["cluster", "create", "--name", name, "--type", "selfmanaged", "--distro", "k3s"];
+        args.extend(["--control-planes", "3", "--datastores", "3", "--workers", &w]);
+        args.extend(extra);
+        self.ksctl(&args).await
+    }
+
     pub async fn cluster(&self, name: &str) -> Option<ClusterRecord> {
         let id = ClusterId::new(name).expect("valid name");
         ksctl_store::get_json(self.store.as_ref(), &keys::cluster(&id)).await.expect("store").map(|(r, _)| r)

@@ -16,22 +16,7 @@ async fn permanent_failure_leaves_creation_failed_and_delete_cleans() {
         ..Default::default()
     })
     .await;
-    let (code, out, err) = sys
-        .ksctl(&[
-            "cluster",
-            "create",
-            "--name",
-            "broken",
-            "--distro",
-            "k3s",
-            "--control-planes",
-            "3",
-            "--datastores",
-            "3",
-            "--workers",
-            "1",
-        ])
-        .await;
+    let (code, out, err) = sys.create_ha("broken", 1, &[]).await;
     assert_eq!(code, 1, "{out}{err}");
     assert!(err.contains("simulated permanent failure at bootstrap.k3s-init"), "{err}");
     let rec = sys.wait_state("broken", "creation_failed", T).await;

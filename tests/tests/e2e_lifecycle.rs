@@ -7,25 +7,7 @@ use std::time::Duration;
 const T: Duration = Duration::from_secs(60);
 
 async fn create_selfmanaged(sys: &System, name: &str, workers: u32) {
-    let w = workers.to_string();
-    let (code, out, err) = sys
-        .ksctl(&[
-            "cluster",
-            "create",
-            "--name",
-            name,
-            "--type",
-            "selfmanaged",
-            "--distro",
-            "k3s",
-            "--control-planes",
-            "3",
-            "--datastores",
-            "3",
-            "--workers",
-            &w,
-        ])
-        .await;
+    let (code, out, err) = sys.create_ha(name, workers, &[]).await;
     assert_eq!(code, 0, "create failed: {out}\n{err}");
     assert!(out.contains("running"), "{out}");
 }

@@ -65,6 +65,25 @@ pub fn info(o: Output, i: &ClusterInfo) {
     if let Some(op) = &i.last_operation {
         println!("last operation: {} {} ({})", op.kind, op.id, op.error.as_deref().unwrap_or("succeeded"));
     }
+    match &i.health {
+        None => println!("agent: no heartbeat yet"),
+        Some(h) => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0);
+            let ready = h.nodes.iter().filter(|n| n.ready).count();
+            println!(
+                "agent: heartbeat {} s ago, API server {}, {} nodes ({ready} ready)",
+                now.saturating_sub(h.sent_at_ms) / 1000,
+                h.server_version,
+                h.nodes.len()
+            );
+            for d in &i.drift {
+                println!("drift: {d}");
+            }
+        }
+    }
 }
 
 pub fn accepted(o: Output, r: &RequestReply) {

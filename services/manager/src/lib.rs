@@ -1,6 +1,7 @@
 //! manager: validates requests, owns the cluster state machine, and orchestrates every operation
 //! as a saga of phases on the controllers. Also answers queries and runs the reconciler.
 
+mod health;
 mod ops;
 mod queries;
 mod reconciler;
@@ -62,6 +63,7 @@ pub async fn run(config: Config, shutdown: tokio::sync::watch::Receiver<bool>) -
         durable_consumer(&rt.publisher.js, REQUESTS_STREAM, MANAGER_REQUESTS_CONSUMER, &rt.bus, 10_000).await?;
     let results = durable_consumer(&rt.publisher.js, RESULTS_STREAM, MANAGER_RESULTS_CONSUMER, &rt.bus, 10_000).await?;
     let queries = queries::start(m.clone()).await?;
+    let heartbeats = health::start(m.clone()).await?;
     let reconciler = tokio::spawn(reconciler::run(
         m.clone(),
         Duration::from_secs(config.reconcile_interval_secs.max(1)),
@@ -86,6 +88,7 @@ pub async fn run(config: Config, shutdown: tokio::sync::watch::Receiver<bool>) -
         ),
     );
     queries.abort();
+    heartbeats.abort();
     reconciler.abort();
     a?;
     b?;

@@ -6,7 +6,7 @@ use ksctl_bus::subjects::{KUBECONFIG_QUERY_SUBJECT, QUERY_GROUP, QUERY_SUBJECTS}
 use ksctl_core::ClusterId;
 use ksctl_core::keys;
 use ksctl_core::messages::{
-    ClusterInfo, ClusterSummary, NameQuery, OperationView, QueryReply, SwitchData, context_name,
+    ClusterInfo, ClusterSummary, Heartbeat, NameQuery, OperationView, QueryReply, SwitchData, context_name, drift,
 };
 use ksctl_core::records::{BootstrapRecord, ClusterRecord, InfraRecord, K8sRecord};
 use ksctl_core::spec::ClusterType;
@@ -98,6 +98,13 @@ async fn info(m: &Manager, rec: &ClusterRecord) -> Result<ClusterInfo, String> {
     let k8s: K8sRecord = read_record(s, &keys::k8s(&rec.id)).await.map_err(e)?;
     let mut vms: Vec<_> = infra.vms.into_values().collect();
     vms.sort_by_key(|v| (v.role, v.index));
+    let health: Option<Heartbeat> =
+        ksctl_store::get_json(s.as_ref(), &keys::health(&rec.id)).await.map_err(|e| e.to_string())?.map(|(h, _)| h);
+    let expected = match rec.cluster_type {
+        ClusterType::Managed => rec.spec.managed_nodes,
+        ClusterType::Selfmanaged => rec.spec.control_plane_nodes + rec.spec.worker_nodes,
+    };
+    let drift = health.as_ref().map(|h| drift(h, expected, &rec.spec.kubernetes_version)).unwrap_or_default();
     Ok(ClusterInfo {
         summary: ClusterSummary::from(rec),
         spec: rec.spec.clone(),
@@ -109,7 +116,9 @@ async fn info(m: &Manager, rec: &ClusterRecord) -> Result<ClusterInfo, String> {
         components: k8s.installed.into_iter().collect(),
         bootstrap_steps_done: boot.steps_done.len(),
         last_operation: rec.last_operation.as_ref().map(OperationView::from),
-        last_heartbeat_ms: rec.last_heartbeat_ms,
+        last_heartbeat_ms: health.as_ref().map(|h| h.sent_at_ms).or(rec.last_heartbeat_ms),
+        health,
+        drift,
     })
 }
 

@@ -97,7 +97,13 @@ impl ResultHandler {
         if op.kind == OpKind::Delete {
             // The controllers' records first, the cluster record last: a crash in between
             // leaves a record the redelivered result finishes deleting.
-            for key in [keys::k8s(&rec.id), keys::bootstrap(&rec.id), keys::cloud(&rec.id), keys::outcome(&rec.id)] {
+            for key in [
+                keys::k8s(&rec.id),
+                keys::bootstrap(&rec.id),
+                keys::cloud(&rec.id),
+                keys::outcome(&rec.id),
+                keys::health(&rec.id),
+            ] {
                 m.rt.store.delete(&key).await.map_err(crate::ops::store_retry)?;
             }
             m.rt.store.delete(&keys::cluster(&rec.id)).await.map_err(crate::ops::store_retry)?;

@@ -26,6 +26,10 @@ pub fn k8s(id: &ClusterId) -> String {
 pub fn outcome(id: &ClusterId) -> String {
     format!("outcome.{id}")
 }
+/// The newest agent heartbeat, written by the manager.
+pub fn health(id: &ClusterId) -> String {
+    format!("health.{id}")
+}
 /// The per-cluster lease every worker holds while it acts on the cluster.
 pub fn cluster_lease(id: &ClusterId) -> String {
     format!("cluster.{id}")

@@ -270,6 +270,52 @@ pub struct ClusterInfo {
     pub bootstrap_steps_done: usize,
     pub last_operation: Option<OperationView>,
     pub last_heartbeat_ms: Option<u64>,
+    /// The newest agent heartbeat and where it shows drift.
+    #[serde(default)]
+    pub health: Option<Heartbeat>,
+    #[serde(default)]
+    pub drift: Vec<String>,
+}
+
+/// The agent's heartbeat, published to [`health_subject`] from inside (or next to) a cluster.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub cluster_id: String,
+    pub sent_at_ms: u64,
+    /// The API server's `gitVersion`, e.g. `v1.31.2+k3s1`.
+    pub server_version: String,
+    pub nodes: Vec<NodeHealth>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeHealth {
+    pub name: String,
+    pub ready: bool,
+    pub control_plane: bool,
+    pub kubelet_version: String,
+}
+
+/// `ksctl.events.<cluster_id>.health`.
+pub fn health_subject(cluster_id: &str) -> String {
+    format!("ksctl.events.{cluster_id}.health")
+}
+
+/// Where the cluster differs from what ksctl expects, judged from a heartbeat: node count and
+/// Kubernetes minor version. Empty when they agree.
+pub fn drift(hb: &Heartbeat, expected_nodes: u32, version: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    if hb.nodes.len() as u32 != expected_nodes {
+        out.push(format!("{} nodes, {expected_nodes} expected", hb.nodes.len()));
+    }
+    let minor = |v: &str| v.trim_start_matches('v').split(['.', '+', '-']).take(2).collect::<Vec<_>>().join(".");
+    if minor(&hb.server_version) != minor(version) {
+        out.push(format!("API server {}, {version} expected", hb.server_version));
+    }
+    let not_ready: Vec<&str> = hb.nodes.iter().filter(|n| !n.ready).map(|n| n.name.as_str()).collect();
+    if !not_ready.is_empty() {
+        out.push(format!("not ready: {}", not_ready.join(", ")));
+    }
+    out
 }
 
 /// `switch`: the kubeconfig and the context name ksctl uses.

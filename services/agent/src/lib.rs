@@ -1,0 +1,96 @@
+//! ksctl-agent: runs in the cluster (or anywhere with a kubeconfig), reads the Nodes and the API
+//! server's version, and publishes a heartbeat to `ksctl.events.<cluster>.health` for the
+//! manager. It needs only read access to Nodes (its RBAC, installed by the k8s-controller).
+use clap::Parser;
+use k8s_openapi::api::core::v1::Node;
+use ksctl_core::messages::{Heartbeat, NodeHealth, health_subject};
+use kube::api::{Api, ListParams};
+use std::time::Duration;
+
+#[derive(Debug, Clone, Parser)]
+#[command(name = "ksctl-agent", about = "ksctl-rs agent: cluster heartbeats to the control plane")]
+pub struct Config {
+    #[arg(long, env = "KSCTL_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    #[arg(long, env = "KSCTL_NATS_USER")]
+    pub nats_user: Option<String>,
+    #[arg(long, env = "KSCTL_NATS_PASSWORD")]
+    pub nats_password: Option<String>,
+    /// The cluster this agent reports for.
+    #[arg(long, env = "KSCTL_CLUSTER_ID")]
+    pub cluster_id: String,
+    /// A kubeconfig file; without it, the in-cluster service account (or `KUBECONFIG`).
+    #[arg(long, env = "KSCTL_AGENT_KUBECONFIG")]
+    pub kubeconfig: Option<String>,
+    #[arg(long, env = "KSCTL_AGENT_INTERVAL_SECS", default_value_t = 30)]
+    pub interval_secs: u64,
+}
+
+/// One heartbeat, read from the API.
+pub async fn heartbeat(client: &kube::Client, cluster_id: &str) -> Result<Heartbeat, kube::Error> {
+    let version = client.apiserver_version().await?.git_version;
+    let nodes = Api::<Node>::all(client.clone()).list(&ListParams::default()).await?;
+    let mut nodes: Vec<NodeHealth> = nodes
+        .items
+        .into_iter()
+        .map(|n| {
+            let labels = n.metadata.labels.unwrap_or_default();
+            let status = n.status.unwrap_or_default();
+            NodeHealth {
+                name: n.metadata.name.unwrap_or_default(),
+                ready: status.conditions.unwrap_or_default().iter().any(|c| c.type_ == "Ready" && c.status == "True"),
+                control_plane: labels.contains_key("node-role.kubernetes.io/control-plane")
+                    || labels.contains_key("node-role.kubernetes.io/master"),
+                kubelet_version: status.node_info.map(|i| i.kubelet_version).unwrap_or_default(),
+            }
+        })
+        .collect();
+    nodes.sort_by(|a, b| a.name.cmp(&b.name));
+    let sent_at_ms =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    Ok(Heartbeat { cluster_id: cluster_id.to_string(), sent_at_ms, server_version: version, nodes })
+}
+
+async fn client(config: &Config) -> anyhow::Result<kube::Client> {
+    let kc = match &config.kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)?;
+            kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?
+        }
+        None => kube::Config::infer().await?,
+    };
+    Ok(kube::Client::try_from(kc)?)
+}
+
+pub async fn run(config: Config, mut shutdown: tokio::sync::watch::Receiver<bool>) -> anyhow::Result<()> {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let kube = client(&config).await?;
+    let mut opts = async_nats::ConnectOptions::new().name("ksctl-agent");
+    if let (Some(u), Some(p)) = (&config.nats_user, &config.nats_password) {
+        opts = opts.user_and_password(u.clone(), p.clone());
+    }
+    let nats = opts.connect(&config.nats_url).await?;
+    let subject = health_subject(&config.cluster_id);
+    tracing::info!(cluster_id = %config.cluster_id, %subject, "agent started");
+    let mut tick = tokio::time::interval(Duration::from_secs(config.interval_secs.max(1)));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => break,
+        }
+        match heartbeat(&kube, &config.cluster_id).await {
+            Ok(hb) => {
+                let nodes = hb.nodes.len();
+                if let Err(e) = nats.publish(subject.clone(), serde_json::to_vec(&hb)?.into()).await {
+                    tracing::warn!(error = %e, "heartbeat not published");
+                } else {
+                    tracing::debug!(nodes, version = %hb.server_version, "heartbeat");
+                }
+            }
+            // The next tick tries again; the manager shows how old the last heartbeat is.
+            Err(e) => tracing::warn!(error = %e, "reading the cluster failed"),
+        }
+    }
+    nats.flush().await?;
+    Ok(())
+}

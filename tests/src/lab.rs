@@ -44,21 +44,23 @@ fn quiet(cmd: &str) {
     let _ = Command::new("sh").arg("-c").arg(cmd).stdout(Stdio::null()).stderr(Stdio::null()).status();
 }
 
+/// Runs a cached-build script of `tests/lab` and returns the path it prints last.
+fn cached(script: &str, what: &str) -> PathBuf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("lab").join(script);
+    let out = Command::new("bash").arg(&path).stderr(Stdio::inherit()).output().expect("run a lab build script");
+    assert!(out.status.success(), "building {what} failed ({script})");
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim().lines().last().expect("a path").to_string())
+}
+
 /// The cached base root filesystem (built on first use, a few minutes).
 pub fn rootfs() -> PathBuf {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("lab/build-rootfs.sh");
-    let out = Command::new("bash").arg(&script).stderr(Stdio::inherit()).output().expect("run build-rootfs.sh");
-    assert!(out.status.success(), "building the lab root filesystem failed");
-    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim().lines().last().expect("a path").to_string())
+    cached("build-rootfs.sh", "the lab root filesystem")
 }
 
 /// The Debian-built kube-apiserver, kube-controller-manager and kubeadm (built and cached on
 /// first use by `tests/lab/build-kube.sh`, about 10 minutes).
 pub fn kube_bins() -> PathBuf {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("lab/build-kube.sh");
-    let out = Command::new("bash").arg(&script).stderr(Stdio::inherit()).output().expect("run build-kube.sh");
-    assert!(out.status.success(), "building kube-apiserver from Debian's source package failed");
-    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim().lines().last().expect("a path").to_string())
+    cached("build-kube.sh", "kube-apiserver from Debian's source package")
 }
 
 /// A /24 in 10.78.0.0/16 that no interface on this machine uses yet.

@@ -23,7 +23,7 @@ pub struct Config {
     #[command(flatten)]
     pub common: CommonArgs,
     /// Hosts one bootstrap works on at once within a wave (SSH sessions per cluster).
-    #[arg(long, env = "KSCTL_BOOTSTRAP_PARALLEL_HOSTS", default_value_t = 16)]
+    #[arg(long, env = "KSCTL_BOOTSTRAP_PARALLEL_HOSTS", default_value_t = PARALLEL_HOSTS)]
     pub parallel_hosts: usize,
     /// Seconds one SSH connection attempt may take (TCP and handshake).
     #[arg(long, env = "KSCTL_SSH_CONNECT_TIMEOUT_SECS", default_value_t = 10)]
@@ -32,6 +32,9 @@ pub struct Config {
     #[arg(long, env = "KSCTL_SSH_CONNECT_ATTEMPTS", default_value_t = 4)]
     pub ssh_connect_attempts: u32,
 }
+
+/// Hosts of one wave worked on at once, unless configured.
+pub const PARALLEL_HOSTS: usize = 16;
 
 #[async_trait::async_trait]
 pub trait Bootstrapper: Send + Sync {

@@ -177,13 +177,21 @@ fn env_line(env: &[(String, String)]) -> String {
     env.iter().map(|(k, v)| format!("{k}={}", quote(v))).collect::<Vec<_>>().join(" ")
 }
 
-/// Runs k3s' installer unless the same arguments were installed before, then waits until the
-/// node's API answers (or, for agents, until the installer finished).
-fn k3s_install(step: &str, kind: &str, env: &[(String, String)], args: &[String], artifacts: &Artifacts) -> String {
+/// After `prelude` (files the installer needs), runs k3s' installer unless the same arguments
+/// were installed before, then waits until the node's API answers (agents: until the installer
+/// finished).
+fn k3s_install(
+    step: &str,
+    kind: &str,
+    prelude: &str,
+    env: &[(String, String)],
+    args: &[String],
+    artifacts: &Artifacts,
+) -> String {
     let args_line = args.iter().map(|a| quote(a)).collect::<Vec<_>>().join(" ");
     let stamp = format!("/etc/ksctl/k3s-{kind}.args");
     let mut body = format!(
-        "want={q_args}
+        "{prelude}want={q_args}
 if [ \"$(cat {stamp} 2>/dev/null)\" != \"$want\" ]; then
   curl -sfL --retry 5 --retry-connrefused {url} -o /tmp/ksctl-k3s-install.sh
   env {env} sh /tmp/ksctl-k3s-install.sh {kind} {args_line}
@@ -236,9 +244,7 @@ pub fn k3s_server(s: &K3sServer<'_>, artifacts: &Artifacts) -> String {
         write_file(&format!("{d}/client.key"), &s.etcd_client.key, "0600"),
     ]
     .concat();
-    let script = k3s_install(step, "server", &env, &args, artifacts);
-    // The certificates go first, after the functions and the history line.
-    script.replacen("\nwant=", &format!("\n{certs}want="), 1)
+    k3s_install(step, "server", &certs, &env, &args, artifacts)
 }
 
 /// A k3s agent joining through the load balancer's private address.
@@ -246,7 +252,7 @@ pub fn k3s_agent(node_name: &str, version: &str, lb_ip: &str, token: &str, artif
     let mut env = artifacts.k3s_env(version);
     env.push(("K3S_URL".into(), format!("https://{lb_ip}:6443")));
     env.push(("K3S_TOKEN".into(), token.to_string()));
-    k3s_install("k3s-agent-join", "agent", &env, &[format!("--node-name={node_name}")], artifacts)
+    k3s_install("k3s-agent-join", "agent", "", &env, &[format!("--node-name={node_name}")], artifacts)
 }
 
 #[cfg(test)]

@@ -40,7 +40,7 @@ impl SimHosts {
         done: &AtomicU32,
         total: u32,
     ) -> Result<(), PhaseError> {
-        crate::run_wave(&self.store, ctx, wave, done, total, 16, |s| async move {
+        crate::run_wave(&self.store, ctx, wave, done, total, crate::PARALLEL_HOSTS, |s| async move {
             self.sim.step(&format!("bootstrap.{}", s.step)).await?;
             self.sim.apply_on_host(&ctx.cluster.id, &s.host.id, s.step).await?;
             let key = s.key();

@@ -11,7 +11,7 @@ use crate::plan::{HostStep, bootstrap_waves, join_wave};
 use crate::scripts::{self, Backend};
 use ksctl_core::keys;
 use ksctl_core::messages::context_name;
-use ksctl_core::records::{InfraRecord, Role, Vm};
+use ksctl_core::records::{BootstrapRecord, InfraRecord, Role, Vm};
 use ksctl_core::spec::Distro;
 use ksctl_runtime::{PhaseCtx, PhaseError, read_record};
 use ksctl_ssh::{PrivateKey, Session, SshError, Target};
@@ -53,6 +53,8 @@ struct Run {
     distro: Distro,
     version: String,
     flannel: bool,
+    /// The etcd PKI, read (or made) once per run.
+    pki: tokio::sync::OnceCell<EtcdPki>,
 }
 
 fn now_ms() -> u64 {
@@ -105,15 +107,13 @@ impl SshHosts {
             ctx.cluster.distro.ok_or_else(|| PhaseError::Permanent("a self-managed cluster needs a distro".into()))?;
         let spec = &ctx.cluster.spec;
         let flannel = matches!(spec.cni.as_deref(), None | Some("flannel"));
-        Ok(Run { infra, key, distro, version: spec.kubernetes_version.clone(), flannel })
+        Ok(Run { infra, key, distro, version: spec.kubernetes_version.clone(), flannel, pki: Default::default() })
     }
 
     /// Where to log in to `vm`: the address and user the spec lists for `byo`, else the VM's
     /// public address as `ubuntu` (the cloud images' user).
     fn target(ctx: &PhaseCtx<'_>, vm: &Vm) -> Target {
-        if let Some(hosts) = &ctx.cluster.spec.hosts
-            && let Some((_, _, h)) = hosts.all().into_iter().find(|(r, i, _)| *r == vm.role && *i == vm.index)
-        {
+        if let Some(h) = ctx.cluster.spec.hosts.as_ref().and_then(|hosts| hosts.host(vm.role, vm.index)) {
             return Target { host: h.address.clone(), port: h.port, user: h.user.clone() };
         }
         Target { host: vm.public_ip.clone(), port: 22, user: "ubuntu".into() }
@@ -163,51 +163,70 @@ impl SshHosts {
         Ok(out.stdout)
     }
 
-    /// The etcd PKI, made once and sealed; re-read so that two racing runs use one.
-    async fn etcd_pki(&self, ctx: &PhaseCtx<'_>, run: &Run) -> Result<EtcdPki, PhaseError> {
-        let id = &ctx.cluster.id;
-        let purpose = format!("etcd-pki/{id}");
-        if crate::record(&self.store, ctx).await?.etcd_pki.is_none() {
-            let ds: Vec<(String, String)> =
-                of(&run.infra, Role::Datastore).iter().map(|v| (v.name.clone(), v.private_ip.clone())).collect();
-            let made = pki::etcd(id.as_str(), &ds).map_err(|e| PhaseError::Permanent(e.to_string()))?;
-            let bundle = ctx.rt.sealer.seal(&purpose, &serde_json::to_vec(&made).expect("serializable"));
-            let ca_cert = ctx.rt.sealer.seal(&format!("ca-cert/{id}"), made.ca.cert.as_bytes());
-            let ca_key = ctx.rt.sealer.seal(&format!("ca-key/{id}"), made.ca.key.as_bytes());
-            crate::checkpoint(&self.store, ctx, |r| {
-                if r.etcd_pki.is_none() {
-                    r.etcd_pki = Some(bundle.clone());
-                    r.ca_cert = Some(ca_cert.clone());
-                    r.ca_key = Some(ca_key.clone());
-                }
+    /// The etcd PKI: made once and sealed (the first writer wins, so two racing runs use one),
+    /// read once per run.
+    async fn etcd_pki<'r>(&self, ctx: &PhaseCtx<'_>, run: &'r Run) -> Result<&'r EtcdPki, PhaseError> {
+        run.pki
+            .get_or_try_init(|| async {
+                let id = &ctx.cluster.id;
+                let purpose = format!("etcd-pki/{id}");
+                let sealed = match crate::record(&self.store, ctx).await?.etcd_pki {
+                    Some(sealed) => sealed,
+                    None => {
+                        let ds: Vec<(String, String)> = of(&run.infra, Role::Datastore)
+                            .iter()
+                            .map(|v| (v.name.clone(), v.private_ip.clone()))
+                            .collect();
+                        let made = pki::etcd(id.as_str(), &ds).map_err(|e| PhaseError::Permanent(e.to_string()))?;
+                        let bundle = ctx.rt.sealer.seal(&purpose, &serde_json::to_vec(&made).expect("serializable"));
+                        let ca_cert = ctx.rt.sealer.seal(&format!("ca-cert/{id}"), made.ca.cert.as_bytes());
+                        let ca_key = ctx.rt.sealer.seal(&format!("ca-key/{id}"), made.ca.key.as_bytes());
+                        let written = crate::checkpoint(&self.store, ctx, |r| {
+                            if r.etcd_pki.is_none() {
+                                r.etcd_pki = Some(bundle.clone());
+                                r.ca_cert = Some(ca_cert.clone());
+                                r.ca_key = Some(ca_key.clone());
+                            }
+                        })
+                        .await?;
+                        written.etcd_pki.expect("written above")
+                    }
+                };
+                let raw = ctx.rt.sealer.open(&purpose, &sealed)?;
+                serde_json::from_slice(&raw)
+                    .map_err(|e| PhaseError::Permanent(format!("stored etcd PKI unreadable: {e}")))
             })
-            .await?;
-        }
-        let rec = crate::record(&self.store, ctx).await?;
-        let raw = ctx.rt.sealer.open(&purpose, rec.etcd_pki.as_ref().expect("written above"))?;
-        serde_json::from_slice(&raw).map_err(|e| PhaseError::Permanent(format!("stored etcd PKI unreadable: {e}")))
+            .await
     }
 
     async fn kubeadm_secrets(&self, ctx: &PhaseCtx<'_>) -> Result<KubeadmSecrets, PhaseError> {
         let purpose = format!("kubeadm/{}", ctx.cluster.id);
-        if crate::record(&self.store, ctx).await?.kubeadm.is_none() {
-            let (ca, _) = pki::new_ca("kubernetes").map_err(|e| PhaseError::Permanent(e.to_string()))?;
-            let s = KubeadmSecrets {
-                ca,
-                token: kubeadm::new_token(),
-                token_expires_ms: now_ms() + kubeadm::TOKEN_TTL_SECS * 1000,
-                certificate_key: kubeadm::new_certificate_key(),
-                certs_uploaded_ms: now_ms(),
-            };
-            self.store_kubeadm(ctx, &s, false).await?;
-        }
-        let rec = crate::record(&self.store, ctx).await?;
-        let raw = ctx.rt.sealer.open(&purpose, rec.kubeadm.as_ref().expect("written above"))?;
+        let sealed = match crate::record(&self.store, ctx).await?.kubeadm {
+            Some(sealed) => sealed,
+            None => {
+                let (ca, _) = pki::new_ca("kubernetes").map_err(|e| PhaseError::Permanent(e.to_string()))?;
+                let s = KubeadmSecrets {
+                    ca,
+                    token: kubeadm::new_token(),
+                    token_expires_ms: now_ms() + kubeadm::TOKEN_TTL_SECS * 1000,
+                    certificate_key: kubeadm::new_certificate_key(),
+                    certs_uploaded_ms: now_ms(),
+                };
+                self.store_kubeadm(ctx, &s, false).await?.kubeadm.expect("written")
+            }
+        };
+        let raw = ctx.rt.sealer.open(&purpose, &sealed)?;
         serde_json::from_slice(&raw)
             .map_err(|e| PhaseError::Permanent(format!("stored kubeadm secrets unreadable: {e}")))
     }
 
-    async fn store_kubeadm(&self, ctx: &PhaseCtx<'_>, s: &KubeadmSecrets, replace: bool) -> Result<(), PhaseError> {
+    /// Records `s` (and its token as the join token); `replace: false` keeps what is there.
+    async fn store_kubeadm(
+        &self,
+        ctx: &PhaseCtx<'_>,
+        s: &KubeadmSecrets,
+        replace: bool,
+    ) -> Result<BootstrapRecord, PhaseError> {
         let sealed = ctx.rt.sealer.seal(&format!("kubeadm/{}", ctx.cluster.id), &serde_json::to_vec(s).expect("json"));
         let token = ctx.rt.sealer.seal(&format!("join-token/{}", ctx.cluster.id), s.token.as_bytes());
         crate::checkpoint(&self.store, ctx, |r| {
@@ -216,8 +235,7 @@ impl SshHosts {
                 r.join_token = Some(token.clone());
             }
         })
-        .await?;
-        Ok(())
+        .await
     }
 
     /// kubeadm joins after the first hours need a fresh token and re-uploaded certificates; made
@@ -336,19 +354,26 @@ impl SshHosts {
     /// Runs one host step; the first k3s server's token is read and recorded with the checkpoint.
     async fn run_step(&self, ctx: &PhaseCtx<'_>, run: &Run, s: &HostStep) -> Result<(), PhaseError> {
         let script = self.script(ctx, run, s).await?;
-        self.exec(ctx, run, &s.host, s.step, &script).await?;
-        let mut token = None;
-        if s.step == "k3s-init" {
-            let t = self
-                .exec(ctx, run, &s.host, "read k3s token", &format!("cat {}", scripts::K3S_TOKEN_FILE))
-                .await?
-                .trim()
-                .to_string();
-            if t.is_empty() {
+        let (session, addr) = self.session(ctx, run, &s.host).await?;
+        let ran = async {
+            session.run(s.step, "sudo -n sh -s", Some(script.as_bytes()), step_timeout(s.step)).await?;
+            if s.step != "k3s-init" {
+                return Ok(None);
+            }
+            let cat = format!("sudo -n cat {}", scripts::K3S_TOKEN_FILE);
+            session.run("read k3s token", &cat, None, step_timeout(s.step)).await.map(Some)
+        }
+        .await;
+        session.close().await;
+        let token = match ran.map_err(|e| host_err(&s.host, &addr, e))? {
+            None => None,
+            Some(out) if out.stdout.trim().is_empty() => {
                 return Err(PhaseError::Retryable(format!("host {}: k3s wrote an empty token", s.host.name)));
             }
-            token = Some(ctx.rt.sealer.seal(&format!("join-token/{}", ctx.cluster.id), t.as_bytes()));
-        }
+            Some(out) => {
+                Some(ctx.rt.sealer.seal(&format!("join-token/{}", ctx.cluster.id), out.stdout.trim().as_bytes()))
+            }
+        };
         let key = s.key();
         crate::checkpoint(&self.store, ctx, |r| {
             r.steps_done.insert(key.clone());

@@ -5,7 +5,7 @@
 //! and leaves the machines.
 use crate::{CloudProvider, checkpoint, infra, target_workers};
 use futures::StreamExt;
-use ksctl_core::records::{Role, Vm};
+use ksctl_core::records::{InfraRecord, Role, Vm};
 use ksctl_core::spec::HostSpec;
 use ksctl_runtime::{PhaseCtx, PhaseError};
 use ksctl_ssh::{Session, SshError, Target};
@@ -42,10 +42,10 @@ impl ByoCloud {
     }
 
     /// The cluster's private key: sealed in state, or read from the key directory on first use.
-    async fn key(&self, ctx: &PhaseCtx<'_>) -> Result<ksctl_ssh::PrivateKey, PhaseError> {
+    /// `state`: the cluster's infra record, as the caller just read it.
+    async fn key(&self, ctx: &PhaseCtx<'_>, state: &InfraRecord) -> Result<ksctl_ssh::PrivateKey, PhaseError> {
         let id = &ctx.cluster.id;
         let purpose = format!("ssh/{id}");
-        let state = infra(&self.store, ctx).await?;
         let pem = match &state.ssh_private_key {
             Some(s) => ctx.rt.sealer.open_string(&purpose, s)?,
             None => {
@@ -85,8 +85,9 @@ impl ByoCloud {
     /// its host key. Every host is tried; the first failure is reported.
     async fn check_hosts(&self, ctx: &PhaseCtx<'_>, hosts: Vec<(Role, u32, HostSpec)>) -> Result<(), PhaseError> {
         let id = &ctx.cluster.id;
-        let key = self.key(ctx).await?;
-        let known = infra(&self.store, ctx).await?.host_keys;
+        let state = infra(&self.store, ctx).await?;
+        let key = self.key(ctx, &state).await?;
+        let known = state.host_keys;
         let total = hosts.len() as u32;
         let done = std::sync::atomic::AtomicU32::new(0);
         let checks = futures::stream::iter(hosts)
@@ -137,11 +138,11 @@ impl ByoCloud {
             return Ok(());
         }
         let state = infra(&self.store, ctx).await?;
-        let key = self.key(ctx).await?;
-        let hosts = ctx.cluster.spec.hosts.as_ref().map(|h| h.all()).unwrap_or_default();
+        let key = self.key(ctx, &state).await?;
+        let hosts = byo_hosts(ctx)?;
         let total = vms.len() as u32;
         for (n, vm) in vms.iter().enumerate() {
-            let Some((_, _, host)) = hosts.iter().find(|(r, i, _)| *r == vm.role && *i == vm.index) else {
+            let Some(host) = hosts.host(vm.role, vm.index) else {
                 continue;
             };
             let who = format!("{} ({})", vm.name, host.address);

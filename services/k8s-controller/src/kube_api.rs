@@ -6,7 +6,7 @@
 //! least-privilege RBAC, the `ClusterAddon` and `Stack` CRDs (from Rust types, waited on until
 //! established), and the state importer's immutable `cluster-config` ConfigMap (replaced when the
 //! cluster's state changes). The agent's Deployment comes with the agent.
-use crate::{ClusterApi, workers_to_remove};
+use crate::ClusterApi;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -402,22 +402,13 @@ impl ClusterApi for KubeApi {
     }
 
     async fn drain(&self, ctx: &PhaseCtx<'_>) -> Result<(), PhaseError> {
-        let id = &ctx.cluster.id;
-        let infra: InfraRecord = read_record(&self.store, &keys::cloud(id)).await?;
-        let drained = read_record::<K8sRecord>(&self.store, &keys::k8s(id)).await?.drained;
-        let remove = workers_to_remove(ctx, &infra)?;
         let client = self.client(ctx).await?;
-        let total = remove.len() as u32;
-        for (n, vm) in remove.iter().enumerate() {
-            if !drained.contains(&vm.id) {
-                drain_node(&client, &vm.name, self.drain_timeout).await?;
-                update_record(&self.store, &keys::k8s(id), |r: &mut K8sRecord| {
-                    r.drained.insert(vm.id.clone());
-                })
-                .await?;
-            }
-            ctx.progress(format!("drained and deleted node {}", vm.name), n as u32 + 1, total).await;
-        }
-        Ok(())
+        let client = &client;
+        crate::drain_workers(
+            &self.store,
+            ctx,
+            |vm| async move { drain_node(client, &vm.name, self.drain_timeout).await },
+        )
+        .await
     }
 }

@@ -25,7 +25,7 @@ pub struct Config {
 
 /// The workers a scale-down removes: those beyond the target, highest index first (only
 /// self-managed clusters drain here; managed pools drain the nodes they remove).
-pub fn workers_to_remove(
+fn workers_to_remove(
     ctx: &PhaseCtx<'_>,
     infra: &ksctl_core::records::InfraRecord,
 ) -> Result<Vec<ksctl_core::records::Vm>, PhaseError> {
@@ -41,7 +41,41 @@ pub fn workers_to_remove(
     Ok(nodes.into_iter().take(count.saturating_sub(target as usize)).collect())
 }
 
-/// The objects we install, in order (namespace first, agent last), as `<kind>/<name>`.
+/// Drains the workers a scale-down removes, one after another, with `drain_one`; each drained
+/// node is checkpointed in the k8s record, so a retried phase skips it.
+pub(crate) async fn drain_workers<F, Fut>(
+    store: &ksctl_store::DynStore,
+    ctx: &PhaseCtx<'_>,
+    drain_one: F,
+) -> Result<(), PhaseError>
+where
+    F: Fn(ksctl_core::records::Vm) -> Fut,
+    Fut: std::future::Future<Output = Result<(), PhaseError>>,
+{
+    use ksctl_core::keys;
+    use ksctl_core::records::{InfraRecord, K8sRecord};
+    let id = &ctx.cluster.id;
+    let infra: InfraRecord = ksctl_runtime::read_record(store, &keys::cloud(id)).await?;
+    let drained = ksctl_runtime::read_record::<K8sRecord>(store, &keys::k8s(id)).await?.drained;
+    let remove = workers_to_remove(ctx, &infra)?;
+    let total = remove.len() as u32;
+    for (n, vm) in remove.into_iter().enumerate() {
+        let (vm_id, name) = (vm.id.clone(), vm.name.clone());
+        if !drained.contains(&vm_id) {
+            drain_one(vm).await?;
+            ksctl_runtime::update_record(store, &keys::k8s(id), |r: &mut K8sRecord| {
+                r.drained.insert(vm_id.clone());
+            })
+            .await?;
+        }
+        ctx.progress(format!("drained node {name}"), n as u32 + 1, total).await;
+    }
+    Ok(())
+}
+
+/// The objects the simulated API installs, in order (namespace first, agent last), as
+/// `<kind>/<name>`: the whole planned install. The real API applies [`kube_api::INSTALL`], which
+/// grows toward this list as the agent's in-cluster parts land.
 pub const COMPONENTS: [&str; 9] = [
     "namespace/ksctl-system",
     "serviceaccount/ksctl-agent",

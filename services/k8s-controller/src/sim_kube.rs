@@ -75,22 +75,10 @@ impl ClusterApi for SimKube {
     }
 
     async fn drain(&self, ctx: &PhaseCtx<'_>) -> Result<(), PhaseError> {
-        let id = &ctx.cluster.id;
-        let infra: InfraRecord = read_record(&self.store, &keys::cloud(id)).await?;
-        let drained = read_record::<K8sRecord>(&self.store, &keys::k8s(id)).await?.drained;
-        let remove = crate::workers_to_remove(ctx, &infra)?;
-        let total = remove.len() as u32;
-        for (n, vm) in remove.iter().enumerate() {
-            if !drained.contains(&vm.id) {
-                self.sim.step("k8s.drain").await?;
-                self.sim.apply_on_host(id, &vm.id, "drained").await?;
-                update_record(&self.store, &keys::k8s(id), |r: &mut K8sRecord| {
-                    r.drained.insert(vm.id.clone());
-                })
-                .await?;
-            }
-            ctx.progress(format!("drained node {}", vm.name), n as u32 + 1, total).await;
-        }
-        Ok(())
+        crate::drain_workers(&self.store, ctx, |vm| async move {
+            self.sim.step("k8s.drain").await?;
+            self.sim.apply_on_host(&ctx.cluster.id, &vm.id, "drained").await
+        })
+        .await
     }
 }

@@ -5,10 +5,8 @@ use crate::Manager;
 use futures::StreamExt;
 use ksctl_core::ClusterId;
 use ksctl_core::keys;
-use ksctl_core::messages::Heartbeat;
+use ksctl_core::messages::{HEALTH_SUBJECTS, Heartbeat};
 use ksctl_runtime::RuntimeError;
-
-pub const HEALTH_SUBJECTS: &str = "ksctl.events.*.health";
 
 pub async fn start(m: Manager) -> Result<tokio::task::JoinHandle<()>, RuntimeError> {
     let mut sub =

@@ -116,7 +116,6 @@ async fn info(m: &Manager, rec: &ClusterRecord) -> Result<ClusterInfo, String> {
         components: k8s.installed.into_iter().collect(),
         bootstrap_steps_done: boot.steps_done.len(),
         last_operation: rec.last_operation.as_ref().map(OperationView::from),
-        last_heartbeat_ms: health.as_ref().map(|h| h.sent_at_ms).or(rec.last_heartbeat_ms),
         health,
         drift,
     })

@@ -182,7 +182,6 @@ impl RequestHandler {
                 updated_at_ms: now,
                 operation: None,
                 last_operation: existing.as_ref().and_then(|(r, _)| r.last_operation.clone()),
-                last_heartbeat_ms: None,
             };
             rec.operation = Some(new_operation(&req.request_id, OpKind::Create, &rec, None));
             self.start(rec, existing.map(|(_, rev)| rev), &req.request_id).await

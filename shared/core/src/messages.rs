@@ -269,8 +269,7 @@ pub struct ClusterInfo {
     pub components: Vec<String>,
     pub bootstrap_steps_done: usize,
     pub last_operation: Option<OperationView>,
-    pub last_heartbeat_ms: Option<u64>,
-    /// The newest agent heartbeat and where it shows drift.
+    /// The newest agent heartbeat (its `sent_at_ms` says how old) and where it shows drift.
     #[serde(default)]
     pub health: Option<Heartbeat>,
     #[serde(default)]
@@ -299,6 +298,9 @@ pub struct NodeHealth {
 pub fn health_subject(cluster_id: &str) -> String {
     format!("ksctl.events.{cluster_id}.health")
 }
+
+/// Every cluster's [`health_subject`].
+pub const HEALTH_SUBJECTS: &str = "ksctl.events.*.health";
 
 /// Where the cluster differs from what ksctl expects, judged from a heartbeat: node count and
 /// Kubernetes minor version. Empty when they agree.

@@ -22,9 +22,6 @@ pub struct ClusterRecord {
     pub operation: Option<OperationRecord>,
     /// The most recent finished operation, kept for `info`.
     pub last_operation: Option<OperationRecord>,
-    /// The newest agent heartbeat, if any.
-    #[serde(default)]
-    pub last_heartbeat_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -149,6 +149,11 @@ impl ByoHosts {
         self.all().into_iter().filter(|(r, i, _)| *r != Role::Worker || *i < workers).collect()
     }
 
+    /// The host listed for `role` at `index`.
+    pub fn host(&self, role: crate::records::Role, index: u32) -> Option<&HostSpec> {
+        self.all().into_iter().find(|(r, i, _)| *r == role && *i == index).map(|(_, _, h)| h)
+    }
+
     /// Every host with its role and index, load balancer first.
     pub fn all(&self) -> Vec<(crate::records::Role, u32, &HostSpec)> {
         use crate::records::Role;

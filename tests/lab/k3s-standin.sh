@@ -131,7 +131,19 @@ if [ -f /run/k3s-standin.pid ]; then
   done
 fi
 ADV=$(hostname -I | awk '{print $1}')
-setsid /usr/local/bin/kube-apiserver --etcd-servers="$ENDPOINTS" --etcd-cafile="$CAFILE" \
+# Every write, with its response code, in an audit log: the tests count creations with it.
+cat > "$S/audit.yaml" <<'EOF'
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: ["RequestReceived"]
+rules:
+- level: Metadata
+  verbs: ["create", "update", "patch", "delete", "deletecollection"]
+- level: None
+EOF
+setsid /usr/local/bin/kube-apiserver --audit-policy-file="$S/audit.yaml" \
+  --audit-log-path=/var/log/k3s-standin-audit.log \
+  --etcd-servers="$ENDPOINTS" --etcd-cafile="$CAFILE" \
   --etcd-certfile="$CERTFILE" --etcd-keyfile="$KEYFILE" --secure-port=6443 --bind-address=0.0.0.0 \
   --advertise-address="$ADV" --tls-cert-file="$T/serving.crt" --tls-private-key-file="$T/serving.key" \
   --client-ca-file="$T/ca.crt" --token-auth-file="$S/token-auth.csv" --anonymous-auth=false \
@@ -179,6 +191,6 @@ register $AUTH || exit 1
 cat > /usr/local/bin/k3s-uninstall.sh <<'EOF'
 #!/bin/sh
 [ -f /run/k3s-standin.pid ] && kill "$(cat /run/k3s-standin.pid)" 2>/dev/null
-rm -rf /var/lib/rancher /etc/rancher /run/k3s-standin.pid /usr/local/bin/kube-apiserver /usr/local/bin/k3s-uninstall.sh
+rm -rf /var/lib/rancher /etc/rancher /run/k3s-standin.pid /var/log/k3s-standin-audit.log /usr/local/bin/kube-apiserver /usr/local/bin/k3s-uninstall.sh
 EOF
 chmod 755 /usr/local/bin/k3s-uninstall.sh

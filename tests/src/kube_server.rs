@@ -106,3 +106,65 @@ impl Drop for KubeServer {
         }
     }
 }
+
+/// Plays the part of kube-controller-manager and the kubelets, which the lab's and this
+/// harness's API servers do not run: every Deployment and DaemonSet that ksctl applied is given
+/// the status of a rolled-out workload (generation observed, all replicas up). Runs until
+/// dropped. Only the status is written; specs stay as ksctl applied them.
+pub struct WorkloadController(tokio::task::JoinHandle<()>);
+
+impl Drop for WorkloadController {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl WorkloadController {
+    /// `client` is called until it yields a client (a cluster that does not exist yet has none).
+    pub fn start<F, Fut>(client: F) -> Self
+    where
+        F: Fn() -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Option<kube::Client>> + Send,
+    {
+        Self(tokio::spawn(async move {
+            let c = loop {
+                if let Some(c) = client().await {
+                    break c;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            };
+            loop {
+                let _ = roll_out(&c).await;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }))
+    }
+}
+
+/// One pass of [`WorkloadController`].
+pub async fn roll_out(c: &kube::Client) -> Result<(), kube::Error> {
+    use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+    use kube::api::{Api, ListParams, Patch, PatchParams};
+    let ours = ListParams::default().labels("app.kubernetes.io/managed-by=ksctl");
+    let pp = PatchParams::default();
+    for d in Api::<Deployment>::all(c.clone()).list(&ours).await?.items {
+        let (ns, name) =
+            (d.metadata.namespace.clone().unwrap_or_default(), d.metadata.name.clone().unwrap_or_default());
+        let n = d.spec.replicas.unwrap_or(1);
+        let status = serde_json::json!({"status": {
+            "observedGeneration": d.metadata.generation, "replicas": n, "updatedReplicas": n,
+            "readyReplicas": n, "availableReplicas": n
+        }});
+        Api::<Deployment>::namespaced(c.clone(), &ns).patch_status(&name, &pp, &Patch::Merge(&status)).await?;
+    }
+    for d in Api::<DaemonSet>::all(c.clone()).list(&ours).await?.items {
+        let (ns, name) =
+            (d.metadata.namespace.clone().unwrap_or_default(), d.metadata.name.clone().unwrap_or_default());
+        let status = serde_json::json!({"status": {
+            "observedGeneration": d.metadata.generation, "currentNumberScheduled": 1, "desiredNumberScheduled": 1,
+            "numberMisscheduled": 0, "numberReady": 1, "updatedNumberScheduled": 1, "numberAvailable": 1
+        }});
+        Api::<DaemonSet>::namespaced(c.clone(), &ns).patch_status(&name, &pp, &Patch::Merge(&status)).await?;
+    }
+    Ok(())
+}

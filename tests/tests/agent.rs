@@ -1,9 +1,14 @@
 //! The agent as a process against a real kube-apiserver (`tests/src/kube_server.rs`), acting as
 //! its own service account with the RBAC the k8s-controller installs (kubeconfig `as:`),
 //! publishing heartbeats to a real nats-server; the manager records them and `ksctl cluster info`
-//! shows them, with drift against what ksctl expects.
+//! shows them, with drift against what ksctl expects. The agent runs with the environment its
+//! Deployment would give it: the installed `ksctl-agent-bus` Secret's data and the Deployment's
+//! own variables (this server has no kubelet to run the pod).
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Node;
-use ksctl_k8s_controller::kube_api::{self, INSTALL};
+use k8s_openapi::api::core::v1::Secret;
+use ksctl_k8s_controller::COMPONENTS;
+use ksctl_k8s_controller::kube_api::{self, AgentSettings, Install};
 use ksctl_tests::kube_server::KubeServer;
 use ksctl_tests::{System, SystemOptions, TempDir, bin, eventually};
 use kube::api::{Api, Patch, PatchParams, PostParams};
@@ -14,8 +19,16 @@ async fn agent_heartbeats_reach_info_with_drift() {
     let server = KubeServer::start();
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let admin = kube_api::client_from(&server.kubeconfig).await.unwrap();
-    for c in INSTALL {
-        kube_api::install_component(&admin, c, &Default::default()).await.unwrap();
+    let sys = System::start(SystemOptions::default()).await;
+    let agent_settings = AgentSettings {
+        image: "ksctl-rs:latest".into(),
+        nats_url: sys.nats.url(),
+        nats_user: None,
+        nats_password: None,
+    };
+    let install = Install { cluster_id: "hb", state: Default::default(), agent: &agent_settings };
+    for c in COMPONENTS {
+        kube_api::install_component(&admin, c, &install).await.unwrap();
     }
     let nodes: Api<Node> = Api::all(admin.clone());
     for name in ["hb-vm-cp-0", "hb-vm-wp-0"] {
@@ -25,7 +38,6 @@ async fn agent_heartbeats_reach_info_with_drift() {
     let ready = serde_json::json!({"status": {"conditions": [{"type": "Ready", "status": "True"}]}});
     nodes.patch_status("hb-vm-cp-0", &PatchParams::default(), &Patch::Merge(&ready)).await.unwrap();
 
-    let sys = System::start(SystemOptions::default()).await;
     let (code, out, err) = sys.create_ha("hb", 1, &[]).await;
     assert_eq!(code, 0, "{out}{err}");
     let (_, info, _) = sys.ksctl(&["cluster", "info", "hb"]).await;
@@ -44,10 +56,22 @@ async fn agent_heartbeats_reach_info_with_drift() {
     assert!(matches!(err, kube::Error::Api(ref s) if s.code == 403), "{err:?}");
     let agent_client = kube_api::client_from(&as_agent).await.unwrap();
     assert_eq!(ksctl_agent::heartbeat(&agent_client, "hb").await.unwrap().nodes.len(), 2);
+    // The pod's environment: the Secret's data (envFrom) and the container's env, as installed.
+    let secret = Api::<Secret>::namespaced(admin.clone(), "ksctl-system").get("ksctl-agent-bus").await.unwrap();
+    let deployment = Api::<Deployment>::namespaced(admin.clone(), "ksctl-system").get("ksctl-agent").await.unwrap();
+    let container = deployment.spec.template.spec.unwrap().containers.remove(0);
+    let port = ksctl_tests::free_port();
     let log = std::fs::File::create(sys.logs.join("ksctl-agent.log")).unwrap();
-    let mut agent = std::process::Command::new(bin("ksctl-agent"))
-        .env("KSCTL_NATS_URL", sys.nats.url())
-        .env("KSCTL_CLUSTER_ID", "hb")
+    let mut cmd = std::process::Command::new(bin(&container.command.unwrap()[0]));
+    for (k, v) in secret.data.unwrap() {
+        cmd.env(k, String::from_utf8(v.0).unwrap());
+    }
+    for e in container.env.unwrap() {
+        // The pod's port, moved to a free one on this machine.
+        let v = e.value.unwrap().replace("0.0.0.0:9100", &format!("127.0.0.1:{port}"));
+        cmd.env(e.name, v);
+    }
+    let mut agent = cmd
         .env("KSCTL_AGENT_KUBECONFIG", &kubeconfig)
         .env("KSCTL_AGENT_INTERVAL_SECS", "1")
         .stderr(log)
@@ -59,6 +83,13 @@ async fn agent_heartbeats_reach_info_with_drift() {
         info.contains("agent: heartbeat").then_some(info)
     })
     .await;
+    // Its readiness probe passes once a heartbeat went out; its metrics count them.
+    let http = |path: &str| {
+        let out = std::process::Command::new("curl").args(["-sf", &format!("http://127.0.0.1:{port}{path}")]).output();
+        String::from_utf8_lossy(&out.unwrap().stdout).into_owned()
+    };
+    assert_eq!(http("/readyz"), "ready\n");
+    assert!(http("/metrics").contains("ksctl_agent_heartbeats_total{outcome=\"published\"}"));
     let _ = agent.kill();
     let _ = agent.wait();
     assert!(info.contains("API server v1.20.2") && info.contains("2 nodes (1 ready)"), "{info}");

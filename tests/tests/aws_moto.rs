@@ -328,6 +328,7 @@ async fn selfmanaged_scale_changes_exactly_the_right_instances() {
             started_at_ms: ksctl_core::now_ms(),
             finished_at_ms: None,
             target_workers: Some(1),
+            addon: None,
             phases_done: vec![Phase::K8sDrain],
             error: None,
         });

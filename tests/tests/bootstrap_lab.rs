@@ -7,12 +7,17 @@
 //! (`KSCTL_ARTIFACTS_URL`) the lab serves a stand-in installer (`tests/lab/k3s-standin.sh`) that
 //! runs the Debian-built kube-apiserver against the etcd cluster the bootstrap made, so the API
 //! these tests reach through the load balancer is a real Kubernetes API server; Nodes are
-//! registered objects (no kubelet runs).
+//! registered objects (no kubelet runs). With no controller manager either, the tests' own
+//! `WorkloadController` gives ksctl's Deployments the status of a finished roll-out, so that the
+//! k8s phase's readiness wait can end.
 use ksctl_core::ClusterId;
 use ksctl_core::keys;
+use ksctl_core::messages::{Event, EventKind};
 use ksctl_core::records::BootstrapRecord;
+use ksctl_core::saga::Phase;
+use ksctl_tests::kube_server::WorkloadController;
 use ksctl_tests::lab::Lab;
-use ksctl_tests::{System, SystemOptions, TempDir, eventually};
+use ksctl_tests::{System, SystemOptions, TempDir, eventually, progress_at, wait_event};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -23,6 +28,7 @@ struct Env {
     sys: System,
     specs: TempDir,
     _keys: TempDir,
+    controllers: std::sync::Mutex<Vec<WorkloadController>>,
 }
 
 async fn setup(hosts: usize, extra: Vec<(String, String, String)>) -> Env {
@@ -38,7 +44,7 @@ async fn setup(hosts: usize, extra: Vec<(String, String, String)>) -> Env {
     ];
     env.extend(extra);
     let sys = System::start(SystemOptions { env, ..Default::default() }).await;
-    Env { lab, sys, specs: TempDir::new("boot-specs"), _keys: keys }
+    Env { lab, sys, specs: TempDir::new("boot-specs"), _keys: keys, controllers: Default::default() }
 }
 
 /// LB on host 0, etcd on 1–3, control planes on 4–6, workers on `workers` (the first
@@ -65,6 +71,41 @@ async fn create(e: &Env, name: &str, spec: String) {
     std::fs::write(&f, spec).unwrap();
     let (code, out, err) = e.sys.ksctl(&["cluster", "create", "-f", f.to_str().unwrap(), "--no-wait"]).await;
     assert_eq!(code, 0, "{out}{err}");
+    // Stands in for the controller manager once the cluster has a kubeconfig.
+    let (store, key, id) = (e.sys.store.clone(), e.sys.seal_key.clone(), ClusterId::new(name).unwrap());
+    let controller = WorkloadController::start(move || {
+        let (store, key, id) = (store.clone(), key.clone(), id.clone());
+        async move {
+            let rec: BootstrapRecord = ksctl_store::get_json(store.as_ref(), &keys::bootstrap(&id)).await.ok()??.0;
+            let sealer = ksctl_core::seal::Sealer::from_base64(&key).ok()?;
+            let kc = sealer.open_string(&format!("kubeconfig/{id}"), rec.kubeconfig.as_ref()?).ok()?;
+            let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+            ksctl_k8s_controller::kube_api::client_from(&kc).await.ok()
+        }
+    });
+    e.controllers.lock().unwrap().push(controller);
+}
+
+/// Every write of a client (not the API server's own controllers, `system:apiserver`) that the cluster's
+/// API servers answered, from their audit logs: (verb, resource, namespace, name, response code).
+fn audited_writes(
+    lab: &Lab,
+    control_planes: std::ops::RangeInclusive<usize>,
+) -> Vec<(String, String, String, String, u64)> {
+    let mut out = Vec::new();
+    for i in control_planes {
+        for line in lab.read(i, "/var/log/k3s-standin-audit.log").unwrap_or_default().lines() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            let s = |x: &serde_json::Value| x.as_str().unwrap_or_default().to_string();
+            let o = &v["objectRef"];
+            let code = v["responseStatus"]["code"].as_u64().unwrap_or(0);
+            if s(&v["user"]["username"]) == "system:apiserver" {
+                continue;
+            }
+            out.push((s(&v["verb"]), s(&o["resource"]), s(&o["namespace"]), s(&o["name"]), code));
+        }
+    }
+    out
 }
 
 async fn bootstrap_record(sys: &System, name: &str) -> BootstrapRecord {
@@ -207,11 +248,41 @@ async fn k3s_ha_on_lab_hosts_etcd_tls_haproxy_kubeconfig_scale_delete() {
         assert_eq!(api.get(path).0, 200, "{path}");
     }
 
+    let (code, body) = api.get("/apis/apps/v1/namespaces/ksctl-system/deployments/ksctl-agent");
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(api.get("/api/v1/namespaces/ksctl-system/secrets/ksctl-agent-bus").0, 200);
+    assert_eq!(api.get("/apis/app.ksctl.io/v1/namespaces/ksctl-system/stacks").0, 200, "the Stack CRD is served");
+
+    // An addon through the bus, the k8s-controller and the load balancer: enabled (its
+    // aggregated API registered, its Stack recorded), then disabled (gone).
+    let (code, out, err) = sys.ksctl(&["cluster", "addons", "enable", "edge", "metrics-server"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(api.get("/apis/apiregistration.k8s.io/v1/apiservices/v1beta1.metrics.k8s.io").0, 200);
+    assert_eq!(api.get("/apis/app.ksctl.io/v1/namespaces/ksctl-system/stacks/metrics-server").0, 200);
+    let (code, body) = api.get("/apis/manage.ksctl.io/v1/namespaces/ksctl-system/clusteraddons/addons");
+    assert!(code == 200 && body.contains("\"v0.7.2\""), "{body}");
+    let (code, out, err) = sys.ksctl(&["cluster", "addons", "disable", "edge", "metrics-server"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(api.get("/apis/apiregistration.k8s.io/v1/apiservices/v1beta1.metrics.k8s.io").0, 404);
+    assert_eq!(api.get("/apis/apps/v1/namespaces/kube-system/deployments/metrics-server").0, 404);
+
     // Secrets are sealed in state: the CA key is kept (for renewals) but never in clear.
     let rec = bootstrap_record(sys, "edge").await;
     assert!(rec.ca_key.is_some() && rec.etcd_pki.is_some() && rec.join_token.is_some() && rec.kubeconfig.is_some());
+    // Each field opens with the system's key to the real secret, and no secret appears in the
+    // stored JSON. (Not a search for "K10": base64 ciphertext contains it by chance.)
     let raw = serde_json::to_string(&rec).unwrap();
-    assert!(!raw.contains("PRIVATE KEY") && !raw.contains("K10"), "secrets in clear: {raw}");
+    let sealer = ksctl_core::seal::Sealer::from_base64(&sys.seal_key).unwrap();
+    let id = ClusterId::new("edge").unwrap();
+    let open = |purpose: &str, s: &Option<ksctl_core::seal::Sealed>| {
+        sealer.open_string(&format!("{purpose}/{id}"), s.as_ref().unwrap()).unwrap()
+    };
+    let (ca_key, token, kc) =
+        (open("ca-key", &rec.ca_key), open("join-token", &rec.join_token), open("kubeconfig", &rec.kubeconfig));
+    assert!(ca_key.contains("PRIVATE KEY") && token.len() >= 16 && kc.contains("client-key-data"));
+    for secret in [ca_key.as_str(), token.as_str(), kc.as_str(), "PRIVATE KEY"] {
+        assert!(!raw.contains(secret), "a secret in clear in the bootstrap record: {raw}");
+    }
 
     // Each step ran once on each host.
     for i in 0..=7 {
@@ -275,12 +346,15 @@ fn assert_clean(lab: &Lab, range: std::ops::RangeInclusive<usize>) {
 }
 
 /// kill -9 of the bootstrap-controller while the other control planes and the worker are being
-/// installed (the moment cp-1's API server process starts); after a restart the create
-/// completes, and no step checkpointed before the kill ran again on its host (each host's step
-/// history counts the runs).
+/// installed (the moment cp-1's API server process starts), then of the k8s-controller in the
+/// middle of its install (after its third component); after each restart the create goes on and
+/// completes. No step checkpointed before the kill ran again on its host (each host's step
+/// history counts the runs), and every object of ksctl's was created exactly once and never
+/// deleted (the API servers' audit logs count the writes).
 #[tokio::test(flavor = "multi_thread")]
-async fn a_killed_bootstrap_controller_resumes_without_redoing_finished_hosts() {
+async fn killed_bootstrap_and_k8s_controllers_resume_without_redoing_work() {
     let mut e = setup(8, vec![]).await;
+    let mut events = e.sys.client.subscribe("ksctl.events.crash.>").await.unwrap();
     create(&e, "crash", spec("crash", &e.lab, 1, &[7])).await;
     // The moment the second control plane's API server has started (its step still waits for
     // it to be ready): the re-run must cope with a server left running by the killed one.
@@ -299,7 +373,37 @@ async fn a_killed_bootstrap_controller_resumes_without_redoing_finished_hosts() 
     };
     assert!(done_at_kill.len() >= 5, "LB, 3 etcd and cp-0 were done: {done_at_kill:?}");
     e.sys.restart("ksctl-bootstrap-controller");
+
+    wait_event(&mut events, T, "the third component of the install", progress_at(Phase::K8sInstall, 3)).await;
+    e.sys.kill9("ksctl-k8s-controller");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    e.sys.restart("ksctl-k8s-controller");
     e.sys.wait_state("crash", "running", T).await;
+    let mut k8s_starts = 1; // the one before the kill, already consumed by wait_event
+    while let Ok(Some(m)) =
+        tokio::time::timeout(Duration::from_millis(200), futures::StreamExt::next(&mut events)).await
+    {
+        let ev: Event = serde_json::from_slice(&m.payload).unwrap();
+        k8s_starts += (ev.kind == EventKind::PhaseStarted && ev.phase == Some(Phase::K8sInstall)) as u32;
+    }
+    assert!(k8s_starts >= 2, "the install ran again after the kill ({k8s_starts} starts)");
+    let writes = audited_writes(&e.lab, 4..=6);
+    let ours = |ns: &str, name: &str| {
+        ns == "ksctl-system" || name == "ksctl-system" || name == "ksctl-agent" || name.ends_with(".ksctl.io")
+    };
+    let mut created = BTreeMap::<String, usize>::new();
+    for (verb, resource, ns, name, code) in &writes {
+        if ours(ns, name) {
+            assert_ne!(verb, "delete", "{resource} {ns}/{name} was deleted during the create");
+            if *code == 201 {
+                *created.entry(format!("{resource} {ns}/{name}")).or_default() += 1;
+            }
+        }
+    }
+    // namespace, SA, ClusterRole(+Binding), Role(+Binding), 2 CRDs, ConfigMap, Secret,
+    // Deployment, Service, ClusterAddon.
+    assert_eq!(created.len(), 13, "{created:#?}");
+    assert!(created.values().all(|n| *n == 1), "created more than once: {created:#?}");
 
     let rec = bootstrap_record(&e.sys, "crash").await;
     assert_eq!(rec.steps_done.len(), 8, "{:?}", rec.steps_done);

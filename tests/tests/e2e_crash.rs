@@ -54,8 +54,9 @@ async fn crash_during(service: &str, phase: Phase, after_steps: u32) {
     if service != "ksctl-manager" {
         assert!(starts >= 2, "{phase} started {starts} times; expected a restart after the kill");
     }
-    // Every planned resource exists exactly once: 6 infra + 7 VMs + ... + 9 objects.
-    assert_eq!(sys.sim_resources(name).await.len(), 6 + 10 + 9);
+    // Every planned resource exists exactly once: 6 infra + 10 VMs + ksctl's 9 objects + flannel
+    // (a kubeadm cluster's CNI).
+    assert_eq!(sys.sim_resources(name).await.len(), 6 + 10 + 9 + 1);
 
     // And delete cleans everything, with one more kill in the middle of it.
     let mut events = sys.client.subscribe(format!("ksctl.events.{name}.>")).await.unwrap();

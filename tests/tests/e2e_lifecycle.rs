@@ -49,6 +49,28 @@ async fn lifecycle_selfmanaged(sys: &System, name: &str) {
     assert_eq!(sys.cluster(name).await.unwrap().spec.worker_nodes, 1);
     sys.assert_no_duplicates(name).await;
 
+    // Addons: enable applies the stack and records it in the spec; a name outside the catalog
+    // is refused and changes nothing; disable removes it; disabling again has nothing to do.
+    let addon_objects = |rs: Vec<ksctl_runtime::sim::SimResource>| {
+        rs.into_iter().filter(|r| r.kind == "k8s_object" && r.name.starts_with("addon/")).count()
+    };
+    let (code, out, err) = sys.ksctl(&["cluster", "addons", "enable", name, "metrics-server"]).await;
+    assert_eq!(code, 0, "enable: {out}\n{err}");
+    assert_eq!(addon_objects(sys.sim_resources(name).await), 1);
+    assert_eq!(sys.cluster(name).await.unwrap().spec.addons, ["metrics-server"]);
+    let (_, info, _) = sys.ksctl(&["cluster", "info", name]).await;
+    assert!(info.contains("addons: metrics-server"), "{info}");
+    let (code, _, err) = sys.ksctl(&["cluster", "addons", "enable", name, "grafana"]).await;
+    assert_eq!(code, 2);
+    assert!(err.contains("unknown addon \"grafana\"; available: metrics-server"), "{err}");
+    let (code, out, err) = sys.ksctl(&["cluster", "addons", "disable", name, "metrics-server"]).await;
+    assert_eq!(code, 0, "disable: {out}\n{err}");
+    assert_eq!(addon_objects(sys.sim_resources(name).await), 0);
+    assert!(sys.cluster(name).await.unwrap().spec.addons.is_empty());
+    let (code, out, _) = sys.ksctl(&["cluster", "addons", "disable", name, "metrics-server"]).await;
+    assert_eq!(code, 0);
+    assert!(out.contains("not enabled") && out.contains("nothing to do"), "{out}");
+
     let (code, out, err) = sys.ksctl(&["cluster", "delete", name]).await;
     assert_eq!(code, 0, "delete: {out}\n{err}");
     sys.wait_gone(name, T).await;

@@ -2,13 +2,18 @@
 //! kube-apiserver 1.20 on etcd, `tests/src/kube_server.rs`): server-side apply that changes
 //! nothing the second time, a competing field manager handled on purpose, RBAC that allows the
 //! agent exactly what it needs (asked as the agent, by SelfSubjectAccessReview), CRDs from Rust
-//! types whose schemas the server enforces, uninstall, drain.
+//! types whose schemas the server enforces, uninstall, drain; the agent's Deployment, Service and
+//! bus Secret, flannel and the metrics-server addon from their embedded manifests, and the
+//! readiness wait (this server runs no controller manager, so `WorkloadController` plays it).
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::authorization::v1::{ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec};
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use ksctl_k8s_controller::crds::{Stack, StackComponent, StackSpec};
-use ksctl_k8s_controller::kube_api::{self, INSTALL, NAMESPACE};
+use ksctl_k8s_controller::COMPONENTS;
+use ksctl_k8s_controller::crds::{ClusterAddon, Stack, StackComponent, StackSpec};
+use ksctl_k8s_controller::kube_api::{self, AgentSettings, Install, NAMESPACE};
+use ksctl_k8s_controller::manifests;
 use ksctl_tests::kube_server::KubeServer;
 use kube::api::DynamicObject;
 use kube::api::{Api, Patch, PatchParams, PostParams};
@@ -23,9 +28,20 @@ fn state(version: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
+fn agent(user: Option<&str>) -> AgentSettings {
+    AgentSettings {
+        image: "registry.example/ksctl-rs:1.2.3".into(),
+        nats_url: "nats://bus.example:4222".into(),
+        nats_user: user.map(str::to_string),
+        nats_password: user.map(|_| "s3cret".to_string()),
+    }
+}
+
 async fn install(client: &kube::Client, state: &BTreeMap<String, String>) {
-    for c in INSTALL {
-        kube_api::install_component(client, c, state).await.unwrap();
+    let agent = agent(None);
+    let install = Install { cluster_id: "demo", state: state.clone(), agent: &agent };
+    for c in COMPONENTS {
+        kube_api::install_component(client, c, &install).await.unwrap();
     }
 }
 
@@ -46,6 +62,9 @@ async fn versions(c: &kube::Client) -> Vec<String> {
         rv(&Api::<Role>::namespaced(c.clone(), NAMESPACE).get(a).await.unwrap().metadata),
         rv(&Api::<RoleBinding>::namespaced(c.clone(), NAMESPACE).get(a).await.unwrap().metadata),
         rv(&Api::<ConfigMap>::namespaced(c.clone(), NAMESPACE).get("cluster-config").await.unwrap().metadata),
+        rv(&Api::<Secret>::namespaced(c.clone(), NAMESPACE).get("ksctl-agent-bus").await.unwrap().metadata),
+        rv(&Api::<Deployment>::namespaced(c.clone(), NAMESPACE).get(a).await.unwrap().metadata),
+        rv(&Api::<Service>::namespaced(c.clone(), NAMESPACE).get(a).await.unwrap().metadata),
         rv(&Api::<CustomResourceDefinition>::all(c.clone()).get("stacks.app.ksctl.io").await.unwrap().metadata),
         rv(&Api::<CustomResourceDefinition>::all(c.clone())
             .get("clusteraddons.manage.ksctl.io")
@@ -157,8 +176,8 @@ async fn install_is_idempotent_contested_fields_are_taken_back_and_rbac_is_least
 
     // Uninstall: the cluster RBAC goes; the namespace is deleted (finalized by a controller
     // manager, which this server does not run, so it is at least terminating).
-    kube_api::uninstall_objects(&c).await.unwrap();
-    kube_api::uninstall_objects(&c).await.unwrap();
+    kube_api::uninstall_objects(&c, &[]).await.unwrap();
+    kube_api::uninstall_objects(&c, &[]).await.unwrap();
     assert!(Api::<ClusterRole>::all(c.clone()).get_opt("ksctl-agent").await.unwrap().is_none());
     assert!(Api::<ClusterRoleBinding>::all(c.clone()).get_opt("ksctl-agent").await.unwrap().is_none());
     for crd in ["stacks.app.ksctl.io", "clusteraddons.manage.ksctl.io"] {
@@ -204,4 +223,100 @@ async fn drain_cordons_evicts_and_deletes_the_node() {
     assert!(logs.metadata.deletion_timestamp.is_none(), "DaemonSet pods stay, as with kubectl drain");
     // Draining a node that is already gone is done.
     kube_api::drain_node(&c, "w1", Duration::from_secs(5)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn agent_flannel_and_the_metrics_server_addon_wait_for_readiness_and_go_away() {
+    let server = KubeServer::start();
+    let c = client(&server).await;
+    install(&c, &state("1.31")).await;
+    let no_creds = agent(None);
+    let install_ctx = Install { cluster_id: "demo", state: state("1.31"), agent: &no_creds };
+    kube_api::install_component(&c, "cni/flannel", &install_ctx).await.unwrap();
+
+    // The agent: its image, its service account, its settings from the Secret, probed on 9100.
+    let d = Api::<Deployment>::namespaced(c.clone(), NAMESPACE).get("ksctl-agent").await.unwrap();
+    let pod = d.spec.template.spec.unwrap();
+    assert_eq!(pod.service_account_name.as_deref(), Some("ksctl-agent"));
+    let container = &pod.containers[0];
+    assert_eq!(container.image.as_deref(), Some("registry.example/ksctl-rs:1.2.3"));
+    assert_eq!(container.env_from.as_ref().unwrap()[0].secret_ref.as_ref().unwrap().name, "ksctl-agent-bus");
+    assert_eq!(container.ports.as_ref().unwrap()[0].container_port, 9100);
+    let secret = Api::<Secret>::namespaced(c.clone(), NAMESPACE).get("ksctl-agent-bus").await.unwrap();
+    let data = secret.data.unwrap();
+    assert_eq!(data["KSCTL_NATS_URL"].0, b"nats://bus.example:4222");
+    assert_eq!(data["KSCTL_CLUSTER_ID"].0, b"demo");
+    assert!(!data.contains_key("KSCTL_NATS_PASSWORD"), "no credentials when the bus needs none");
+    let svc = Api::<Service>::namespaced(c.clone(), NAMESPACE).get("ksctl-agent").await.unwrap();
+    assert_eq!(svc.spec.unwrap().ports.unwrap()[0].port, 9100);
+    // With credentials, the Secret carries the agent's own (and a re-apply adds just them).
+    let with_creds = agent(Some("agent-demo"));
+    let ctx2 = Install { cluster_id: "demo", state: state("1.31"), agent: &with_creds };
+    kube_api::install_component(&c, "secret/ksctl-agent-bus", &ctx2).await.unwrap();
+    let data = Api::<Secret>::namespaced(c.clone(), NAMESPACE).get("ksctl-agent-bus").await.unwrap().data.unwrap();
+    assert_eq!(
+        (data["KSCTL_NATS_USER"].0.as_slice(), data["KSCTL_NATS_PASSWORD"].0.as_slice()),
+        (&b"agent-demo"[..], &b"s3cret"[..])
+    );
+
+    // flannel from its embedded manifest, pinned, labelled as ksctl's.
+    let ds = Api::<DaemonSet>::namespaced(c.clone(), "kube-flannel").get("kube-flannel-ds").await.unwrap();
+    assert_eq!(ds.metadata.labels.as_ref().unwrap()["ksctl.io/stack"], "flannel");
+    let image = ds.spec.template.spec.unwrap().containers[0].image.clone().unwrap();
+    assert_eq!(image, "docker.io/flannel/flannel:v0.26.1");
+
+    // Not ready while no controller has rolled them out: the error names each workload and why.
+    let plan: Vec<String> = COMPONENTS.iter().map(|c| c.to_string()).chain(["cni/flannel".to_string()]).collect();
+    let workloads = kube_api::plan_workloads(&plan).unwrap();
+    let err = manifests::wait_ready(&c, &workloads, Duration::from_secs(2)).await.unwrap_err().to_string();
+    assert!(err.contains("not ready after 2 s"), "{err}");
+    assert!(err.contains("Deployment ksctl-system/ksctl-agent: not yet seen by its controller"), "{err}");
+    assert!(err.contains("DaemonSet kube-flannel/kube-flannel-ds"), "{err}");
+    // Rolled out (by the test standing in for the controller manager): ready.
+    ksctl_tests::kube_server::roll_out(&c).await.unwrap();
+    manifests::wait_ready(&c, &workloads, Duration::from_secs(5)).await.unwrap();
+
+    // The metrics-server addon: its objects (the aggregated API included), its Stack, the
+    // ClusterAddon listing it with its pinned version; enabling twice changes nothing.
+    kube_api::enable_addon(&c, "metrics-server").await.unwrap();
+    kube_api::record_addons(&c, &["metrics-server".to_string()]).await.unwrap();
+    let apiservices = Api::<DynamicObject>::all_with(
+        c.clone(),
+        &ApiResource::from_gvk(&kube::api::GroupVersionKind::gvk("apiregistration.k8s.io", "v1", "APIService")),
+    );
+    let deployments = Api::<Deployment>::namespaced(c.clone(), "kube-system");
+    let rv = deployments.get("metrics-server").await.unwrap().metadata.resource_version;
+    assert!(apiservices.get_opt("v1beta1.metrics.k8s.io").await.unwrap().is_some());
+    let stack = Api::<Stack>::namespaced(c.clone(), NAMESPACE).get("metrics-server").await.unwrap();
+    assert_eq!(stack.spec.components[0].version, "v0.7.2");
+    let ca = Api::<ClusterAddon>::namespaced(c.clone(), NAMESPACE).get("addons").await.unwrap();
+    assert_eq!(
+        (ca.spec.addons[0].name.as_str(), ca.spec.addons[0].version.as_deref()),
+        ("metrics-server", Some("v0.7.2"))
+    );
+    kube_api::enable_addon(&c, "metrics-server").await.unwrap();
+    assert_eq!(deployments.get("metrics-server").await.unwrap().metadata.resource_version, rv);
+    let ms = manifests::workloads(&manifests::addon("metrics-server").unwrap()).unwrap();
+    assert!(manifests::wait_ready(&c, &ms, Duration::from_secs(1)).await.is_err(), "a new workload is not ready");
+    ksctl_tests::kube_server::roll_out(&c).await.unwrap();
+    manifests::wait_ready(&c, &ms, Duration::from_secs(5)).await.unwrap();
+
+    // Disabled: every object of the stack is gone, and its Stack; twice is fine.
+    kube_api::disable_addon(&c, "metrics-server").await.unwrap();
+    kube_api::disable_addon(&c, "metrics-server").await.unwrap();
+    kube_api::record_addons(&c, &[]).await.unwrap();
+    assert!(apiservices.get_opt("v1beta1.metrics.k8s.io").await.unwrap().is_none());
+    assert!(deployments.get_opt("metrics-server").await.unwrap().is_none());
+    for cr in ["system:metrics-server", "system:aggregated-metrics-reader"] {
+        assert!(Api::<ClusterRole>::all(c.clone()).get_opt(cr).await.unwrap().is_none(), "{cr}");
+    }
+    assert!(Api::<Stack>::namespaced(c.clone(), NAMESPACE).get_opt("metrics-server").await.unwrap().is_none());
+    let ca = Api::<ClusterAddon>::namespaced(c.clone(), NAMESPACE).get("addons").await.unwrap();
+    assert!(ca.spec.addons.is_empty());
+
+    // Uninstall takes flannel along with ksctl's own objects.
+    kube_api::uninstall_objects(&c, &[manifests::FLANNEL]).await.unwrap();
+    assert!(Api::<ClusterRole>::all(c.clone()).get_opt("flannel").await.unwrap().is_none());
+    let ns = Api::<Namespace>::all(c.clone()).get_opt("kube-flannel").await.unwrap();
+    assert!(ns.is_none_or(|n| n.metadata.deletion_timestamp.is_some()));
 }

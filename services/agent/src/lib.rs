@@ -24,6 +24,10 @@ pub struct Config {
     pub kubeconfig: Option<String>,
     #[arg(long, env = "KSCTL_AGENT_INTERVAL_SECS", default_value_t = 30)]
     pub interval_secs: u64,
+    /// Address of /livez, /readyz (ready once a heartbeat went out) and /metrics; `off`
+    /// disables it. The in-cluster Deployment probes it.
+    #[arg(long, env = "KSCTL_HTTP_ADDR", default_value = "off")]
+    pub http_addr: String,
 }
 
 /// One heartbeat, read from the API.
@@ -65,6 +69,11 @@ async fn client(config: &Config) -> anyhow::Result<kube::Client> {
 pub async fn run(config: Config, mut shutdown: tokio::sync::watch::Receiver<bool>) -> anyhow::Result<()> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let kube = client(&config).await?;
+    let metrics = std::sync::Arc::new(ksctl_runtime::metrics::Metrics::default());
+    let ready = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if config.http_addr != "off" {
+        ksctl_runtime::http::serve(&config.http_addr, metrics.clone(), ready.clone()).await?;
+    }
     let mut opts = async_nats::ConnectOptions::new().name("ksctl-agent");
     if let (Some(u), Some(p)) = (&config.nats_user, &config.nats_password) {
         opts = opts.user_and_password(u.clone(), p.clone());
@@ -82,13 +91,19 @@ pub async fn run(config: Config, mut shutdown: tokio::sync::watch::Receiver<bool
             Ok(hb) => {
                 let nodes = hb.nodes.len();
                 if let Err(e) = nats.publish(subject.clone(), serde_json::to_vec(&hb)?.into()).await {
+                    metrics.inc("agent_heartbeats_total", &[("outcome", "not_published")]);
                     tracing::warn!(error = %e, "heartbeat not published");
                 } else {
+                    metrics.inc("agent_heartbeats_total", &[("outcome", "published")]);
+                    ready.store(true, std::sync::atomic::Ordering::SeqCst);
                     tracing::debug!(nodes, version = %hb.server_version, "heartbeat");
                 }
             }
             // The next tick tries again; the manager shows how old the last heartbeat is.
-            Err(e) => tracing::warn!(error = %e, "reading the cluster failed"),
+            Err(e) => {
+                metrics.inc("agent_heartbeats_total", &[("outcome", "api_error")]);
+                tracing::warn!(error = %e, "reading the cluster failed");
+            }
         }
     }
     nats.flush().await?;

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 pub const CONFIG: &str = "/etc/ksctl/kubeadm.yaml";
 pub const ADMIN_KUBECONFIG: &str = "/etc/kubernetes/admin.conf";
-pub const POD_SUBNET: &str = "10.244.0.0/16";
+pub use ksctl_core::spec::POD_SUBNET;
 pub const SERVICE_SUBNET: &str = "10.96.0.0/12";
 /// Bootstrap tokens live this long; ksctl makes a new one when less than a quarter is left.
 pub const TOKEN_TTL_SECS: u64 = 24 * 3600;

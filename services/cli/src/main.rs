@@ -9,8 +9,8 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ksctl_bus::subjects::{query_subject, request_subject};
 use ksctl_core::messages::{
-    API_VERSION, ClusterInfo, ClusterSummary, CreateRequest, DeleteRequest, NameQuery, QueryReply, REPLY_HEADER,
-    RequestReply, ScaleRequest, SwitchData,
+    API_VERSION, AddonRequest, ClusterInfo, ClusterSummary, CreateRequest, DeleteRequest, NameQuery, QueryReply,
+    REPLY_HEADER, RequestReply, ScaleRequest, SwitchData,
 };
 use ksctl_core::spec::{ClusterSpec, NodeSizes};
 use serde::Serialize;
@@ -104,6 +104,29 @@ enum ClusterCmd {
         #[arg(long)]
         print: bool,
     },
+    /// Addons: pinned stacks of manifests installed into a cluster.
+    #[command(subcommand)]
+    Addons(AddonsCmd),
+}
+
+#[derive(Subcommand)]
+enum AddonsCmd {
+    /// Install an addon into a cluster (again: re-applies its manifests).
+    Enable {
+        cluster: String,
+        addon: String,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Remove an addon's objects from a cluster.
+    Disable {
+        cluster: String,
+        addon: String,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// The addons ksctl can install, with their pinned versions.
+    List,
 }
 
 #[derive(Args, Default)]
@@ -210,6 +233,11 @@ async fn connect(cli: &Cli) -> Result<async_nats::Client> {
 }
 
 async fn run(cli: Cli) -> Result<()> {
+    // The catalog is built in: listing it needs no control plane.
+    if let Top::Cluster(ClusterCmd::Addons(AddonsCmd::List)) = &cli.cmd {
+        output::addons(cli.output);
+        return Ok(());
+    }
     let client = connect(&cli).await?;
     let ctx = Ctx { client, output: cli.output };
     let Top::Cluster(cmd) = cli.cmd;
@@ -241,6 +269,25 @@ async fn run(cli: Cli) -> Result<()> {
                 workers,
             };
             submit(&ctx, "scale", &name, &request_id, &req, &wait).await
+        }
+        ClusterCmd::Addons(cmd) => {
+            let (cluster, addon, enable, wait) = match cmd {
+                AddonsCmd::Enable { cluster, addon, wait } => (cluster, addon, true, wait),
+                AddonsCmd::Disable { cluster, addon, wait } => (cluster, addon, false, wait),
+                AddonsCmd::List => {
+                    output::addons(ctx.output);
+                    return Ok(());
+                }
+            };
+            let request_id = new_request_id();
+            let req = AddonRequest {
+                api_version: API_VERSION.into(),
+                request_id: request_id.clone(),
+                cluster_name: cluster.clone(),
+                addon,
+                enable,
+            };
+            submit(&ctx, "addon", &cluster, &request_id, &req, &wait).await
         }
         ClusterCmd::Get { name } => {
             let s: ClusterSummary = query(&ctx.client, "get", &NameQuery { cluster_name: name }).await?;

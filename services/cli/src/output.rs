@@ -62,6 +62,7 @@ pub fn info(o: Output, i: &ClusterInfo) {
     }
     println!("\nbootstrap steps done: {}", i.bootstrap_steps_done);
     println!("components: {}", if i.components.is_empty() { "-".into() } else { i.components.join(", ") });
+    println!("addons: {}", if i.spec.addons.is_empty() { "-".into() } else { i.spec.addons.join(", ") });
     if let Some(op) = &i.last_operation {
         println!("last operation: {} {} ({})", op.kind, op.id, op.error.as_deref().unwrap_or("succeeded"));
     }
@@ -90,5 +91,21 @@ pub fn accepted(o: Output, r: &RequestReply) {
     match o {
         Output::Json => println!("{}", serde_json::to_string_pretty(r).expect("serialises")),
         Output::Table => println!("{}", r.message),
+    }
+}
+
+/// The addon catalog, with the pinned versions ksctl installs.
+pub fn addons(o: Output) {
+    let rows: Vec<serde_json::Value> = ksctl_core::addons::CATALOG
+        .iter()
+        .map(|a| serde_json::json!({"name": a.name, "version": a.version, "description": a.description}))
+        .collect();
+    if o == Output::Json {
+        println!("{}", serde_json::to_string_pretty(&rows).expect("serialises"));
+        return;
+    }
+    println!("{:<18} {:<10} DESCRIPTION", "NAME", "VERSION");
+    for a in ksctl_core::addons::CATALOG {
+        println!("{:<18} {:<10} {}", a.name, a.version, a.description);
     }
 }

@@ -2,12 +2,17 @@
 //! clusters bootstrapped over SSH). Everything is server-side applied under one field manager and
 //! labelled as ksctl's, so installing twice changes nothing.
 //!
-//! Installed so far: the `ksctl-system` namespace, the agent's service account with
-//! least-privilege RBAC, the `ClusterAddon` and `Stack` CRDs (from Rust types, waited on until
-//! established), and the state importer's immutable `cluster-config` ConfigMap (replaced when the
-//! cluster's state changes). The agent's Deployment comes with the agent.
+//! Installed: the `ksctl-system` namespace, the agent's service account with least-privilege
+//! RBAC, the `ClusterAddon` and `Stack` CRDs (from Rust types, waited on until established), the
+//! state importer's immutable `cluster-config` ConfigMap (replaced when the cluster's state
+//! changes), the agent (Secret with its bus settings, Deployment, Service), flannel on kubeadm
+//! clusters, and the enabled addons; then the install waits until the workloads are ready.
 use crate::ClusterApi;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, ServiceAccount};
+use crate::crds::{AddonRef, ClusterAddon, ClusterAddonSpec, Stack, StackComponent, StackSpec};
+use crate::manifests;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -25,12 +30,41 @@ pub const NAMESPACE: &str = "ksctl-system";
 pub const FIELD_MANAGER: &str = "ksctl";
 pub const AGENT: &str = "ksctl-agent";
 pub const CLUSTER_CONFIG: &str = "cluster-config";
+pub const AGENT_BUS_SECRET: &str = "ksctl-agent-bus";
+/// The agent's /livez, /readyz and /metrics port.
+pub const AGENT_HTTP_PORT: i32 = 9100;
+/// The one `ClusterAddon` object: the addons the cluster runs.
+pub const CLUSTER_ADDONS: &str = "addons";
 /// How long a cluster may take to answer before uninstall gives up on it.
 const UNREACHABLE_AFTER: Duration = Duration::from_secs(20);
 
 pub struct KubeApi {
     store: DynStore,
-    drain_timeout: Duration,
+    settings: Settings,
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub drain_timeout: Duration,
+    pub ready_timeout: Duration,
+    pub agent: AgentSettings,
+}
+
+/// How the in-cluster agent runs and reaches the bus.
+#[derive(Debug, Clone)]
+pub struct AgentSettings {
+    pub image: String,
+    pub nats_url: String,
+    pub nats_user: Option<String>,
+    pub nats_password: Option<String>,
+}
+
+/// What an install applies besides the fixed objects.
+pub struct Install<'a> {
+    pub cluster_id: &'a str,
+    /// The cluster-config ConfigMap's data.
+    pub state: BTreeMap<String, String>,
+    pub agent: &'a AgentSettings,
 }
 
 fn labels() -> BTreeMap<String, String> {
@@ -47,7 +81,7 @@ fn meta(name: &str, namespace: Option<&str>) -> ObjectMeta {
 }
 
 /// A failed API call: server errors and unreachable clusters are retried, refusals are not.
-fn api_err(what: &str, e: kube::Error) -> PhaseError {
+pub(crate) fn api_err(what: &str, e: kube::Error) -> PhaseError {
     let text = format!("{what}: {e}");
     match &e {
         kube::Error::Api(s) if s.code < 500 && s.code != 429 => PhaseError::Permanent(text),
@@ -117,16 +151,6 @@ where
     Ok(())
 }
 
-/// What the install puts into a cluster, in order, as `<kind>/<name>`.
-pub const INSTALL: [&str; 6] = [
-    "namespace/ksctl-system",
-    "serviceaccount/ksctl-agent",
-    "rbac/ksctl-agent",
-    "crd/clusteraddons.manage.ksctl.io",
-    "crd/stacks.app.ksctl.io",
-    "configmap/cluster-config",
-];
-
 /// How long a new CRD may take to be established.
 const CRD_ESTABLISHED_WITHIN: Duration = Duration::from_secs(30);
 
@@ -158,11 +182,11 @@ async fn apply_crd(client: &kube::Client, mut crd: CustomResourceDefinition) -> 
     }
 }
 
-/// Applies one component of [`INSTALL`]; `state` is the cluster-config data.
+/// Applies one component of [`crate::install_plan`].
 pub async fn install_component(
     client: &kube::Client,
     component: &str,
-    state: &BTreeMap<String, String>,
+    install: &Install<'_>,
 ) -> Result<(), PhaseError> {
     let rbac = "rbac.authorization.k8s.io";
     let subject = || {
@@ -201,11 +225,164 @@ pub async fn install_component(
             };
             apply(&Api::<RoleBinding>::namespaced(client.clone(), NAMESPACE), AGENT, &rb).await
         }
-        "crd/clusteraddons.manage.ksctl.io" => apply_crd(client, crate::crds::ClusterAddon::crd()).await,
-        "crd/stacks.app.ksctl.io" => apply_crd(client, crate::crds::Stack::crd()).await,
-        "configmap/cluster-config" => import_state(client, state.clone()).await,
-        other => Err(PhaseError::Permanent(format!("unknown component {other}"))),
+        "crd/clusteraddons.manage.ksctl.io" => apply_crd(client, ClusterAddon::crd()).await,
+        "crd/stacks.app.ksctl.io" => apply_crd(client, Stack::crd()).await,
+        "configmap/cluster-config" => import_state(client, install.state.clone()).await,
+        "secret/ksctl-agent-bus" => {
+            let secret = agent_secret(install.cluster_id, install.agent);
+            apply(&Api::<Secret>::namespaced(client.clone(), NAMESPACE), AGENT_BUS_SECRET, &secret).await
+        }
+        "deployment/ksctl-agent" => {
+            let d = agent_deployment(&install.agent.image);
+            apply(&Api::<Deployment>::namespaced(client.clone(), NAMESPACE), AGENT, &d).await
+        }
+        "service/ksctl-agent" => {
+            apply(&Api::<Service>::namespaced(client.clone(), NAMESPACE), AGENT, &agent_service()).await
+        }
+        "cni/flannel" => manifests::apply(client, &manifests::FLANNEL).await.map(|_| ()),
+        other => match other.strip_prefix("addon/") {
+            Some(name) => enable_addon(client, name).await,
+            None => Err(PhaseError::Permanent(format!("unknown component {other}"))),
+        },
     }
+}
+
+/// The agent's bus settings: the NATS URL as the cluster reaches it, the cluster it reports
+/// for, and its own credentials when the bus requires them.
+pub fn agent_secret(cluster_id: &str, agent: &AgentSettings) -> Secret {
+    let mut data: BTreeMap<String, ByteString> = [
+        ("KSCTL_NATS_URL".to_string(), ByteString(agent.nats_url.clone().into_bytes())),
+        ("KSCTL_CLUSTER_ID".to_string(), ByteString(cluster_id.as_bytes().to_vec())),
+    ]
+    .into();
+    if let (Some(u), Some(p)) = (&agent.nats_user, &agent.nats_password) {
+        data.insert("KSCTL_NATS_USER".into(), ByteString(u.clone().into_bytes()));
+        data.insert("KSCTL_NATS_PASSWORD".into(), ByteString(p.clone().into_bytes()));
+    }
+    Secret { metadata: meta(AGENT_BUS_SECRET, Some(NAMESPACE)), data: Some(data), ..Default::default() }
+}
+
+fn agent_selector() -> serde_json::Value {
+    serde_json::json!({"app.kubernetes.io/name": AGENT})
+}
+
+/// One agent replica: the agent's service account, its settings from the Secret, non-root with
+/// a read-only root filesystem, probed on its HTTP port. It tolerates the control planes'
+/// `CriticalAddonsOnly` taint so it runs on a cluster without workers too.
+pub fn agent_deployment(image: &str) -> Deployment {
+    let mut pod_labels = agent_selector();
+    pod_labels["app.kubernetes.io/managed-by"] = "ksctl".into();
+    let probe = |path: &str| serde_json::json!({"httpGet": {"path": path, "port": "http"}, "periodSeconds": 10});
+    let spec = serde_json::json!({
+        "replicas": 1,
+        "selector": {"matchLabels": agent_selector()},
+        "template": {
+            "metadata": {"labels": pod_labels},
+            "spec": {
+                "serviceAccountName": AGENT,
+                "securityContext": {"runAsNonRoot": true, "runAsUser": 10001, "seccompProfile": {"type": "RuntimeDefault"}},
+                "tolerations": [{"key": "CriticalAddonsOnly", "operator": "Exists"}],
+                "containers": [{
+                    "name": "agent",
+                    "image": image,
+                    "command": ["ksctl-agent"],
+                    "envFrom": [{"secretRef": {"name": AGENT_BUS_SECRET}}],
+                    "env": [
+                        {"name": "KSCTL_HTTP_ADDR", "value": format!("0.0.0.0:{AGENT_HTTP_PORT}")},
+                        {"name": "RUST_LOG", "value": "info"}
+                    ],
+                    // Old API servers need the protocol, a key of the list, spelled out for apply.
+                    "ports": [{"name": "http", "containerPort": AGENT_HTTP_PORT, "protocol": "TCP"}],
+                    "livenessProbe": probe("/livez"),
+                    "readinessProbe": probe("/readyz"),
+                    "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}},
+                    "securityContext": {
+                        "allowPrivilegeEscalation": false,
+                        "readOnlyRootFilesystem": true,
+                        "capabilities": {"drop": ["ALL"]}
+                    }
+                }]
+            }
+        }
+    });
+    Deployment {
+        metadata: meta(AGENT, Some(NAMESPACE)),
+        spec: serde_json::from_value(spec).expect("a valid DeploymentSpec"),
+        ..Default::default()
+    }
+}
+
+/// The agent's metrics and health, for Prometheus inside the cluster.
+pub fn agent_service() -> Service {
+    let spec = serde_json::json!({
+        "selector": agent_selector(),
+        "ports": [{"name": "http", "port": AGENT_HTTP_PORT, "targetPort": "http", "protocol": "TCP"}]
+    });
+    Service {
+        metadata: meta(AGENT, Some(NAMESPACE)),
+        spec: Some(serde_json::from_value(spec).expect("a valid ServiceSpec")),
+        ..Default::default()
+    }
+}
+
+/// Applies an addon's pinned manifests and its `Stack` object.
+pub async fn enable_addon(client: &kube::Client, name: &str) -> Result<(), PhaseError> {
+    let stack = addon_stack(name)?;
+    manifests::apply(client, &stack).await?;
+    let version = ksctl_core::addons::find(name).map(|a| a.version).unwrap_or_default();
+    let mut obj = Stack::new(
+        name,
+        StackSpec {
+            stack_name: name.into(),
+            components: vec![StackComponent { name: name.into(), version: version.into() }],
+        },
+    );
+    obj.metadata.namespace = Some(NAMESPACE.into());
+    obj.metadata.labels = Some(labels());
+    apply(&Api::<Stack>::namespaced(client.clone(), NAMESPACE), name, &obj).await
+}
+
+/// Removes an addon's objects and its `Stack`.
+pub async fn disable_addon(client: &kube::Client, name: &str) -> Result<(), PhaseError> {
+    manifests::remove(client, &addon_stack(name)?).await?;
+    match Api::<Stack>::namespaced(client.clone(), NAMESPACE).delete(name, &DeleteParams::default()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(api_err(&format!("deleting Stack {name}"), e)),
+    }
+}
+
+fn addon_stack(name: &str) -> Result<manifests::Stack, PhaseError> {
+    manifests::addon(name).ok_or_else(|| PhaseError::Permanent(format!("no manifests for addon {name}")))
+}
+
+/// The `ClusterAddon` object lists the addons the cluster runs, each with its pinned version.
+pub async fn record_addons(client: &kube::Client, enabled: &[String]) -> Result<(), PhaseError> {
+    let addons = enabled
+        .iter()
+        .map(|n| AddonRef { name: n.clone(), version: ksctl_core::addons::find(n).map(|a| a.version.to_string()) })
+        .collect();
+    let mut obj = ClusterAddon::new(CLUSTER_ADDONS, ClusterAddonSpec { addons });
+    obj.metadata.namespace = Some(NAMESPACE.into());
+    obj.metadata.labels = Some(labels());
+    apply(&Api::<ClusterAddon>::namespaced(client.clone(), NAMESPACE), CLUSTER_ADDONS, &obj).await
+}
+
+/// The workloads of a plan whose readiness the install waits for.
+pub fn plan_workloads(plan: &[String]) -> Result<Vec<(String, String, String)>, PhaseError> {
+    let mut out = Vec::new();
+    for c in plan {
+        match c.as_str() {
+            "deployment/ksctl-agent" => out.push(("Deployment".into(), NAMESPACE.into(), AGENT.into())),
+            "cni/flannel" => out.extend(manifests::workloads(&manifests::FLANNEL)?),
+            other => {
+                if let Some(name) = other.strip_prefix("addon/") {
+                    out.extend(manifests::workloads(&addon_stack(name)?)?);
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// The immutable `cluster-config` ConfigMap: created, left alone when equal, replaced when the
@@ -229,10 +406,13 @@ async fn import_state(client: &kube::Client, data: BTreeMap<String, String>) -> 
     apply(&api, CLUSTER_CONFIG, &cm).await
 }
 
-/// Removes ksctl's objects: the agent's cluster RBAC, the CRDs (and so every ksctl custom
-/// resource) and the namespace (which takes everything
-/// in it along, finalized by the controller manager). "Not found" is done.
-pub async fn uninstall_objects(client: &kube::Client) -> Result<(), PhaseError> {
+/// Removes ksctl's objects: the addons' and CNI's objects (`stacks`), the agent's cluster RBAC,
+/// the CRDs (and so every ksctl custom resource) and the namespace (which takes everything in it
+/// along, finalized by the controller manager). "Not found" is done.
+pub async fn uninstall_objects(client: &kube::Client, stacks: &[manifests::Stack]) -> Result<(), PhaseError> {
+    for stack in stacks {
+        manifests::remove(client, stack).await?;
+    }
     let dp = DeleteParams::default();
     let gone = |r: Result<(), kube::Error>, what: &str| match r {
         Ok(()) => Ok(()),
@@ -242,7 +422,7 @@ pub async fn uninstall_objects(client: &kube::Client) -> Result<(), PhaseError> 
     gone(Api::<ClusterRoleBinding>::all(client.clone()).delete(AGENT, &dp).await.map(|_| ()), "clusterrolebinding")?;
     gone(Api::<ClusterRole>::all(client.clone()).delete(AGENT, &dp).await.map(|_| ()), "clusterrole")?;
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for crd in [crate::crds::ClusterAddon::crd_name(), crate::crds::Stack::crd_name()] {
+    for crd in [ClusterAddon::crd_name(), Stack::crd_name()] {
         gone(crds.delete(crd, &dp).await.map(|_| ()), crd)?;
     }
     gone(Api::<Namespace>::all(client.clone()).delete(NAMESPACE, &dp).await.map(|_| ()), "namespace")
@@ -346,8 +526,8 @@ pub async fn client_from(kubeconfig: &str) -> Result<kube::Client, PhaseError> {
 }
 
 impl KubeApi {
-    pub fn new(store: DynStore, drain_timeout: Duration) -> Self {
-        Self { store, drain_timeout }
+    pub fn new(store: DynStore, settings: Settings) -> Self {
+        Self { store, settings }
     }
 
     async fn client(&self, ctx: &PhaseCtx<'_>) -> Result<kube::Client, PhaseError> {
@@ -367,19 +547,49 @@ impl KubeApi {
 impl ClusterApi for KubeApi {
     async fn install(&self, ctx: &PhaseCtx<'_>) -> Result<(), PhaseError> {
         let client = self.client(ctx).await?;
-        let infra: InfraRecord = read_record(&self.store, &keys::cloud(&ctx.cluster.id)).await?;
-        let state = cluster_config(ctx, &infra);
-        let total = INSTALL.len() as u32;
+        let id = &ctx.cluster.id;
+        let infra: InfraRecord = read_record(&self.store, &keys::cloud(id)).await?;
+        let install =
+            Install { cluster_id: id.as_str(), state: cluster_config(ctx, &infra), agent: &self.settings.agent };
+        let plan = crate::install_plan(ctx.cluster);
+        let total = plan.len() as u32 + 1;
         // Applying is idempotent, so every component is applied on every run (a resumed install
         // also repairs what someone changed since).
-        for (n, component) in INSTALL.iter().enumerate() {
-            install_component(&client, component, &state).await?;
-            update_record(&self.store, &keys::k8s(&ctx.cluster.id), |r: &mut K8sRecord| {
+        for (n, component) in plan.iter().enumerate() {
+            install_component(&client, component, &install).await?;
+            update_record(&self.store, &keys::k8s(id), |r: &mut K8sRecord| {
                 r.installed.insert(component.to_string());
             })
             .await?;
             ctx.progress(format!("applied {component}"), n as u32 + 1, total).await;
         }
+        record_addons(&client, &ctx.cluster.spec.addons).await?;
+        let workloads = plan_workloads(&plan)?;
+        manifests::wait_ready(&client, &workloads, self.settings.ready_timeout).await?;
+        let names: Vec<String> = workloads.iter().map(|(_, ns, n)| format!("{ns}/{n}")).collect();
+        ctx.progress(format!("ready: {}", names.join(", ")), total, total).await;
+        Ok(())
+    }
+
+    async fn addon(&self, ctx: &PhaseCtx<'_>) -> Result<(), PhaseError> {
+        let (name, enable) = crate::addon_change(ctx)?;
+        let client = self.client(ctx).await?;
+        let mut enabled = ctx.cluster.spec.addons.clone();
+        if enable {
+            enable_addon(&client, &name).await?;
+            ctx.progress(format!("applied addon {name}"), 1, 2).await;
+            let workloads = manifests::workloads(&addon_stack(&name)?)?;
+            manifests::wait_ready(&client, &workloads, self.settings.ready_timeout).await?;
+            if !enabled.contains(&name) {
+                enabled.push(name.clone());
+            }
+        } else {
+            disable_addon(&client, &name).await?;
+            enabled.retain(|a| *a != name);
+        }
+        record_addons(&client, &enabled).await?;
+        let verb = if enable { "enabled and ready" } else { "removed" };
+        ctx.progress(format!("addon {name} {verb}"), 2, 2).await;
         Ok(())
     }
 
@@ -389,7 +599,12 @@ impl ClusterApi for KubeApi {
             ctx.progress("nothing of ksctl's was installed", 1, 1).await;
             return Ok(());
         }
-        let work = async { uninstall_objects(&self.client(ctx).await?).await };
+        let mut stacks: Vec<manifests::Stack> =
+            ctx.cluster.spec.addons.iter().filter_map(|a| manifests::addon(a)).collect();
+        if crate::cni(ctx.cluster).is_some() {
+            stacks.push(manifests::FLANNEL);
+        }
+        let work = async { uninstall_objects(&self.client(ctx).await?, &stacks).await };
         // A cluster that does not answer must not block deleting its infrastructure.
         let msg = match tokio::time::timeout(UNREACHABLE_AFTER, work).await {
             Ok(Ok(())) => format!("removed namespace {NAMESPACE} and the agent's cluster RBAC"),
@@ -404,11 +619,9 @@ impl ClusterApi for KubeApi {
     async fn drain(&self, ctx: &PhaseCtx<'_>) -> Result<(), PhaseError> {
         let client = self.client(ctx).await?;
         let client = &client;
-        crate::drain_workers(
-            &self.store,
-            ctx,
-            |vm| async move { drain_node(client, &vm.name, self.drain_timeout).await },
-        )
+        crate::drain_workers(&self.store, ctx, |vm| async move {
+            drain_node(client, &vm.name, self.settings.drain_timeout).await
+        })
         .await
     }
 }

@@ -4,11 +4,14 @@
 
 pub mod crds;
 pub mod kube_api;
+pub mod manifests;
 pub mod sim_kube;
 
 use clap::Parser;
+use ksctl_core::records::ClusterRecord;
 use ksctl_core::saga::{Phase, Service};
-use ksctl_core::spec::Provider;
+use ksctl_core::spec::{Distro, Provider};
+use ksctl_core::state::OpKind;
 use ksctl_runtime::{CommonArgs, PhaseCtx, PhaseError, PhaseWorker, RuntimeError};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,6 +24,21 @@ pub struct Config {
     /// How long a scale-down waits for evicted pods to leave a node before it retries.
     #[arg(long, env = "KSCTL_DRAIN_TIMEOUT_SECS", default_value_t = 300)]
     pub drain_timeout_secs: u64,
+    /// How long an install or addon waits for its Deployments and DaemonSets to be ready.
+    #[arg(long, env = "KSCTL_READY_TIMEOUT_SECS", default_value_t = 300)]
+    pub ready_timeout_secs: u64,
+    /// The image of the in-cluster agent (the ksctl-rs image holds `ksctl-agent`).
+    #[arg(long, env = "KSCTL_AGENT_IMAGE", default_value = "ksctl-rs:latest")]
+    pub agent_image: String,
+    /// The NATS URL as the clusters reach it (default: this controller's --nats-url).
+    #[arg(long, env = "KSCTL_AGENT_NATS_URL")]
+    pub agent_nats_url: Option<String>,
+    /// The agent's own NATS credentials, put into the cluster's `ksctl-agent-bus` Secret. Give
+    /// the agent a user that may only publish `ksctl.events.*.health`; never this controller's.
+    #[arg(long, env = "KSCTL_AGENT_NATS_USER")]
+    pub agent_nats_user: Option<String>,
+    #[arg(long, env = "KSCTL_AGENT_NATS_PASSWORD", hide_env_values = true)]
+    pub agent_nats_password: Option<String>,
 }
 
 /// The workers a scale-down removes: those beyond the target, highest index first (only
@@ -73,20 +91,45 @@ where
     Ok(())
 }
 
-/// The objects the simulated API installs, in order (namespace first, agent last), as
-/// `<kind>/<name>`: the whole planned install. The real API applies [`kube_api::INSTALL`], which
-/// grows toward this list as the agent's in-cluster parts land.
+/// ksctl's own components, in install order (namespace first, the agent last), as
+/// `<kind>/<name>`.
 pub const COMPONENTS: [&str; 9] = [
     "namespace/ksctl-system",
     "serviceaccount/ksctl-agent",
     "rbac/ksctl-agent",
-    "configmap/cluster-config",
     "crd/clusteraddons.manage.ksctl.io",
     "crd/stacks.app.ksctl.io",
+    "configmap/cluster-config",
     "secret/ksctl-agent-bus",
     "deployment/ksctl-agent",
     "service/ksctl-agent",
 ];
+
+/// The CNI ksctl installs: flannel on kubeadm clusters unless the spec says otherwise (k3s
+/// brings its own flannel; managed clusters get the cloud's CNI).
+pub fn cni(cluster: &ClusterRecord) -> Option<&'static str> {
+    let flannel = matches!(cluster.spec.cni.as_deref(), None | Some("flannel"));
+    (cluster.distro == Some(Distro::Kubeadm) && flannel).then_some("cni/flannel")
+}
+
+/// Everything an install applies, in order: our components, the CNI, the enabled addons.
+pub fn install_plan(cluster: &ClusterRecord) -> Vec<String> {
+    let mut plan: Vec<String> = COMPONENTS.iter().map(|c| c.to_string()).collect();
+    plan.extend(cni(cluster).map(str::to_string));
+    plan.extend(cluster.spec.addons.iter().map(|a| format!("addon/{a}")));
+    plan
+}
+
+/// An addon operation's addon and direction (`true`: enable).
+pub fn addon_change(ctx: &PhaseCtx<'_>) -> Result<(String, bool), PhaseError> {
+    let op = ctx.cluster.operation.as_ref();
+    let name = op.and_then(|o| o.addon.clone());
+    match (op.map(|o| o.kind), name) {
+        (Some(OpKind::AddonEnable), Some(n)) => Ok((n, true)),
+        (Some(OpKind::AddonDisable), Some(n)) => Ok((n, false)),
+        _ => Err(PhaseError::Permanent("addon phase without an addon operation".into())),
+    }
+}
 
 #[async_trait::async_trait]
 pub trait ClusterApi: Send + Sync {
@@ -95,6 +138,8 @@ pub trait ClusterApi: Send + Sync {
     async fn uninstall(&self, ctx: &PhaseCtx<'_>) -> Result<(), PhaseError>;
     /// Cordons and drains the workers that scale-down will remove.
     async fn drain(&self, ctx: &PhaseCtx<'_>) -> Result<(), PhaseError>;
+    /// Enables or disables the addon of the operation ([`addon_change`]).
+    async fn addon(&self, ctx: &PhaseCtx<'_>) -> Result<(), PhaseError>;
 }
 
 struct K8sWorker {
@@ -120,6 +165,7 @@ impl PhaseWorker for K8sWorker {
             Phase::K8sInstall => api.install(ctx).await,
             Phase::K8sUninstall => api.uninstall(ctx).await,
             Phase::K8sDrain => api.drain(ctx).await,
+            Phase::K8sAddon => api.addon(ctx).await,
             other => Err(PhaseError::Permanent(format!("k8s-controller does not run phase {other}"))),
         }
     }
@@ -132,7 +178,16 @@ pub async fn run(config: Config, shutdown: tokio::sync::watch::Receiver<bool>) -
     let sim_cfg = ksctl_runtime::sim::SimConfig::from_env().map_err(RuntimeError::Config)?;
     let mut providers: HashMap<Provider, Arc<dyn ClusterApi>> = HashMap::new();
     providers.insert(Provider::Sim, Arc::new(sim_kube::SimKube::new(rt.store.clone(), sim_cfg)));
-    let drain = std::time::Duration::from_secs(config.drain_timeout_secs);
-    providers.insert(Provider::Byo, Arc::new(kube_api::KubeApi::new(rt.store.clone(), drain)));
+    let settings = kube_api::Settings {
+        drain_timeout: std::time::Duration::from_secs(config.drain_timeout_secs),
+        ready_timeout: std::time::Duration::from_secs(config.ready_timeout_secs),
+        agent: kube_api::AgentSettings {
+            image: config.agent_image.clone(),
+            nats_url: config.agent_nats_url.clone().unwrap_or_else(|| config.common.nats_url.clone()),
+            nats_user: config.agent_nats_user.clone(),
+            nats_password: config.agent_nats_password.clone(),
+        },
+    };
+    providers.insert(Provider::Byo, Arc::new(kube_api::KubeApi::new(rt.store.clone(), settings)));
     ksctl_runtime::run_controller(rt, Service::K8s, Arc::new(K8sWorker { providers }), shutdown).await
 }

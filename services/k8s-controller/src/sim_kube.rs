@@ -1,5 +1,5 @@
 //! The simulated Kubernetes API: our objects are `k8s_object` resources of the simulated world.
-use crate::{COMPONENTS, ClusterApi};
+use crate::{ClusterApi, install_plan};
 use ksctl_core::keys;
 use ksctl_core::records::{BootstrapRecord, InfraRecord, K8sRecord};
 use ksctl_core::spec::ClusterType;
@@ -43,9 +43,10 @@ impl ClusterApi for SimKube {
             return Err(PhaseError::Permanent("the recorded kubeconfig names no API server".into()));
         }
         let installed = read_record::<K8sRecord>(&self.store, &keys::k8s(id)).await?.installed;
-        let total = COMPONENTS.len() as u32;
-        for (n, c) in COMPONENTS.iter().enumerate() {
-            if !installed.contains(*c) {
+        let plan = install_plan(ctx.cluster);
+        let total = plan.len() as u32;
+        for (n, c) in plan.iter().enumerate() {
+            if !installed.contains(c) {
                 let kind = c.split('/').next().unwrap_or(c);
                 self.sim.step(&format!("k8s.{kind}")).await?;
                 self.sim.ensure(id, "k8s_object", c, None, 0, 0).await?;
@@ -63,7 +64,8 @@ impl ClusterApi for SimKube {
         let id = &ctx.cluster.id;
         let mut objects: Vec<_> = self.sim.list(id).await?.into_iter().filter(|r| r.kind == "k8s_object").collect();
         // Reverse install order: the agent goes before the namespace it lives in.
-        objects.sort_by_key(|o| std::cmp::Reverse(COMPONENTS.iter().position(|c| *c == o.name)));
+        let plan = install_plan(ctx.cluster);
+        objects.sort_by_key(|o| std::cmp::Reverse(plan.iter().position(|c| *c == o.name)));
         let total = objects.len() as u32;
         for (n, o) in objects.iter().enumerate() {
             self.sim.step("k8s.delete").await?;
@@ -71,6 +73,23 @@ impl ClusterApi for SimKube {
             ctx.progress(format!("deleted {}", o.name), n as u32 + 1, total).await;
         }
         self.store.delete(&keys::k8s(id)).await?;
+        Ok(())
+    }
+
+    async fn addon(&self, ctx: &PhaseCtx<'_>) -> Result<(), PhaseError> {
+        let id = &ctx.cluster.id;
+        let (name, enable) = crate::addon_change(ctx)?;
+        let object = format!("addon/{name}");
+        self.sim.step("k8s.addon").await?;
+        if enable {
+            self.sim.ensure(id, "k8s_object", &object, None, 0, 0).await?;
+        } else if let Some(o) =
+            self.sim.list(id).await?.into_iter().find(|r| r.kind == "k8s_object" && r.name == object)
+        {
+            self.sim.delete(id, &o.id).await?;
+        }
+        let verb = if enable { "applied" } else { "deleted" };
+        ctx.progress(format!("{verb} {object}"), 1, 1).await;
         Ok(())
     }
 

@@ -5,7 +5,7 @@ use crate::ops::touch;
 use ksctl_bus::{Envelope, Handler, HandlerError};
 use ksctl_core::ids::validate_request_id;
 use ksctl_core::messages::{
-    API_VERSION, CreateRequest, DeleteRequest, Event, EventKind, REPLY_HEADER, RequestReply, ScaleRequest,
+    API_VERSION, AddonRequest, CreateRequest, DeleteRequest, Event, EventKind, REPLY_HEADER, RequestReply, ScaleRequest,
 };
 use ksctl_core::records::{ClusterRecord, OperationRecord};
 use ksctl_core::saga::first_phase;
@@ -74,8 +74,28 @@ fn accepted(id: &ClusterId, request_id: &str, op: Option<&OperationId>, message:
     }))
 }
 
-fn new_operation(id: &str, kind: OpKind, rec: &ClusterRecord, target_workers: Option<u32>) -> OperationRecord {
+/// What a delete, scale or addon request comes to once the cluster's record is read.
+enum Decision {
+    Run(Plan),
+    /// Accepted with nothing to do, and why.
+    Nothing(String),
+}
+
+struct Plan {
+    kind: OpKind,
+    target_workers: Option<u32>,
+    addon: Option<String>,
+}
+
+impl Plan {
+    fn of(kind: OpKind) -> Self {
+        Self { kind, target_workers: None, addon: None }
+    }
+}
+
+fn new_operation(id: &str, rec: &ClusterRecord, plan: Plan) -> OperationRecord {
     let now = now_ms();
+    let kind = plan.kind;
     OperationRecord {
         id: OperationId::from_request(id),
         kind,
@@ -84,7 +104,8 @@ fn new_operation(id: &str, kind: OpKind, rec: &ClusterRecord, target_workers: Op
         dispatched_at_ms: now,
         started_at_ms: now,
         finished_at_ms: None,
-        target_workers,
+        target_workers: plan.target_workers,
+        addon: plan.addon,
         phases_done: vec![],
         error: None,
     }
@@ -99,7 +120,8 @@ impl Handler for RequestHandler {
             "create" => self.create(env.payload()).await?,
             "delete" => self.delete(env.payload()).await?,
             "scale" => self.scale(env.payload()).await?,
-            other => reject(None, None, format!("unknown request {other:?}; expected create, delete or scale")),
+            "addon" => self.addon(env.payload()).await?,
+            other => reject(None, None, format!("unknown request {other:?}; expected create, delete, scale or addon")),
         };
         let reply = match outcome {
             Outcome::Accepted(r) => {
@@ -183,7 +205,7 @@ impl RequestHandler {
                 operation: None,
                 last_operation: existing.as_ref().and_then(|(r, _)| r.last_operation.clone()),
             };
-            rec.operation = Some(new_operation(&req.request_id, OpKind::Create, &rec, None));
+            rec.operation = Some(new_operation(&req.request_id, &rec, Plan::of(OpKind::Create)));
             self.start(rec, existing.map(|(_, rev)| rev), &req.request_id).await
         }
         .await;
@@ -200,7 +222,7 @@ impl RequestHandler {
             Ok(id) => id,
             Err(o) => return Ok(o),
         };
-        self.transition(&id, &req.request_id, OpKind::Delete, |_| Ok(None)).await
+        self.transition(&id, &req.request_id, OpKind::Delete, |_| Ok(Decision::Run(Plan::of(OpKind::Delete)))).await
     }
 
     async fn scale(&self, payload: &[u8]) -> Result<Outcome, HandlerError> {
@@ -226,33 +248,72 @@ impl RequestHandler {
                 ClusterType::Selfmanaged => (rec.spec.worker_nodes, false),
             };
             if managed && target == 0 {
-                return Err("a managed cluster needs at least 1 node".into());
+                return Err(format!("cannot scale cluster {}: a managed cluster needs at least 1 node", rec.id));
             }
             if let Some(h) = &rec.spec.hosts
                 && target as usize > h.workers.len()
             {
                 return Err(format!(
-                    "the cluster lists {} worker hosts; a byo cluster scales only onto hosts listed in hosts.workers at create",
+                    "cannot scale cluster {}: the cluster lists {} worker hosts; a byo cluster scales only onto hosts listed in hosts.workers at create",
+                    rec.id,
                     h.workers.len()
                 ));
             }
-            Ok(Some(match target.cmp(&current) {
-                std::cmp::Ordering::Equal => return Ok(None),
-                std::cmp::Ordering::Greater => (OpKind::ScaleUp, target),
-                std::cmp::Ordering::Less => (OpKind::ScaleDown, target),
-            }))
+            let kind = match target.cmp(&current) {
+                std::cmp::Ordering::Equal => {
+                    return Ok(Decision::Nothing(format!(
+                        "cluster {} already has the requested number of workers; nothing to do",
+                        rec.id
+                    )));
+                }
+                std::cmp::Ordering::Greater => OpKind::ScaleUp,
+                std::cmp::Ordering::Less => OpKind::ScaleDown,
+            };
+            Ok(Decision::Run(Plan { kind, target_workers: Some(target), addon: None }))
         })
         .await
     }
 
-    /// Starts delete or scale on an existing cluster. `decide` may refine the kind and target
-    /// from the record (`Ok(None)`: nothing to do; `Err`: rejected with that reason).
+    /// Enabling an enabled addon runs again (re-applying its pinned manifests repairs drift);
+    /// disabling one that is not enabled has nothing to do.
+    async fn addon(&self, payload: &[u8]) -> Result<Outcome, HandlerError> {
+        let req: AddonRequest = match parse(payload) {
+            Ok(r) => r,
+            Err(o) => return Ok(o),
+        };
+        let id = match check_common(&req.api_version, &req.request_id, &req.cluster_name) {
+            Ok(id) => id,
+            Err(o) => return Ok(o),
+        };
+        if ksctl_core::addons::find(&req.addon).is_none() {
+            let e = FieldError {
+                field: "addon".into(),
+                message: format!("unknown addon {:?}; available: {}", req.addon, ksctl_core::addons::names()),
+            };
+            return Ok(invalid(&req.cluster_name, &req.request_id, vec![e]));
+        }
+        let kind = if req.enable { OpKind::AddonEnable } else { OpKind::AddonDisable };
+        let addon = req.addon.clone();
+        self.transition(&id, &req.request_id, kind, move |rec| {
+            if !req.enable && !rec.spec.addons.contains(&addon) {
+                return Ok(Decision::Nothing(format!(
+                    "addon {addon} is not enabled on cluster {}; nothing to do",
+                    rec.id
+                )));
+            }
+            Ok(Decision::Run(Plan { kind, target_workers: None, addon: Some(addon.clone()) }))
+        })
+        .await
+    }
+
+    /// Starts delete, scale or an addon change on an existing cluster. `decide` turns the
+    /// record into a plan (`Err`: rejected with that reason).
     async fn transition(
         &self,
         id: &ClusterId,
         request_id: &str,
         kind: OpKind,
-        decide: impl Fn(&ClusterRecord) -> Result<Option<(OpKind, u32)>, String> + Send,
+        decide: impl Fn(&ClusterRecord) -> Result<Decision, String> + Send,
     ) -> Result<Outcome, HandlerError> {
         let m = &self.0;
         let op_id = OperationId::from_request(request_id);
@@ -268,33 +329,17 @@ impl RequestHandler {
             let Some((mut rec, rev)) = existing else {
                 return Ok(reject(Some(id.as_str()), Some(request_id), format!("no cluster named {id}")));
             };
-            let (kind, target) = if kind == OpKind::Delete {
-                (kind, None)
-            } else {
-                match decide(&rec) {
-                    Err(why) => {
-                        return Ok(reject(
-                            Some(id.as_str()),
-                            Some(request_id),
-                            format!("cannot scale cluster {id}: {why}"),
-                        ));
-                    }
-                    Ok(None) => {
-                        return Ok(accepted(
-                            id,
-                            request_id,
-                            None,
-                            format!("cluster {id} already has the requested number of workers; nothing to do"),
-                        ));
-                    }
-                    Ok(Some((k, t))) => (k, Some(t)),
-                }
+            let plan = match decide(&rec) {
+                Err(why) => return Ok(reject(Some(id.as_str()), Some(request_id), why)),
+                Ok(Decision::Nothing(why)) => return Ok(accepted(id, request_id, None, why)),
+                Ok(Decision::Run(plan)) => plan,
             };
+            let kind = plan.kind;
             if let Err(why) = check_transition(Some(rec.state), kind) {
                 return Ok(reject(Some(id.as_str()), Some(request_id), format!("cannot {kind} cluster {id}: {why}")));
             }
             rec.state = kind.busy_state();
-            rec.operation = Some(new_operation(request_id, kind, &rec, target));
+            rec.operation = Some(new_operation(request_id, &rec, plan));
             touch(&mut rec);
             self.start(rec, Some(rev), request_id).await
         }

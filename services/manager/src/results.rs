@@ -118,6 +118,12 @@ impl ResultHandler {
                 ClusterType::Selfmanaged => rec.spec.worker_nodes = t,
             }
         }
+        // The spec is the desired state: it lists the addons that are enabled.
+        match (op.kind, &op.addon) {
+            (OpKind::AddonEnable, Some(a)) if !rec.spec.addons.contains(a) => rec.spec.addons.push(a.clone()),
+            (OpKind::AddonDisable, Some(a)) => rec.spec.addons.retain(|x| x != a),
+            _ => {}
+        }
         rec.state = ClusterState::Running;
         rec.operation = None;
         let kind = op.kind;

@@ -1,6 +1,7 @@
 //! Types every ksctl-rs service shares: ids, the cluster spec and its validation, the cluster
 //! state machine, the saga plan, bus messages, store records and sealed secrets. Pure: no I/O.
 
+pub mod addons;
 pub mod ids;
 pub mod keys;
 pub mod kubeconfig;

@@ -42,6 +42,17 @@ pub struct ScaleRequest {
     pub workers: u32,
 }
 
+/// `ksctl.request.addon`: enable or disable one addon of the catalog (`ksctl_core::addons`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddonRequest {
+    pub api_version: String,
+    pub request_id: String,
+    pub cluster_name: String,
+    pub addon: String,
+    pub enable: bool,
+}
+
 /// The manager's answer to a request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RequestReply {

@@ -38,6 +38,9 @@ pub struct OperationRecord {
     pub finished_at_ms: Option<u64>,
     /// For scale operations: the worker count asked for.
     pub target_workers: Option<u32>,
+    /// For addon operations: the addon enabled or disabled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addon: Option<String>,
     pub phases_done: Vec<Phase>,
     pub error: Option<String>,
 }

@@ -17,6 +17,7 @@ pub enum Phase {
     BootstrapJoin,
     K8sDrain,
     CloudScaleDown,
+    K8sAddon,
 }
 
 /// The controller (and work-queue stream) that runs a phase.
@@ -38,7 +39,7 @@ impl Service {
 }
 
 impl Phase {
-    pub const ALL: [Phase; 9] = [
+    pub const ALL: [Phase; 10] = [
         Self::CloudCreate,
         Self::Bootstrap,
         Self::K8sInstall,
@@ -48,12 +49,13 @@ impl Phase {
         Self::BootstrapJoin,
         Self::K8sDrain,
         Self::CloudScaleDown,
+        Self::K8sAddon,
     ];
     pub fn service(self) -> Service {
         match self {
             Self::CloudCreate | Self::CloudDelete | Self::CloudScaleUp | Self::CloudScaleDown => Service::Cloud,
             Self::Bootstrap | Self::BootstrapJoin => Service::Bootstrap,
-            Self::K8sInstall | Self::K8sUninstall | Self::K8sDrain => Service::K8s,
+            Self::K8sInstall | Self::K8sUninstall | Self::K8sDrain | Self::K8sAddon => Service::K8s,
         }
     }
     /// The last token of the command subject, `ksctl.<service>.<verb>`.
@@ -68,6 +70,7 @@ impl Phase {
             Self::K8sInstall => "install",
             Self::K8sUninstall => "uninstall",
             Self::K8sDrain => "drain",
+            Self::K8sAddon => "addon",
         }
     }
     pub fn as_str(self) -> &'static str {
@@ -81,6 +84,7 @@ impl Phase {
             Self::BootstrapJoin => "bootstrap_join",
             Self::K8sDrain => "k8s_drain",
             Self::CloudScaleDown => "cloud_scale_down",
+            Self::K8sAddon => "k8s_addon",
         }
     }
     pub fn from_subject(service: &str, verb: &str) -> Option<Self> {
@@ -107,6 +111,7 @@ pub fn phases(kind: OpKind, cluster_type: ClusterType) -> &'static [Phase] {
         // A managed pool drains the nodes it removes itself (EKS, AKS honour PodDisruptionBudgets).
         (OpKind::ScaleDown, Managed) => &[CloudScaleDown],
         (OpKind::ScaleDown, Selfmanaged) => &[K8sDrain, CloudScaleDown],
+        (OpKind::AddonEnable | OpKind::AddonDisable, _) => &[K8sAddon],
     }
 }
 

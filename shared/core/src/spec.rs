@@ -192,6 +192,10 @@ impl fmt::Display for FieldError {
 
 /// Largest count accepted per role; beyond it a request is almost certainly a typo.
 pub const MAX_NODES_PER_ROLE: u32 = 100;
+/// The pod network of self-managed kubeadm clusters: kubeadm's `podSubnet` and the embedded
+/// flannel's `Network`.
+pub const POD_SUBNET: &str = "10.244.0.0/16";
+
 pub const KNOWN_CNIS: [&str; 4] = ["flannel", "calico", "cilium", "none"];
 
 impl ClusterSpec {
@@ -260,6 +264,14 @@ impl ClusterSpec {
         {
             err("cni", format!("unknown CNI {cni:?}; expected one of {}", KNOWN_CNIS.join(", ")));
         }
+        let mut seen_addons = std::collections::BTreeSet::new();
+        for a in &self.addons {
+            if crate::addons::find(a).is_none() {
+                err("addons", format!("unknown addon {a:?}; available: {}", crate::addons::names()));
+            } else if !seen_addons.insert(a) {
+                err("addons", format!("{a:?} is listed twice"));
+            }
+        }
         for (field, n) in [
             ("managed_nodes", self.managed_nodes),
             ("control_plane_nodes", self.control_plane_nodes),
@@ -325,6 +337,16 @@ impl ClusterSpec {
             Some(ClusterType::Selfmanaged) => {
                 if provider == Some(Provider::Local) {
                     err("cluster_type", "provider local supports only managed clusters".into());
+                }
+                // Self-managed clusters get their CNI from ksctl: flannel is embedded (k3s has it
+                // built in); "none" leaves the choice to the user. Others are not embedded yet.
+                if let Some(cni @ ("calico" | "cilium")) = self.cni.as_deref() {
+                    err(
+                        "cni",
+                        format!(
+                            "{cni} is not embedded for self-managed clusters yet; use flannel, or none and install your own"
+                        ),
+                    );
                 }
                 if self.kubernetes_distro.as_deref().unwrap_or("").is_empty() {
                     err("kubernetes_distro", "required for selfmanaged clusters (k3s or kubeadm)".into());
@@ -421,6 +443,27 @@ mod tests {
         sim["hosts"] = good;
         let sim: ClusterSpec = serde_json::from_value(sim).unwrap();
         assert_eq!(fields(&sim), ["hosts"], "only byo takes hosts");
+    }
+
+    #[test]
+    fn addons_from_the_catalog_and_embedded_cnis_only() {
+        let mut s = selfmanaged();
+        s.addons = vec!["metrics-server".into()];
+        assert!(s.validate(&[Provider::Sim]).is_ok());
+        s.addons = vec!["metrics-server".into(), "metrics-server".into()];
+        assert_eq!(fields(&s), ["addons"]);
+        s.addons = vec!["grafana".into()];
+        let e = s.validate(&[Provider::Sim]).unwrap_err();
+        assert!(e[0].message.contains("available: metrics-server"), "{e:?}");
+        let mut s = selfmanaged();
+        s.cni = Some("cilium".into());
+        assert_eq!(fields(&s), ["cni"]);
+        s.cni = Some("none".into());
+        assert!(s.validate(&[Provider::Sim]).is_ok());
+        s.cluster_type = "managed".into();
+        s.managed_nodes = 1;
+        s.cni = Some("cilium".into());
+        assert!(s.validate(&[Provider::Sim]).is_ok(), "a managed cluster's CNI is the cloud's choice");
     }
 
     #[test]

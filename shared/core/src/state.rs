@@ -45,15 +45,23 @@ pub enum OpKind {
     Delete,
     ScaleUp,
     ScaleDown,
+    /// Installs an addon's stack (`ksctl cluster addons enable`).
+    AddonEnable,
+    /// Removes an addon's stack (`ksctl cluster addons disable`).
+    AddonDisable,
 }
 
 impl OpKind {
+    pub const ALL: [OpKind; 6] =
+        [Self::Create, Self::Delete, Self::ScaleUp, Self::ScaleDown, Self::AddonEnable, Self::AddonDisable];
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Create => "create",
             Self::Delete => "delete",
             Self::ScaleUp => "scale_up",
             Self::ScaleDown => "scale_down",
+            Self::AddonEnable => "addon_enable",
+            Self::AddonDisable => "addon_disable",
         }
     }
     /// The state the cluster moves to while this operation runs.
@@ -61,7 +69,7 @@ impl OpKind {
         match self {
             Self::Create => ClusterState::Creating,
             Self::Delete => ClusterState::Deleting,
-            Self::ScaleUp | Self::ScaleDown => ClusterState::Configuring,
+            Self::ScaleUp | Self::ScaleDown | Self::AddonEnable | Self::AddonDisable => ClusterState::Configuring,
         }
     }
     /// The state a permanent failure of this operation leaves.
@@ -69,7 +77,7 @@ impl OpKind {
         match self {
             Self::Create => ClusterState::CreationFailed,
             Self::Delete => ClusterState::DeletionFailed,
-            Self::ScaleUp | Self::ScaleDown => ClusterState::ConfiguringFailed,
+            Self::ScaleUp | Self::ScaleDown | Self::AddonEnable | Self::AddonDisable => ClusterState::ConfiguringFailed,
         }
     }
 }
@@ -92,7 +100,10 @@ pub fn check_transition(current: Option<ClusterState>, op: OpKind) -> Result<Clu
         }
         (Some(s), OpKind::Create) => Err(format!("a cluster with this name already exists (state {s})")),
         (Some(Running | CreationFailed | ConfiguringFailed | DeletionFailed), OpKind::Delete) => Ok(Deleting),
-        (Some(Running | ConfiguringFailed), OpKind::ScaleUp | OpKind::ScaleDown) => Ok(Configuring),
+        (
+            Some(Running | ConfiguringFailed),
+            OpKind::ScaleUp | OpKind::ScaleDown | OpKind::AddonEnable | OpKind::AddonDisable,
+        ) => Ok(Configuring),
         (Some(s), op) => Err(format!("{op} is not allowed while the cluster is {s}")),
     }
 }
@@ -112,7 +123,7 @@ mod tests {
     #[test]
     fn busy_states_allow_nothing() {
         for s in [Creating, Deleting, Configuring] {
-            for op in [OpKind::Create, OpKind::Delete, OpKind::ScaleUp, OpKind::ScaleDown] {
+            for op in OpKind::ALL {
                 assert!(check_transition(Some(s), op).is_err(), "{s} {op}");
             }
         }
@@ -125,6 +136,8 @@ mod tests {
         assert!(check_transition(Some(CreationFailed), OpKind::ScaleUp).is_err());
         assert!(check_transition(Some(DeletionFailed), OpKind::ScaleUp).is_err());
         assert!(check_transition(None, OpKind::ScaleUp).is_err());
+        assert_eq!(check_transition(Some(Running), OpKind::AddonEnable), Ok(Configuring));
+        assert!(check_transition(Some(CreationFailed), OpKind::AddonDisable).is_err());
     }
 
     #[test]

@@ -18,7 +18,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use ksctl_core::keys;
 use ksctl_core::records::{BootstrapRecord, InfraRecord, K8sRecord};
-use ksctl_core::spec::ClusterType;
+use ksctl_core::spec::{ClusterType, Provider};
 use ksctl_runtime::{PhaseCtx, PhaseError, read_record, update_record};
 use ksctl_store::DynStore;
 use kube::CustomResourceExt;
@@ -535,6 +535,13 @@ impl KubeApi {
         let sealed = match ctx.cluster.cluster_type {
             ClusterType::Selfmanaged => {
                 read_record::<BootstrapRecord>(&self.store, &keys::bootstrap(id)).await?.kubeconfig
+            }
+            // EKS tokens last 15 minutes and are minted per call by the cloud-controller; the
+            // stored kubeconfig's token is long expired by the time this phase could use it.
+            ClusterType::Managed if ctx.cluster.provider == Provider::Aws => {
+                return Err(PhaseError::Permanent(
+                    "provider aws has no Kubernetes API client for managed (EKS) clusters in this k8s-controller".into(),
+                ));
             }
             ClusterType::Managed => read_record::<InfraRecord>(&self.store, &keys::cloud(id)).await?.kubeconfig,
         };

@@ -188,6 +188,10 @@ pub async fn run(config: Config, shutdown: tokio::sync::watch::Receiver<bool>) -
             nats_password: config.agent_nats_password.clone(),
         },
     };
-    providers.insert(Provider::Byo, Arc::new(kube_api::KubeApi::new(rt.store.clone(), settings)));
+    // Self-managed clusters on any cloud are reached the same way: the kubeconfig the
+    // bootstrap sealed, through their load balancer.
+    let kube: Arc<dyn ClusterApi> = Arc::new(kube_api::KubeApi::new(rt.store.clone(), settings));
+    providers.insert(Provider::Byo, kube.clone());
+    providers.insert(Provider::Aws, kube);
     ksctl_runtime::run_controller(rt, Service::K8s, Arc::new(K8sWorker { providers }), shutdown).await
 }

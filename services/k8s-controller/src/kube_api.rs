@@ -540,7 +540,8 @@ impl KubeApi {
             // stored kubeconfig's token is long expired by the time this phase could use it.
             ClusterType::Managed if ctx.cluster.provider == Provider::Aws => {
                 return Err(PhaseError::Permanent(
-                    "provider aws has no Kubernetes API client for managed (EKS) clusters in this k8s-controller".into(),
+                    "provider aws has no Kubernetes API client for managed (EKS) clusters in this k8s-controller"
+                        .into(),
                 ));
             }
             ClusterType::Managed => read_record::<InfraRecord>(&self.store, &keys::cloud(id)).await?.kubeconfig,

@@ -35,12 +35,17 @@ ENV
   redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no --dir "$LAB" >"$LAB/logs/redis.log" 2>&1 &
   echo $! >> "$LAB/pids"
   wait_port "$nats_port"; wait_port "$redis_port"
+  # REPLICAS (default 1) processes of each service share its durable consumer.
+  : > "$LAB/service-pids"
   for svc in manager cloud-controller bootstrap-controller k8s-controller; do
-    local own=()
-    # Only the cloud-controller serves metrics here when asked (the benchmark scrapes it).
-    [ "$svc" = cloud-controller ] && [ -n "${CLOUD_HTTP_ADDR:-}" ] && own=(KSCTL_HTTP_ADDR="$CLOUD_HTTP_ADDR")
-    env "$@" "${own[@]}" "$bin/ksctl-$svc" >"$LAB/logs/$svc.log" 2>&1 &
-    echo $! >> "$LAB/pids"
+    for r in $(seq 1 "${REPLICAS:-1}"); do
+      local own=()
+      # Only the cloud-controller serves metrics here when asked (the benchmark scrapes it).
+      [ "$svc" = cloud-controller ] && [ "$r" = 1 ] && [ -n "${CLOUD_HTTP_ADDR:-}" ] && own=(KSCTL_HTTP_ADDR="$CLOUD_HTTP_ADDR")
+      env "$@" "${own[@]}" KSCTL_REPLICA_ID="$svc-$r" "$bin/ksctl-$svc" >"$LAB/logs/$svc-$r.log" 2>&1 &
+      echo $! >> "$LAB/pids"
+      echo "$svc $!" >> "$LAB/service-pids"
+    done
     # The manager creates the streams the controllers bind to.
     [ "$svc" = manager ] && sleep 1
   done
@@ -53,4 +58,11 @@ stop_system() {
   # shellcheck disable=SC2046
   kill $(cat "$LAB/pids") 2>/dev/null || true
   rm -f "$LAB/pids"
+}
+
+# peak_rss: each service process's peak resident memory (VmHWM) so far, in MiB.
+peak_rss() {
+  while read -r svc pid; do
+    awk -v s="$svc" -v p="$pid" '/^VmHWM/{printf "%s (pid %s): peak RSS %.1f MiB\n", s, p, $2/1024}' "/proc/$pid/status" 2>/dev/null
+  done < "$LAB/service-pids"
 }

@@ -171,6 +171,16 @@ impl System {
         }
     }
 
+    /// SIGKILL replica `r` of `b`.
+    pub fn kill9_replica(&mut self, b: &str, r: usize) {
+        for p in self.procs.iter_mut().filter(|p| p.bin == b && p.replica == r) {
+            if let Some(mut c) = p.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+
     /// Starts again every replica of `b` that is not running (killed or crashed).
     pub fn restart(&mut self, b: &str) {
         let dead: Vec<usize> = self

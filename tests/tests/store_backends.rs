@@ -66,7 +66,10 @@ async fn lease_excludes_and_expires(store: DynStore) {
     // Renewal keeps it past the TTL while a is alive.
     tokio::time::sleep(Duration::from_millis(2000)).await;
     assert!(!a.lost());
-    assert_eq!(store.lease_holder("cluster.x").await.unwrap().as_deref(), Some("a"));
+    assert_eq!(store.lease_holder("cluster.x").await.unwrap().as_deref(), Some(a.token()));
+    assert!(a.token().starts_with("a/"));
+    // Another task of the same holder is excluded too: each acquisition has its own token.
+    assert!(Lease::acquire(&store, "cluster.x", "a", &opts).await.unwrap().is_none(), "a second task of a");
     assert!(!store.try_lease("cluster.x", "b", opts.ttl).await.unwrap());
     // A crashed holder (no renewal, no release) blocks only until the TTL.
     drop(a);

@@ -9,8 +9,8 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ksctl_bus::subjects::{query_subject, request_subject};
 use ksctl_core::messages::{
-    API_VERSION, AddonRequest, ClusterInfo, ClusterSummary, CreateRequest, DeleteRequest, NameQuery, QueryReply,
-    REPLY_HEADER, RequestReply, ScaleRequest, SwitchData,
+    API_VERSION, AddonRequest, ClusterInfo, ClusterSummary, CreateRequest, DeleteRequest, NameQuery, OperationStatus,
+    OpsQuery, QueryReply, REPLY_HEADER, RequestReply, ScaleRequest, SwitchData,
 };
 use ksctl_core::spec::{ClusterSpec, NodeSizes};
 use serde::Serialize;
@@ -50,6 +50,19 @@ enum Top {
     /// Cluster lifecycle.
     #[command(subcommand)]
     Cluster(ClusterCmd),
+    /// Operations under way.
+    #[command(subcommand)]
+    Ops(OpsCmd),
+}
+
+#[derive(Subcommand)]
+enum OpsCmd {
+    /// Every operation under way, the longest-waiting phase first.
+    List {
+        /// Only operations whose phase is past its deadline (the phase timeout).
+        #[arg(long)]
+        stuck: bool,
+    },
 }
 
 #[derive(Args)]
@@ -240,7 +253,14 @@ async fn run(cli: Cli) -> Result<()> {
     }
     let client = connect(&cli).await?;
     let ctx = Ctx { client, output: cli.output };
-    let Top::Cluster(cmd) = cli.cmd;
+    let cmd = match cli.cmd {
+        Top::Cluster(cmd) => cmd,
+        Top::Ops(OpsCmd::List { stuck }) => {
+            let rows: Vec<OperationStatus> = query(&ctx.client, "ops", &OpsQuery { stuck }).await?;
+            output::operations(ctx.output, &rows);
+            return Ok(());
+        }
+    };
     match cmd {
         ClusterCmd::Create { file, flags, wait } => {
             let (request_id, spec) = match file {

@@ -109,3 +109,27 @@ pub fn addons(o: Output) {
         println!("{:<18} {:<10} {}", a.name, a.version, a.description);
     }
 }
+
+/// `ksctl ops list`: one line per operation under way.
+pub fn operations(o: Output, rows: &[ksctl_core::messages::OperationStatus]) {
+    if o == Output::Json {
+        println!("{}", serde_json::to_string_pretty(rows).expect("serialises"));
+        return;
+    }
+    println!(
+        "{:<24} {:<13} {:<14} {:<17} {:>8} {:>10}  STUCK",
+        "CLUSTER", "STATE", "KIND", "PHASE", "DISPATCH", "PHASE AGE"
+    );
+    for r in rows {
+        println!(
+            "{:<24} {:<13} {:<14} {:<17} {:>8} {:>9}s  {}",
+            r.cluster,
+            r.state,
+            r.operation.kind.as_str(),
+            r.operation.phase.as_str(),
+            r.dispatch,
+            r.phase_age_ms / 1000,
+            if r.stuck { format!("yes (deadline {} s)", r.phase_timeout_ms / 1000) } else { "no".into() }
+        );
+    }
+}

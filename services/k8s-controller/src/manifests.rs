@@ -102,9 +102,15 @@ impl<'a> Resolver<'a> {
 /// Applies every object of `stack` (idempotent: applying the same manifests again changes
 /// nothing; fields someone else took are taken back).
 pub async fn apply(client: &kube::Client, stack: &Stack) -> Result<usize, PhaseError> {
+    apply_with(client, stack, false).await
+}
+
+/// [`apply`]; with `dry_run` the server validates and admits every object without storing it.
+pub async fn apply_with(client: &kube::Client, stack: &Stack, dry_run: bool) -> Result<usize, PhaseError> {
     let objects = stack.objects().map_err(PhaseError::Permanent)?;
     let mut resolver = Resolver::new(client);
-    let pp = PatchParams::apply(FIELD_MANAGER).force();
+    let mut pp = PatchParams::apply(FIELD_MANAGER).force();
+    pp.dry_run = dry_run;
     for obj in &objects {
         let api = resolver.api(obj).await?;
         let name = obj.metadata.name.as_deref().expect("checked");

@@ -1,6 +1,7 @@
 //! manager: validates requests, owns the cluster state machine, and orchestrates every operation
 //! as a saga of phases on the controllers. Also answers queries and runs the reconciler.
 
+mod dead;
 mod health;
 mod ops;
 mod queries;
@@ -10,7 +11,8 @@ mod results;
 
 use clap::Parser;
 use ksctl_bus::subjects::{
-    MANAGER_REQUESTS_CONSUMER, MANAGER_RESULTS_CONSUMER, REQUESTS_STREAM, RESULTS_STREAM, durable_consumer,
+    DEAD_STREAM, MANAGER_DEAD_CONSUMER, MANAGER_REQUESTS_CONSUMER, MANAGER_RESULTS_CONSUMER, REQUESTS_STREAM,
+    RESULTS_STREAM, durable_consumer,
 };
 use ksctl_core::spec::Provider;
 use ksctl_runtime::{CommonArgs, Runtime, RuntimeError};
@@ -33,6 +35,9 @@ pub struct Config {
     /// lease, before the reconciler dispatches it again.
     #[arg(long, env = "KSCTL_PHASE_TIMEOUT_SECS", default_value_t = 300)]
     pub phase_timeout_secs: u64,
+    /// Re-dispatches of a silent phase before the operation fails with the reason.
+    #[arg(long, env = "KSCTL_MAX_REDISPATCH", default_value_t = 5)]
+    pub max_redispatch: u32,
 }
 
 /// What the manager's handlers share.
@@ -41,6 +46,7 @@ pub struct Manager {
     pub rt: Runtime,
     pub providers: Vec<Provider>,
     pub phase_timeout: Duration,
+    pub max_redispatch: u32,
 }
 
 pub async fn run(config: Config, shutdown: tokio::sync::watch::Receiver<bool>) -> Result<(), RuntimeError> {
@@ -58,10 +64,16 @@ pub async fn run(config: Config, shutdown: tokio::sync::watch::Receiver<bool>) -
             .await
             .map_err(|e| RuntimeError::Config(format!("binding {addr}: {e}")))?;
     }
-    let m = Manager { rt: rt.clone(), providers, phase_timeout: Duration::from_secs(config.phase_timeout_secs) };
+    let m = Manager {
+        rt: rt.clone(),
+        providers,
+        phase_timeout: Duration::from_secs(config.phase_timeout_secs),
+        max_redispatch: config.max_redispatch,
+    };
     let requests =
         durable_consumer(&rt.publisher.js, REQUESTS_STREAM, MANAGER_REQUESTS_CONSUMER, &rt.bus, 10_000).await?;
     let results = durable_consumer(&rt.publisher.js, RESULTS_STREAM, MANAGER_RESULTS_CONSUMER, &rt.bus, 10_000).await?;
+    let dead = durable_consumer(&rt.publisher.js, DEAD_STREAM, MANAGER_DEAD_CONSUMER, &rt.bus, 10_000).await?;
     let queries = queries::start(m.clone()).await?;
     let heartbeats = health::start(m.clone()).await?;
     let reconciler = tokio::spawn(reconciler::run(
@@ -71,7 +83,7 @@ pub async fn run(config: Config, shutdown: tokio::sync::watch::Receiver<bool>) -
     ));
     ready.store(true, Ordering::SeqCst);
     tracing::info!(replica = %rt.replica, "manager ready");
-    let (a, b) = tokio::join!(
+    let (a, b, c) = tokio::join!(
         ksctl_bus::run_consumer(
             "manager-requests",
             requests,
@@ -86,11 +98,19 @@ pub async fn run(config: Config, shutdown: tokio::sync::watch::Receiver<bool>) -
             rt.worker.clone(),
             shutdown.clone()
         ),
+        ksctl_bus::run_consumer(
+            "manager-dead",
+            dead,
+            Arc::new(dead::DeadHandler(m.clone())),
+            rt.worker.clone(),
+            shutdown.clone()
+        ),
     );
     queries.abort();
     heartbeats.abort();
     reconciler.abort();
     a?;
     b?;
+    c?;
     Ok(())
 }

@@ -1,4 +1,4 @@
-//! `ksctl.query.get|list|info|switch`: core NATS request/reply on a queue group shared by every
+//! `ksctl.query.get|list|info|switch|ops`: core NATS request/reply on a queue group shared by every
 //! manager replica, answered from the store.
 use crate::Manager;
 use futures::StreamExt;
@@ -6,7 +6,8 @@ use ksctl_bus::subjects::{KUBECONFIG_QUERY_SUBJECT, QUERY_GROUP, QUERY_SUBJECTS}
 use ksctl_core::ClusterId;
 use ksctl_core::keys;
 use ksctl_core::messages::{
-    ClusterInfo, ClusterSummary, Heartbeat, NameQuery, OperationView, QueryReply, SwitchData, context_name, drift,
+    ClusterInfo, ClusterSummary, Heartbeat, NameQuery, OperationStatus, OperationView, OpsQuery, QueryReply,
+    SwitchData, context_name, drift,
 };
 use ksctl_core::records::{BootstrapRecord, ClusterRecord, InfraRecord, K8sRecord};
 use ksctl_core::spec::ClusterType;
@@ -47,6 +48,20 @@ async fn answer(m: &Manager, verb: &str, payload: &[u8]) -> Vec<u8> {
             Ok(rows) => json(QueryReply::ok(rows)),
             Err(e) => json(QueryReply::<()>::err(e)),
         },
+        "ops" => {
+            let q: OpsQuery = if payload.is_empty() {
+                OpsQuery::default()
+            } else {
+                match serde_json::from_slice(payload) {
+                    Ok(q) => q,
+                    Err(e) => return json(QueryReply::<()>::err(format!("malformed query: {e}"))),
+                }
+            };
+            match ops(m, q.stuck).await {
+                Ok(rows) => json(QueryReply::ok(rows)),
+                Err(e) => json(QueryReply::<()>::err(e)),
+            }
+        }
         "get" | "info" | "switch" => {
             let q: NameQuery = match serde_json::from_slice(payload) {
                 Ok(q) => q,
@@ -68,7 +83,9 @@ async fn answer(m: &Manager, verb: &str, payload: &[u8]) -> Vec<u8> {
                 },
             }
         }
-        other => json(QueryReply::<()>::err(format!("unknown query {other:?}; expected get, list, info or switch"))),
+        other => {
+            json(QueryReply::<()>::err(format!("unknown query {other:?}; expected get, list, info, switch or ops")))
+        }
     }
 }
 
@@ -81,13 +98,39 @@ async fn load(m: &Manager, name: &str) -> Result<ClusterRecord, String> {
         .ok_or_else(|| format!("no cluster named {name}"))
 }
 
-async fn list(m: &Manager) -> Result<Vec<ClusterSummary>, String> {
+async fn records(m: &Manager) -> Result<Vec<ClusterRecord>, String> {
     let rows = m.rt.store.children(keys::CLUSTER_PREFIX.trim_end_matches('.')).await.map_err(|e| e.to_string())?;
-    Ok(rows
-        .into_iter()
-        .filter_map(|(_, v)| serde_json::from_slice::<ClusterRecord>(&v.value).ok())
-        .map(|r| ClusterSummary::from(&r))
-        .collect())
+    Ok(rows.into_iter().filter_map(|(_, v)| serde_json::from_slice::<ClusterRecord>(&v.value).ok()).collect())
+}
+
+async fn list(m: &Manager) -> Result<Vec<ClusterSummary>, String> {
+    Ok(records(m).await?.iter().map(ClusterSummary::from).collect())
+}
+
+/// The operations under way, oldest phase first; `stuck_only`: those past the phase timeout.
+async fn ops(m: &Manager, stuck_only: bool) -> Result<Vec<OperationStatus>, String> {
+    let now = ksctl_core::now_ms();
+    let timeout = m.phase_timeout.as_millis() as u64;
+    let mut rows: Vec<OperationStatus> = records(m)
+        .await?
+        .iter()
+        .filter_map(|r| {
+            let op = r.operation.as_ref()?;
+            let age = now.saturating_sub(op.dispatched_at_ms);
+            Some(OperationStatus {
+                cluster: r.id.to_string(),
+                state: r.state.to_string(),
+                operation: OperationView::from(op),
+                dispatch: op.dispatch,
+                phase_age_ms: age,
+                phase_timeout_ms: timeout,
+                stuck: age > timeout,
+            })
+        })
+        .filter(|o| o.stuck || !stuck_only)
+        .collect();
+    rows.sort_by_key(|o| std::cmp::Reverse(o.phase_age_ms));
+    Ok(rows)
 }
 
 async fn info(m: &Manager, rec: &ClusterRecord) -> Result<ClusterInfo, String> {

@@ -1,11 +1,12 @@
 //! The reconciler: messages are hints. One manager replica at a time (under a lease) looks for
 //! operations whose phase has not reported within the phase timeout while no worker holds the
 //! cluster's lease, and dispatches that phase again (with a new dispatch number, so the stream
-//! does not deduplicate it).
+//! does not deduplicate it). After `KSCTL_MAX_REDISPATCH` re-dispatches the phase fails, with
+//! the reason, so that nothing stays stuck for ever.
 use crate::Manager;
 use crate::ops::touch;
 use ksctl_core::keys;
-use ksctl_core::messages::EventKind;
+use ksctl_core::messages::{EventKind, PhaseResult};
 use ksctl_core::now_ms;
 use ksctl_core::records::ClusterRecord;
 use std::time::Duration;
@@ -56,24 +57,50 @@ pub async fn pass(m: &Manager) -> Result<usize, String> {
         let done = redispatch(m, &rec).await;
         lease.release().await;
         match done {
-            Ok(true) => redispatched += 1,
-            Ok(false) => {}
+            Ok(Redispatch::Again) => redispatched += 1,
+            Ok(Redispatch::No) => {}
+            // Failed like any phase, through the result path (which takes the lease again).
+            Ok(Redispatch::GiveUp(res)) => {
+                if let Err(e) = crate::results::ResultHandler(m.clone()).apply(&res).await {
+                    tracing::warn!(cluster_id = %rec.id, error = ?e, "failing a stuck phase failed");
+                }
+            }
             Err(e) => tracing::warn!(cluster_id = %rec.id, error = ?e, "re-dispatch failed"),
         }
     }
     Ok(redispatched)
 }
 
-async fn redispatch(m: &Manager, seen: &ClusterRecord) -> Result<bool, ksctl_bus::HandlerError> {
+enum Redispatch {
+    No,
+    Again,
+    GiveUp(PhaseResult),
+}
+
+async fn redispatch(m: &Manager, seen: &ClusterRecord) -> Result<Redispatch, ksctl_bus::HandlerError> {
     // Re-read under the lease: the operation may have moved on since the scan.
     let Some((mut rec, rev)) = m.load(&seen.id).await? else {
-        return Ok(false);
+        return Ok(Redispatch::No);
     };
     let (Some(op), Some(old)) = (rec.operation.as_mut(), seen.operation.as_ref()) else {
-        return Ok(false);
+        return Ok(Redispatch::No);
     };
     if op.id != old.id || op.phase != old.phase || op.dispatch != old.dispatch {
-        return Ok(false);
+        return Ok(Redispatch::No);
+    }
+    if op.dispatch >= m.max_redispatch {
+        let error = format!(
+            "no result after {} dispatches, {} s apart (is a {} running?)",
+            op.dispatch + 1,
+            m.phase_timeout.as_secs(),
+            op.phase.service().as_str()
+        );
+        return Ok(Redispatch::GiveUp(PhaseResult {
+            op_id: op.id.clone(),
+            cluster_id: rec.id.clone(),
+            phase: op.phase,
+            error: Some(error),
+        }));
     }
     op.dispatch += 1;
     op.dispatched_at_ms = now_ms();
@@ -89,5 +116,5 @@ async fn redispatch(m: &Manager, seen: &ClusterRecord) -> Result<bool, ksctl_bus
         format!("{phase} reported nothing within {}s; dispatched again (#{n})", m.phase_timeout.as_secs()),
     )
     .await;
-    Ok(true)
+    Ok(Redispatch::Again)
 }

@@ -19,10 +19,18 @@ impl Handler for ResultHandler {
     async fn handle(&self, env: &Envelope) -> Result<(), HandlerError> {
         let res: PhaseResult = serde_json::from_slice(env.payload())
             .map_err(|e| HandlerError::Permanent(format!("undecodable result on {}: {e}", env.subject())))?;
+        self.apply(&res).await
+    }
+}
+
+impl ResultHandler {
+    /// Advances the saga with `res` under the cluster's lease (also used for dead letters,
+    /// which arrive as failed results).
+    pub async fn apply(&self, res: &PhaseResult) -> Result<(), HandlerError> {
         let span = tracing::info_span!("result", cluster_id = %res.cluster_id, op_id = %res.op_id, phase = %res.phase);
         async {
             let lease = self.0.lease(&res.cluster_id).await?;
-            let out = self.advance(&res).await;
+            let out = self.advance(res).await;
             lease.release().await;
             out
         }

@@ -49,6 +49,40 @@ impl Envelope {
             let _ = m.ack_with(AckKind::Nak(Some(delay))).await;
         }
     }
+    /// Gives the message up: a copy (headers kept) goes to `ksctl.dead.<subject>` with the
+    /// reason, then the original is terminated. If the copy is not stored, the original is
+    /// NAKed instead, so nothing is lost.
+    pub async fn dead_letter(mut self, reason: &str) {
+        use crate::subjects::{DEAD_DELIVERIES_HEADER, DEAD_PREFIX, DEAD_REASON_HEADER};
+        let Some(m) = self.msg.take() else { return };
+        let delivered = m.info().map(|i| i.delivered).unwrap_or(1);
+        // The copy is a new message: the original's id would be dropped as a duplicate.
+        let mut headers = async_nats::HeaderMap::new();
+        for (name, values) in m.headers.iter().flat_map(|h| h.iter()) {
+            if *name != async_nats::header::NATS_MESSAGE_ID {
+                for v in values {
+                    headers.append(name.clone(), v.clone());
+                }
+            }
+        }
+        headers.insert(DEAD_REASON_HEADER, reason.replace(['\r', '\n'], " ").as_str());
+        headers.insert(DEAD_DELIVERIES_HEADER, delivered.to_string().as_str());
+        let subject = format!("{DEAD_PREFIX}{}", m.subject);
+        let stored = match m.context.publish_with_headers(subject.clone(), headers, m.payload.clone()).await {
+            Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match stored {
+            Ok(()) => {
+                tracing::warn!(%subject, %reason, delivered, "message dead-lettered");
+                let _ = m.ack_with(AckKind::Term).await;
+            }
+            Err(e) => {
+                tracing::warn!(%subject, error = %e, "dead letter not stored; the message stays");
+                let _ = m.ack_with(AckKind::Nak(Some(self.drop_delay))).await;
+            }
+        }
+    }
     pub async fn term(mut self) {
         if let Some(m) = self.msg.take() {
             let _ = m.ack_with(AckKind::Term).await;

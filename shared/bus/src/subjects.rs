@@ -21,6 +21,14 @@ pub const RESULT_SUBJECTS: &str = "ksctl.result.>";
 /// Progress and audit events (`ksctl.events.<cluster_id>.<kind>`), kept for a limited age.
 pub const EVENTS_STREAM: &str = "KSCTL_EVENTS";
 pub const EVENT_SUBJECTS: &str = "ksctl.events.>";
+/// Messages given up on (`ksctl.dead.<original subject>`), with the reason in
+/// [`DEAD_REASON_HEADER`]: the manager marks their operations failed; kept for inspection.
+pub const DEAD_STREAM: &str = "KSCTL_DEAD";
+pub const DEAD_PREFIX: &str = "ksctl.dead.";
+pub const DEAD_SUBJECTS: &str = "ksctl.dead.>";
+pub const DEAD_REASON_HEADER: &str = "Ksctl-Dead-Reason";
+pub const DEAD_DELIVERIES_HEADER: &str = "Ksctl-Dead-Deliveries";
+pub const MANAGER_DEAD_CONSUMER: &str = "manager-dead";
 /// Queries answered by the manager over core request/reply, on this queue group.
 pub const QUERY_SUBJECTS: &str = "ksctl.query.*";
 pub const QUERY_GROUP: &str = "manager";
@@ -103,6 +111,18 @@ fn work_queue(name: &str, subjects: &str, s: &BusSettings) -> stream::Config {
     }
 }
 
+/// A stream whose messages stay (for reading, not consuming away) until they are too old.
+fn kept(name: &str, subjects: &str, s: &BusSettings) -> stream::Config {
+    stream::Config {
+        name: name.into(),
+        subjects: vec![subjects.into()],
+        retention: stream::RetentionPolicy::Limits,
+        max_age: s.events_max_age,
+        storage: stream::StorageType::File,
+        ..Default::default()
+    }
+}
+
 /// Ensures every stream exists. An existing stream with another configuration is used as it is
 /// (and logged): streams hold operations in flight and are never deleted to "fix" a mismatch.
 pub async fn ensure_streams(js: &jetstream::Context, s: &BusSettings) -> Result<(), BusError> {
@@ -111,14 +131,8 @@ pub async fn ensure_streams(js: &jetstream::Context, s: &BusSettings) -> Result<
     for svc in [Service::Cloud, Service::Bootstrap, Service::K8s] {
         configs.push(work_queue(service_stream(svc), &format!("ksctl.{}.>", svc.as_str()), s));
     }
-    configs.push(stream::Config {
-        name: EVENTS_STREAM.into(),
-        subjects: vec![EVENT_SUBJECTS.into()],
-        retention: stream::RetentionPolicy::Limits,
-        max_age: s.events_max_age,
-        storage: stream::StorageType::File,
-        ..Default::default()
-    });
+    configs.push(kept(DEAD_STREAM, DEAD_SUBJECTS, s));
+    configs.push(kept(EVENTS_STREAM, EVENT_SUBJECTS, s));
     for cfg in configs {
         let name = cfg.name.clone();
         js.get_or_create_stream(cfg).await.map_err(|e| BusError::Setup { stream: name, message: e.to_string() })?;
@@ -143,7 +157,9 @@ pub async fn durable_consumer(
                 durable_name: Some(durable.into()),
                 ack_policy: jetstream::consumer::AckPolicy::Explicit,
                 ack_wait: s.ack_wait,
-                max_deliver: s.max_deliver,
+                // One more than the handler gets: that delivery dead-letters the message
+                // (see `run_consumer`).
+                max_deliver: if s.max_deliver > 0 { s.max_deliver + 1 } else { s.max_deliver },
                 max_ack_pending,
                 ..Default::default()
             },

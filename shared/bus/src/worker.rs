@@ -24,6 +24,9 @@ pub struct WorkerOptions {
     pub max_backoff: Duration,
     /// How long in-flight work may take to finish after shutdown is signalled.
     pub drain_deadline: Duration,
+    /// The consumer's deliveries: a retry asked for on the last one dead-letters the message
+    /// instead (0: unlimited).
+    pub max_deliver: i64,
 }
 
 impl Default for WorkerOptions {
@@ -33,6 +36,7 @@ impl Default for WorkerOptions {
             base_backoff: Duration::from_millis(500),
             max_backoff: Duration::from_secs(30),
             drain_deadline: Duration::from_secs(20),
+            max_deliver: 20,
         }
     }
 }
@@ -84,8 +88,23 @@ pub async fn run_consumer(
         tasks.spawn(async move {
             let _permit = permit;
             let env = Envelope::new(msg, opts2.base_backoff);
+            // A dead letter that cannot be handled is not dead-lettered again.
+            let dead = env.subject().starts_with(crate::subjects::DEAD_PREFIX);
+            let n = env.delivered();
+            let last = opts2.max_deliver > 0 && n >= opts2.max_deliver;
+            // The consumer allows one delivery more than the handler gets: a message that comes
+            // back after its last attempt had no outcome (the process died handling it, or the
+            // ack was lost), and a poison message must not crash replicas for ever.
+            if opts2.max_deliver > 0 && n > opts2.max_deliver && !dead {
+                let why = format!("delivered {n} times; the last attempts ended without an outcome (crash or timeout)");
+                return env.dead_letter(&why).await;
+            }
             match handler.handle(&env).await {
                 Ok(()) => env.ack().await,
+                Err(HandlerError::Retry { reason, .. }) if last && !dead => {
+                    env.dead_letter(&format!("{reason} (gave up after {n} deliveries)")).await
+                }
+                Err(HandlerError::Permanent(reason)) if !dead => env.dead_letter(&reason).await,
                 Err(HandlerError::Retry { reason, delay }) => {
                     let d = delay.unwrap_or_else(|| backoff(&opts2, env.delivered()));
                     tracing::info!(subject = env.subject(), %reason, delay_ms = d.as_millis() as u64, "retrying later");

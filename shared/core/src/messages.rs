@@ -233,6 +233,29 @@ pub struct OperationView {
     pub error: Option<String>,
 }
 
+/// `ksctl.query.ops`: the operations under way (body `{"stuck": true}`: only those whose phase
+/// is past its deadline).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct OpsQuery {
+    #[serde(default)]
+    pub stuck: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OperationStatus {
+    pub cluster: String,
+    pub state: String,
+    pub operation: OperationView,
+    /// How often the current phase was dispatched again by the reconciler.
+    pub dispatch: u32,
+    /// Milliseconds since the current phase was dispatched.
+    pub phase_age_ms: u64,
+    /// The phase timeout: past it, with no worker on the cluster, the phase is dispatched
+    /// again (and after the manager's re-dispatch limit, failed).
+    pub phase_timeout_ms: u64,
+    pub stuck: bool,
+}
+
 impl From<&OperationRecord> for OperationView {
     fn from(o: &OperationRecord) -> Self {
         Self {

@@ -155,6 +155,7 @@ impl CommonArgs {
             worker: WorkerOptions {
                 max_jobs: self.max_jobs.max(1),
                 base_backoff: Duration::from_millis(self.retry_base_ms.max(1)),
+                max_deliver: self.max_deliver,
                 ..Default::default()
             },
             metrics: Arc::new(Metrics::default()),

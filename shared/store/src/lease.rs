@@ -1,5 +1,10 @@
 //! A held lease: renewed in the background while work goes on; `lost()` tells the worker to stop
 //! if renewal failed (another replica may take over after the TTL).
+//!
+//! Each acquisition holds the lease under its own token (`<holder>/<random>`), so two tasks of
+//! one replica exclude each other like two replicas do. With `KSCTL_LEASE_TRACE=<file>` every
+//! acquisition and release is appended to that file (`<unix ns> acquire|release <name>
+//! <token>`), which the contention tests check for overlaps.
 use crate::{DynStore, StoreError};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,6 +30,7 @@ pub struct Lease {
     holder: String,
     lost: Arc<AtomicBool>,
     renewer: JoinHandle<()>,
+    released: bool,
 }
 
 impl Lease {
@@ -35,6 +41,7 @@ impl Lease {
         holder: &str,
         opts: &LeaseOptions,
     ) -> Result<Option<Lease>, StoreError> {
+        let holder = &format!("{holder}/{:016x}", fastrand::u64(..));
         let deadline = tokio::time::Instant::now() + opts.wait;
         let mut pause = Duration::from_millis(20);
         loop {
@@ -47,6 +54,7 @@ impl Lease {
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_millis(250));
         }
+        trace("acquire", name, holder);
         let lost = Arc::new(AtomicBool::new(false));
         let renewer = {
             let (store, name, holder, lost, ttl) =
@@ -68,7 +76,14 @@ impl Lease {
                 }
             })
         };
-        Ok(Some(Lease { store: store.clone(), name: name.into(), holder: holder.into(), lost, renewer }))
+        Ok(Some(Lease {
+            store: store.clone(),
+            name: name.into(),
+            holder: holder.into(),
+            lost,
+            renewer,
+            released: false,
+        }))
     }
 
     /// True once another holder took the lease: stop acting on the cluster.
@@ -76,8 +91,16 @@ impl Lease {
         self.lost.load(Ordering::SeqCst)
     }
 
-    pub async fn release(self) {
+    /// The token this acquisition holds the lease under (`<holder>/<random>`).
+    pub fn token(&self) -> &str {
+        &self.holder
+    }
+
+    pub async fn release(mut self) {
+        self.released = true;
         self.renewer.abort();
+        // Traced before the store lets go, so a trace never shows the next holder first.
+        trace("release", &self.name, &self.holder);
         if let Err(e) = self.store.release_lease(&self.name, &self.holder).await {
             tracing::warn!(lease = %self.name, error = %e, "lease not released; it will expire");
         }
@@ -86,6 +109,23 @@ impl Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
+        // Dropped without `release` (an early return): the holder stops here, the lease itself
+        // expires after its TTL.
+        if !self.released {
+            trace("drop", &self.name, &self.holder);
+        }
         self.renewer.abort();
+    }
+}
+
+/// Appends one line to `KSCTL_LEASE_TRACE` when set (one `write` per line, `O_APPEND`, so lines
+/// of concurrent processes do not interleave).
+fn trace(what: &str, name: &str, token: &str) {
+    use std::io::Write;
+    let Some(path) = std::env::var_os("KSCTL_LEASE_TRACE") else { return };
+    let ns = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let line = format!("{ns} {what} {name} {token}\n");
+    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+        let _ = f.write_all(line.as_bytes());
     }
 }

@@ -172,4 +172,15 @@ async fn health_and_metrics_endpoints() {
     assert!(m.contains(r#"ksctl_operations_total{kind="create",outcome="succeeded"} 1"#), "{m}");
     let c = http_get(cport, "/metrics");
     assert!(c.contains(r#"ksctl_phases_succeeded_total{service="cloud-controller",phase="cloud_create"} 1"#), "{c}");
+    // The consumer loop's counters and the duration histograms moved too.
+    assert!(m.contains(r#"ksctl_messages_total{consumer="manager-requests",outcome="acked"} 1"#), "{m}");
+    assert!(m.contains(r#"ksctl_handle_seconds_count{consumer="manager-results"} 2"#), "{m}");
+    assert!(c.contains(r#"ksctl_messages_total{consumer="cloud-controller",outcome="acked"} 1"#), "{c}");
+    assert!(c.contains("# TYPE ksctl_phase_duration_seconds histogram"), "{c}");
+    assert!(
+        c.contains(
+            r#"ksctl_phase_duration_seconds_bucket{service="cloud-controller",phase="cloud_create",le="+Inf"} 1"#
+        ),
+        "{c}"
+    );
 }

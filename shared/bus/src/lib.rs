@@ -4,12 +4,14 @@
 
 pub mod envelope;
 pub mod error;
+pub mod metrics;
 pub mod publish;
 pub mod subjects;
 pub mod worker;
 
 pub use envelope::Envelope;
 pub use error::{BusError, HandlerError};
+pub use metrics::Metrics;
 pub use publish::Publisher;
 pub use subjects::{BusSettings, ensure_streams};
 pub use worker::{Handler, WorkerOptions, run_consumer};

@@ -27,6 +27,8 @@ pub struct WorkerOptions {
     /// The consumer's deliveries: a retry asked for on the last one dead-letters the message
     /// instead (0: unlimited).
     pub max_deliver: i64,
+    /// Where the loop counts messages by outcome, redeliveries and handling time.
+    pub metrics: Option<Arc<crate::Metrics>>,
 }
 
 impl Default for WorkerOptions {
@@ -37,6 +39,7 @@ impl Default for WorkerOptions {
             max_backoff: Duration::from_secs(30),
             drain_deadline: Duration::from_secs(20),
             max_deliver: 20,
+            metrics: None,
         }
     }
 }
@@ -64,6 +67,7 @@ pub async fn run_consumer(
         consumer.stream().max_messages_per_batch(opts.max_jobs).messages().await.map_err(|e| err(e.to_string()))?;
     let permits = Arc::new(Semaphore::new(opts.max_jobs));
     let mut tasks = JoinSet::new();
+    let label: Arc<str> = Arc::from(name);
     loop {
         let permit = tokio::select! {
             p = permits.clone().acquire_owned() => p.expect("semaphore never closed"),
@@ -85,32 +89,57 @@ pub async fn run_consumer(
         };
         let handler = handler.clone();
         let opts2 = opts.clone();
+        let consumer = label.clone();
         tasks.spawn(async move {
+            let consumer: &str = &consumer;
             let _permit = permit;
             let env = Envelope::new(msg, opts2.base_backoff);
             // A dead letter that cannot be handled is not dead-lettered again.
             let dead = env.subject().starts_with(crate::subjects::DEAD_PREFIX);
             let n = env.delivered();
             let last = opts2.max_deliver > 0 && n >= opts2.max_deliver;
+            let count = |outcome: &str| {
+                if let Some(m) = &opts2.metrics {
+                    m.inc("messages_total", &[("consumer", consumer), ("outcome", outcome)]);
+                }
+            };
+            if n > 1 {
+                count("redelivered");
+            }
             // The consumer allows one delivery more than the handler gets: a message that comes
             // back after its last attempt had no outcome (the process died handling it, or the
             // ack was lost), and a poison message must not crash replicas for ever.
             if opts2.max_deliver > 0 && n > opts2.max_deliver && !dead {
+                count("dead_lettered");
                 let why = format!("delivered {n} times; the last attempts ended without an outcome (crash or timeout)");
                 return env.dead_letter(&why).await;
             }
-            match handler.handle(&env).await {
-                Ok(()) => env.ack().await,
+            let started = std::time::Instant::now();
+            let outcome = handler.handle(&env).await;
+            if let Some(m) = &opts2.metrics {
+                m.observe("handle_seconds", &[("consumer", consumer)], started.elapsed().as_secs_f64());
+            }
+            match outcome {
+                Ok(()) => {
+                    count("acked");
+                    env.ack().await
+                }
                 Err(HandlerError::Retry { reason, .. }) if last && !dead => {
+                    count("dead_lettered");
                     env.dead_letter(&format!("{reason} (gave up after {n} deliveries)")).await
                 }
-                Err(HandlerError::Permanent(reason)) if !dead => env.dead_letter(&reason).await,
+                Err(HandlerError::Permanent(reason)) if !dead => {
+                    count("dead_lettered");
+                    env.dead_letter(&reason).await
+                }
                 Err(HandlerError::Retry { reason, delay }) => {
+                    count("retried");
                     let d = delay.unwrap_or_else(|| backoff(&opts2, env.delivered()));
                     tracing::info!(subject = env.subject(), %reason, delay_ms = d.as_millis() as u64, "retrying later");
                     env.nak(d).await
                 }
                 Err(HandlerError::Permanent(reason)) => {
+                    count("dropped");
                     tracing::warn!(subject = env.subject(), %reason, "giving up on message");
                     env.term().await
                 }

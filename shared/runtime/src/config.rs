@@ -144,6 +144,7 @@ impl CommonArgs {
             let host = std::fs::read_to_string("/etc/hostname").unwrap_or_else(|_| "host".into());
             format!("{service}-{}-{}", host.trim(), std::process::id())
         });
+        let metrics = Arc::new(Metrics::default());
         Ok(Runtime {
             service,
             publisher,
@@ -156,9 +157,10 @@ impl CommonArgs {
                 max_jobs: self.max_jobs.max(1),
                 base_backoff: Duration::from_millis(self.retry_base_ms.max(1)),
                 max_deliver: self.max_deliver,
+                metrics: Some(metrics.clone()),
                 ..Default::default()
             },
-            metrics: Arc::new(Metrics::default()),
+            metrics,
             http_addr: (self.http_addr != "off").then(|| self.http_addr.clone()),
         })
     }

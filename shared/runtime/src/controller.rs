@@ -156,8 +156,8 @@ impl CommandHandler {
                 }
             }
         };
-        rt.metrics.add(
-            "phase_seconds_total",
+        rt.metrics.observe(
+            "phase_duration_seconds",
             &[("service", svc), ("phase", cmd.phase.as_str())],
             started.elapsed().as_secs_f64(),
         );

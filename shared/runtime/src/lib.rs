@@ -5,7 +5,8 @@
 pub mod config;
 pub mod controller;
 pub mod http;
-pub mod metrics;
+/// The registry lives with the bus (its consumer loop counts messages); re-exported here.
+pub use ksctl_bus::metrics;
 pub mod sim;
 
 pub use config::{CommonArgs, Runtime, RuntimeError};

@@ -105,7 +105,7 @@ impl NatsServer {
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }
-    /// Stops and starts the server on the same port and store directory.
+    /// SIGKILL, then start again on the same port and store directory.
     pub fn restart(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -125,42 +125,54 @@ impl Drop for NatsServer {
     }
 }
 
-/// redis-server on a free port, persistence off.
+/// redis-server on a free port: persistence off, or (`start_durable`) with the append-only
+/// file fsynced on every write, as production runs it.
 pub struct RedisServer {
     child: Child,
     pub port: u16,
-    _dir: TempDir,
+    dir: TempDir,
+    durable: bool,
 }
 
 impl RedisServer {
     pub fn start() -> Self {
+        Self::start_with(false)
+    }
+    pub fn start_durable() -> Self {
+        Self::start_with(true)
+    }
+    fn start_with(durable: bool) -> Self {
         require("redis-server", "apt-get install redis-server");
         let dir = TempDir::new("redis");
-        let (child, port) = start_on_free_port("redis-server", |port| {
-            Command::new("redis-server")
-                .args([
-                    "--port",
-                    &port.to_string(),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--daemonize",
-                    "no",
-                    "--dir",
-                ])
-                .arg(&dir.0)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("spawn redis-server")
-        });
-        Self { child, port, _dir: dir }
+        let (child, port) = start_on_free_port("redis-server", |port| Self::spawn(port, &dir, durable));
+        Self { child, port, dir, durable }
+    }
+    fn spawn(port: u16, dir: &TempDir, durable: bool) -> Child {
+        let aof: &[&str] =
+            if durable { &["--appendonly", "yes", "--appendfsync", "always"] } else { &["--appendonly", "no"] };
+        Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--daemonize", "no"])
+            .args(aof)
+            .arg("--dir")
+            .arg(&dir.0)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn redis-server")
     }
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
+    }
+    /// SIGKILL, then start again on the same port and directory (the AOF is replayed).
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = Self::spawn(self.port, &self.dir, self.durable);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not come back on port {}", self.port);
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
 

@@ -27,11 +27,13 @@ pub struct SystemOptions {
     pub sim_latency_ms: u64,
     /// `(binary, variable, value)`: extra environment for one service (`*`: all).
     pub env: Vec<(String, String, String)>,
+    /// Redis with the append-only file fsynced on every write (for restart tests).
+    pub durable_redis: bool,
 }
 
 impl Default for SystemOptions {
     fn default() -> Self {
-        Self { replicas: 1, backend: Backend::Redis, sim_latency_ms: 0, env: vec![] }
+        Self { replicas: 1, backend: Backend::Redis, sim_latency_ms: 0, env: vec![], durable_redis: false }
     }
 }
 
@@ -56,7 +58,8 @@ pub struct System {
 impl System {
     pub async fn start(opts: SystemOptions) -> Self {
         let nats = NatsServer::start();
-        let redis = (opts.backend == Backend::Redis).then(RedisServer::start);
+        let redis = (opts.backend == Backend::Redis)
+            .then(|| if opts.durable_redis { RedisServer::start_durable() } else { RedisServer::start() });
         let namespace = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
         let logs = std::env::temp_dir().join("ksctl-test-logs").join(&namespace);
         std::fs::create_dir_all(&logs).expect("logs dir");
@@ -223,7 +226,16 @@ impl System {
 
     pub async fn cluster(&self, name: &str) -> Option<ClusterRecord> {
         let id = ClusterId::new(name).expect("valid name");
-        ksctl_store::get_json(self.store.as_ref(), &keys::cluster(&id)).await.expect("store").map(|(r, _)| r)
+        // A restarted Redis answers the first call on the old connection with an error; the
+        // connection manager reconnects for the next.
+        for _ in 0..50 {
+            match ksctl_store::get_json(self.store.as_ref(), &keys::cluster(&id)).await {
+                Ok(r) => return r.map(|(r, _)| r),
+                Err(ksctl_store::StoreError::Unavailable(_)) => tokio::time::sleep(Duration::from_millis(100)).await,
+                Err(e) => panic!("store: {e}"),
+            }
+        }
+        panic!("the store stayed unavailable for 5 s")
     }
 
     pub async fn sim_resources(&self, name: &str) -> Vec<SimResource> {

@@ -184,6 +184,22 @@ impl System {
         }
     }
 
+    /// Whether every replica of `b` is still running.
+    pub fn alive(&mut self, b: &str) -> bool {
+        self.procs
+            .iter_mut()
+            .filter(|p| p.bin == b)
+            .all(|p| p.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_none()))
+    }
+
+    /// Sets (or with `None` removes) one environment variable of `b` for its next start.
+    pub fn set_env(&mut self, b: &str, key: &str, value: Option<&str>) {
+        self.opts.env.retain(|(t, k, _)| !(t == b && k == key));
+        if let Some(v) = value {
+            self.opts.env.push((b.into(), key.into(), v.into()));
+        }
+    }
+
     /// Starts again every replica of `b` that is not running (killed or crashed).
     pub fn restart(&mut self, b: &str) {
         let dead: Vec<usize> = self

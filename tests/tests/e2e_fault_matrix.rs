@@ -133,3 +133,46 @@ async fn a_crash_at_every_step_of_every_saga_is_survived() {
         }
     }
 }
+
+/// Failures injected at each step of a self-managed create: a permanent one fails the saga at
+/// that step (the phase that owns it, the step named in the error, nothing after it run) and a
+/// following delete cleans up; a retryable one (twice) is retried with backoff and the create
+/// completes without duplicates.
+#[tokio::test(flavor = "multi_thread")]
+async fn injected_failures_fail_the_saga_at_their_step_or_are_retried() {
+    const STEPS: &[(&str, &str, &str)] = &[
+        (CLOUD, "cloud.network", "cloud_create"),
+        (CLOUD, "cloud.vm", "cloud_create"),
+        (BOOT, "bootstrap.etcd", "bootstrap"),
+        (BOOT, "bootstrap.k3s-init", "bootstrap"),
+        (BOOT, "bootstrap.k3s-agent-join", "bootstrap"),
+        (K8S, "k8s.rbac", "k8s_install"),
+        (K8S, "k8s.service", "k8s_install"),
+    ];
+    let mut sys = System::start(SystemOptions::default()).await;
+    for (i, (service, step, phase)) in STEPS.iter().enumerate() {
+        for kind in ["permanent", "retryable*2"] {
+            let name = format!("f{i}{}", &kind[..1]);
+            sys.set_env(service, "KSCTL_SIM_FAULTS", Some(&format!("{step}={kind}")));
+            sys.kill9(service);
+            sys.restart(service);
+            create(&sys, &name, false, false).await;
+            if kind == "permanent" {
+                let rec = sys.wait_state(&name, "creation_failed", T).await;
+                let op = rec.last_operation.unwrap();
+                let error = op.error.unwrap();
+                assert!(error.starts_with(&format!("{phase}: simulated permanent failure at {step}")), "{error}");
+                assert_eq!(op.phase.as_str(), *phase, "failed in the phase that owns {step}");
+                assert!(!op.phases_done.iter().any(|p| p.as_str() == *phase), "{phase} did not finish");
+                ok(&sys, &["cluster", "delete", &name]).await;
+                assert!(sys.sim_resources(&name).await.is_empty(), "{step}: delete left resources");
+            } else {
+                sys.wait_state(&name, "running", T).await;
+                sys.assert_no_duplicates(&name).await;
+            }
+            sys.set_env(service, "KSCTL_SIM_FAULTS", None);
+            sys.kill9(service);
+            sys.restart(service);
+        }
+    }
+}

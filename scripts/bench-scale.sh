@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Scale benchmark (issue 6): N sim clusters (default 1000) created and deleted through the bus,
 # with 1 and with 3 replicas of every service; prints clusters/s, request→done p50/p99 and each
-# service process's peak RSS. Release build, zero simulated latency, persistent NATS (file
-# store) and Redis as in production. Usage: scripts/bench-scale.sh [clusters] [type]
+# service process's peak RSS. Release build, zero simulated latency, NATS with its file store.
+# Then, with LATENCY_MS (default 50) per simulated step: one cluster alone (its create time is
+# the saga's critical path as this system runs it) and M (default 200) at once; the ratio of
+# the two wall times shows how far the saga's parallelism holds (1.0: M clusters take as long
+# as one). Usage: scripts/bench-scale.sh [clusters] [type]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-1000}
@@ -22,3 +25,14 @@ for REPLICAS in 1 3; do
   peak_rss
   stop_system
 done
+
+LAT=${LATENCY_MS:-50}
+M=${PARALLEL_CLUSTERS:-200}
+export REPLICAS=3
+rm -rf "$LAB/nats"
+start_system "$PWD/target/release" KSCTL_SIM_LATENCY_MS="$LAT" RUST_LOG=warn KSCTL_MAX_JOBS="${KSCTL_MAX_JOBS:-256}"
+echo "=== $LAT ms per simulated step, 3 replicas: one cluster alone, then $M at once ==="
+wall() { awk '/^create/{print $5}'; }
+one=$("$PWD/target/release/ksctl-bench" --clusters 1 --concurrency 1 --type "$TYPE" --raw-ops 0 | tee /dev/stderr | wall)
+many=$("$PWD/target/release/ksctl-bench" --clusters "$M" --concurrency "$M" --type "$TYPE" --raw-ops 0 | tee /dev/stderr | wall)
+python3 -c "print(f'critical path (one cluster alone): {$one:.2f} s; $M clusters at once: {$many:.2f} s; ratio {$many/$one:.2f}')"

@@ -92,3 +92,10 @@ async fn kill9_manager_mid_saga() {
     // in the stream and the restarted manager advances the saga.
     crash_during("ksctl-manager", Phase::Bootstrap, 2).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill9_manager_in_each_other_phase() {
+    // The same, while the first and the last phase of the create run.
+    crash_during("ksctl-manager", Phase::CloudCreate, 3).await;
+    crash_during("ksctl-manager", Phase::K8sInstall, 2).await;
+}

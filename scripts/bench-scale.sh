@@ -33,6 +33,8 @@ rm -rf "$LAB/nats"
 start_system "$PWD/target/release" KSCTL_SIM_LATENCY_MS="$LAT" RUST_LOG=warn KSCTL_MAX_JOBS="${KSCTL_MAX_JOBS:-256}"
 echo "=== $LAT ms per simulated step, 3 replicas: one cluster alone, then $M at once ==="
 wall() { awk '/^create/{print $5}'; }
-one=$("$PWD/target/release/ksctl-bench" --clusters 1 --concurrency 1 --type "$TYPE" --raw-ops 0 | tee /dev/stderr | wall)
-many=$("$PWD/target/release/ksctl-bench" --clusters "$M" --concurrency "$M" --type "$TYPE" --raw-ops 0 | tee /dev/stderr | wall)
+out=$("$PWD/target/release/ksctl-bench" --clusters 1 --concurrency 1 --type "$TYPE" --raw-ops 0)
+echo "$out"; one=$(echo "$out" | wall)
+out=$("$PWD/target/release/ksctl-bench" --clusters "$M" --concurrency "$M" --type "$TYPE" --raw-ops 0)
+echo "$out"; many=$(echo "$out" | wall)
 python3 -c "print(f'critical path (one cluster alone): {$one:.2f} s; $M clusters at once: {$many:.2f} s; ratio {$many/$one:.2f}')"

@@ -55,8 +55,16 @@ ENV
 stop_system() {
   [ -f "$LAB/pids" ] || return 0
   # Also stops helpers the caller recorded (e.g. moto).
-  # shellcheck disable=SC2046
-  kill $(cat "$LAB/pids") 2>/dev/null || true
+  local pids
+  pids=$(cat "$LAB/pids")
+  # shellcheck disable=SC2086
+  kill $pids 2>/dev/null || true
+  # Wait until they are gone (NATS flushes its store on the way out).
+  for _ in $(seq 1 100); do
+    # shellcheck disable=SC2086
+    kill -0 $pids 2>/dev/null || break
+    sleep 0.1
+  done
   rm -f "$LAB/pids"
 }
 

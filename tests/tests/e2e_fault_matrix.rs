@@ -82,27 +82,86 @@ async fn create(sys: &System, name: &str, managed: bool, wait: bool) {
     ok(sys, &args).await;
 }
 
+fn managed(op: Op) -> bool {
+    matches!(op, Op::CreateManaged | Op::ScaleManaged)
+}
+
+/// Operations on an existing cluster get one, made before any fault is armed.
+async fn prepare(sys: &System, name: &str, op: Op) {
+    if !matches!(op, Op::CreateSelfManaged | Op::CreateManaged) {
+        create(sys, name, managed(op), true).await;
+    }
+}
+
+/// Starts `op` on `name` without waiting for it.
+async fn trigger(sys: &System, name: &str, op: Op) {
+    match op {
+        Op::CreateSelfManaged | Op::CreateManaged => create(sys, name, managed(op), false).await,
+        Op::ScaleUp => ok(sys, &["cluster", "scale", name, "--workers", "3", "--no-wait"]).await,
+        Op::ScaleDown => ok(sys, &["cluster", "scale", name, "--workers", "1", "--no-wait"]).await,
+        Op::ScaleManaged => ok(sys, &["cluster", "scale", name, "--workers", "4", "--no-wait"]).await,
+        Op::Addon => ok(sys, &["cluster", "addons", "enable", name, "metrics-server", "--no-wait"]).await,
+        Op::Delete => ok(sys, &["cluster", "delete", name, "--no-wait"]).await,
+    }
+}
+
+/// The phase of `op` that runs `service`'s steps, and the state a permanent failure leaves.
+fn owner(service: &str, op: Op) -> (&'static str, &'static str) {
+    let create = matches!(op, Op::CreateSelfManaged | Op::CreateManaged);
+    let phase = match (service, op) {
+        (CLOUD, _) if create => "cloud_create",
+        (CLOUD, Op::ScaleUp | Op::ScaleManaged) => "cloud_scale_up",
+        (CLOUD, Op::ScaleDown) => "cloud_scale_down",
+        (CLOUD, Op::Delete) => "cloud_delete",
+        (BOOT, _) if create => "bootstrap",
+        (BOOT, Op::ScaleUp) => "bootstrap_join",
+        (K8S, _) if create => "k8s_install",
+        (K8S, Op::ScaleDown) => "k8s_drain",
+        (K8S, Op::Addon) => "k8s_addon",
+        (K8S, Op::Delete) => "k8s_uninstall",
+        other => panic!("no phase for {other:?}"),
+    };
+    let state = match op {
+        _ if create => "creation_failed",
+        Op::Delete => "deletion_failed",
+        _ => "configuring_failed",
+    };
+    (phase, state)
+}
+
+/// Restarts `service` with `fault` (or none).
+fn arm(sys: &mut System, service: &str, fault: Option<&str>) {
+    sys.set_env(service, "KSCTL_SIM_FAULTS", fault);
+    sys.kill9(service);
+    sys.restart(service);
+}
+
+/// After `op` succeeded on `name`: the cluster is as the operation asked, made once each.
+async fn check_done(sys: &System, name: &str, op: Op) {
+    if op == Op::Delete {
+        sys.wait_gone(name, T).await;
+        assert!(sys.sim_resources(name).await.is_empty(), "{name}: delete left resources");
+        return;
+    }
+    let rec = sys.wait_state(name, "running", T).await;
+    sys.assert_no_duplicates(name).await;
+    match op {
+        Op::ScaleUp => assert_eq!(rec.spec.worker_nodes, 3),
+        Op::ScaleDown => assert_eq!(rec.spec.worker_nodes, 1),
+        Op::ScaleManaged => assert_eq!(rec.spec.managed_nodes, 4),
+        Op::Addon => assert_eq!(rec.spec.addons, ["metrics-server"]),
+        _ => {}
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_crash_at_every_step_of_every_saga_is_survived() {
     let mut sys = System::start(SystemOptions::default()).await;
     for (i, (service, step, op)) in MATRIX.iter().enumerate() {
         let name = format!("m{i}");
-        let managed = matches!(op, Op::CreateManaged | Op::ScaleManaged);
-        // Operations on an existing cluster get one, made before the fault is armed.
-        if !matches!(op, Op::CreateSelfManaged | Op::CreateManaged) {
-            create(&sys, &name, managed, true).await;
-        }
-        sys.set_env(service, "KSCTL_SIM_FAULTS", Some(&format!("{step}=crash")));
-        sys.kill9(service);
-        sys.restart(service);
-        match op {
-            Op::CreateSelfManaged | Op::CreateManaged => create(&sys, &name, managed, false).await,
-            Op::ScaleUp => ok(&sys, &["cluster", "scale", &name, "--workers", "3", "--no-wait"]).await,
-            Op::ScaleDown => ok(&sys, &["cluster", "scale", &name, "--workers", "1", "--no-wait"]).await,
-            Op::ScaleManaged => ok(&sys, &["cluster", "scale", &name, "--workers", "4", "--no-wait"]).await,
-            Op::Addon => ok(&sys, &["cluster", "addons", "enable", &name, "metrics-server", "--no-wait"]).await,
-            Op::Delete => ok(&sys, &["cluster", "delete", &name, "--no-wait"]).await,
-        }
+        prepare(&sys, &name, *op).await;
+        arm(&mut sys, service, Some(&format!("{step}=crash")));
+        trigger(&sys, &name, *op).await;
         let deadline = tokio::time::Instant::now() + T;
         while sys.alive(service) {
             assert!(tokio::time::Instant::now() < deadline, "{service} never reached {step} in {op:?}");
@@ -110,20 +169,7 @@ async fn a_crash_at_every_step_of_every_saga_is_survived() {
         }
         sys.set_env(service, "KSCTL_SIM_FAULTS", None);
         sys.restart(service);
-        if *op == Op::Delete {
-            sys.wait_gone(&name, T).await;
-            assert!(sys.sim_resources(&name).await.is_empty(), "{step}/{op:?}: delete left resources");
-            continue;
-        }
-        let rec = sys.wait_state(&name, "running", T).await;
-        sys.assert_no_duplicates(&name).await;
-        match op {
-            Op::ScaleUp => assert_eq!(rec.spec.worker_nodes, 3),
-            Op::ScaleDown => assert_eq!(rec.spec.worker_nodes, 1),
-            Op::ScaleManaged => assert_eq!(rec.spec.managed_nodes, 4),
-            Op::Addon => assert_eq!(rec.spec.addons, ["metrics-server"]),
-            _ => {}
-        }
+        check_done(&sys, &name, *op).await;
     }
     // Everything left is deleted without a trace.
     for (i, (_, _, op)) in MATRIX.iter().enumerate() {
@@ -134,45 +180,37 @@ async fn a_crash_at_every_step_of_every_saga_is_survived() {
     }
 }
 
-/// Failures injected at each step of a self-managed create: a permanent one fails the saga at
-/// that step (the phase that owns it, the step named in the error, nothing after it run) and a
-/// following delete cleans up; a retryable one (twice) is retried with backoff and the create
-/// completes without duplicates.
+/// Failures injected at every step of the matrix: a permanent one fails the operation in the
+/// phase that owns the step (the step named in the error, the phase not finished, the cluster in
+/// the operation's `*_failed` state) and a delete then cleans up; a retryable one (twice) is
+/// retried with backoff and the operation completes without duplicates.
 #[tokio::test(flavor = "multi_thread")]
 async fn injected_failures_fail_the_saga_at_their_step_or_are_retried() {
-    const STEPS: &[(&str, &str, &str)] = &[
-        (CLOUD, "cloud.network", "cloud_create"),
-        (CLOUD, "cloud.vm", "cloud_create"),
-        (BOOT, "bootstrap.etcd", "bootstrap"),
-        (BOOT, "bootstrap.k3s-init", "bootstrap"),
-        (BOOT, "bootstrap.k3s-agent-join", "bootstrap"),
-        (K8S, "k8s.rbac", "k8s_install"),
-        (K8S, "k8s.service", "k8s_install"),
-    ];
     let mut sys = System::start(SystemOptions::default()).await;
-    for (i, (service, step, phase)) in STEPS.iter().enumerate() {
+    for (i, (service, step, op)) in MATRIX.iter().enumerate() {
+        let (phase, failed) = owner(service, *op);
         for kind in ["permanent", "retryable*2"] {
             let name = format!("f{i}{}", &kind[..1]);
-            sys.set_env(service, "KSCTL_SIM_FAULTS", Some(&format!("{step}={kind}")));
-            sys.kill9(service);
-            sys.restart(service);
-            create(&sys, &name, false, false).await;
+            prepare(&sys, &name, *op).await;
+            arm(&mut sys, service, Some(&format!("{step}={kind}")));
+            trigger(&sys, &name, *op).await;
             if kind == "permanent" {
-                let rec = sys.wait_state(&name, "creation_failed", T).await;
-                let op = rec.last_operation.unwrap();
-                let error = op.error.unwrap();
+                let rec = sys.wait_state(&name, failed, T).await;
+                let last = rec.last_operation.unwrap();
+                let error = last.error.unwrap();
                 assert!(error.starts_with(&format!("{phase}: simulated permanent failure at {step}")), "{error}");
-                assert_eq!(op.phase.as_str(), *phase, "failed in the phase that owns {step}");
-                assert!(!op.phases_done.iter().any(|p| p.as_str() == *phase), "{phase} did not finish");
+                assert_eq!(last.phase.as_str(), phase, "{step}/{op:?} failed in the phase that owns it");
+                assert!(!last.phases_done.iter().any(|p| p.as_str() == phase), "{phase} did not finish");
+                arm(&mut sys, service, None);
                 ok(&sys, &["cluster", "delete", &name]).await;
-                assert!(sys.sim_resources(&name).await.is_empty(), "{step}: delete left resources");
+                assert!(sys.sim_resources(&name).await.is_empty(), "{step}/{op:?}: delete left resources");
             } else {
-                sys.wait_state(&name, "running", T).await;
-                sys.assert_no_duplicates(&name).await;
+                check_done(&sys, &name, *op).await;
+                arm(&mut sys, service, None);
+                if *op != Op::Delete {
+                    ok(&sys, &["cluster", "delete", &name]).await;
+                }
             }
-            sys.set_env(service, "KSCTL_SIM_FAULTS", None);
-            sys.kill9(service);
-            sys.restart(service);
         }
     }
 }

@@ -184,6 +184,20 @@ impl System {
         }
     }
 
+    /// SIGTERM to every replica of `b`; waits for them to exit and returns how long that took
+    /// and whether all exited successfully.
+    pub fn terminate(&mut self, b: &str) -> (Duration, bool) {
+        let started = std::time::Instant::now();
+        let mut all_ok = true;
+        for p in self.procs.iter_mut().filter(|p| p.bin == b) {
+            if let Some(mut c) = p.child.take() {
+                let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+                all_ok &= c.wait().is_ok_and(|s| s.success());
+            }
+        }
+        (started.elapsed(), all_ok)
+    }
+
     /// Whether every replica of `b` is still running.
     pub fn alive(&mut self, b: &str) -> bool {
         self.procs

@@ -99,3 +99,28 @@ async fn kill9_manager_in_each_other_phase() {
     crash_during("ksctl-manager", Phase::CloudCreate, 3).await;
     crash_during("ksctl-manager", Phase::K8sInstall, 2).await;
 }
+
+/// Graceful shutdown: SIGTERM while the cloud phase is in flight (slow steps, a 2 s shutdown
+/// deadline): the controller stops pulling, gives its in-flight work the deadline, exits 0
+/// within it, and the abandoned phase is redelivered to the restarted controller, which
+/// completes the create without duplicates.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_drains_within_the_deadline_and_the_work_resumes() {
+    let mut sys = System::start(SystemOptions {
+        sim_latency_ms: 400,
+        env: vec![("ksctl-cloud-controller".into(), "KSCTL_SHUTDOWN_DEADLINE_SECS".into(), "2".into())],
+        ..Default::default()
+    })
+    .await;
+    let mut events = sys.client.subscribe("ksctl.events.drained.>").await.unwrap();
+    let (code, _, err) = sys.create_ha("drained", 2, &["--no-wait"]).await;
+    assert_eq!(code, 0, "{err}");
+    wait_event(&mut events, T, "cloud progress 2", progress_at(Phase::CloudCreate, 2)).await;
+    let (took, clean) = sys.terminate("ksctl-cloud-controller");
+    assert!(clean, "the controller exits 0 on SIGTERM");
+    assert!(took < Duration::from_secs(5), "exited {took:?} after SIGTERM; the deadline is 2 s");
+    assert!(took >= Duration::from_millis(1500), "the in-flight phase was given its deadline ({took:?})");
+    sys.restart("ksctl-cloud-controller");
+    sys.wait_state("drained", "running", T).await;
+    sys.assert_no_duplicates("drained").await;
+}

@@ -214,3 +214,23 @@ async fn injected_failures_fail_the_saga_at_their_step_or_are_retried() {
         }
     }
 }
+
+/// The manager killed in every other saga: as soon as the first phase of a scale up, scale down,
+/// managed resize, addon or delete has reported success, the manager dies (the result waits in
+/// the stream); restarted, it advances the saga to the end.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_manager_killed_in_every_other_saga_finishes_it() {
+    use futures::StreamExt;
+    let mut sys = System::start(SystemOptions { sim_latency_ms: 30, ..Default::default() }).await;
+    for (i, op) in [Op::ScaleUp, Op::ScaleDown, Op::ScaleManaged, Op::Addon, Op::Delete].into_iter().enumerate() {
+        let name = format!("k{i}");
+        prepare(&sys, &name, op).await;
+        let mut events = sys.client.subscribe(format!("ksctl.events.{name}.phase_succeeded")).await.unwrap();
+        trigger(&sys, &name, op).await;
+        tokio::time::timeout(T, events.next()).await.expect("a phase succeeded").unwrap();
+        sys.kill9("ksctl-manager");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        sys.restart("ksctl-manager");
+        check_done(&sys, &name, op).await;
+    }
+}

@@ -59,6 +59,10 @@ pub struct CommonArgs {
     /// This replica's name in leases and logs (default: host name and process id).
     #[arg(long, env = "KSCTL_REPLICA_ID")]
     pub replica_id: Option<String>,
+    /// Seconds in-flight work may take to finish after SIGTERM before it is abandoned (and its
+    /// messages redelivered to another replica).
+    #[arg(long, env = "KSCTL_SHUTDOWN_DEADLINE_SECS", default_value_t = 20)]
+    pub shutdown_deadline_secs: u64,
     /// Log as JSON lines.
     #[arg(long, env = "KSCTL_LOG_JSON", default_value_t = false)]
     pub log_json: bool,
@@ -158,6 +162,7 @@ impl CommonArgs {
                 base_backoff: Duration::from_millis(self.retry_base_ms.max(1)),
                 max_deliver: self.max_deliver,
                 metrics: Some(metrics.clone()),
+                drain_deadline: Duration::from_secs(self.shutdown_deadline_secs),
                 ..Default::default()
             },
             metrics,

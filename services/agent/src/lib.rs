@@ -14,8 +14,11 @@ pub struct Config {
     pub nats_url: String,
     #[arg(long, env = "KSCTL_NATS_USER")]
     pub nats_user: Option<String>,
-    #[arg(long, env = "KSCTL_NATS_PASSWORD")]
+    #[arg(long, env = "KSCTL_NATS_PASSWORD", hide_env_values = true)]
     pub nats_password: Option<String>,
+    /// CA certificate (PEM) to verify the NATS server with; setting it requires TLS.
+    #[arg(long, env = "KSCTL_NATS_CA_FILE")]
+    pub nats_ca_file: Option<String>,
     /// The cluster this agent reports for.
     #[arg(long, env = "KSCTL_CLUSTER_ID")]
     pub cluster_id: String,
@@ -74,10 +77,13 @@ pub async fn run(config: Config, mut shutdown: tokio::sync::watch::Receiver<bool
     if config.http_addr != "off" {
         ksctl_runtime::http::serve(&config.http_addr, metrics.clone(), ready.clone()).await?;
     }
-    let mut opts = async_nats::ConnectOptions::new().name("ksctl-agent");
-    if let (Some(u), Some(p)) = (&config.nats_user, &config.nats_password) {
-        opts = opts.user_and_password(u.clone(), p.clone());
-    }
+    let auth = ksctl_bus::NatsAuth {
+        user: config.nats_user.clone(),
+        password: config.nats_password.clone(),
+        ca_file: config.nats_ca_file.clone(),
+        ..Default::default()
+    };
+    let opts = auth.options().name("ksctl-agent");
     let nats = opts.connect(&config.nats_url).await?;
     let subject = health_subject(&config.cluster_id);
     tracing::info!(cluster_id = %config.cluster_id, %subject, "agent started");

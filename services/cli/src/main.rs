@@ -32,6 +32,14 @@ struct Cli {
     nats_user: Option<String>,
     #[arg(long, global = true, env = "KSCTL_NATS_PASSWORD", hide_env_values = true)]
     nats_password: Option<String>,
+    /// CA certificate (PEM) to verify the NATS server with; setting it requires TLS.
+    #[arg(long, global = true, env = "KSCTL_NATS_CA_FILE")]
+    nats_ca_file: Option<String>,
+    /// Client certificate and key (PEM) for NATS servers that verify clients.
+    #[arg(long, global = true, env = "KSCTL_NATS_CERT_FILE")]
+    nats_cert_file: Option<String>,
+    #[arg(long, global = true, env = "KSCTL_NATS_KEY_FILE")]
+    nats_key_file: Option<String>,
     /// Output format.
     #[arg(short = 'o', long, global = true, value_enum, default_value = "table")]
     output: Output,
@@ -236,10 +244,14 @@ pub struct Ctx {
 }
 
 async fn connect(cli: &Cli) -> Result<async_nats::Client> {
-    let mut opts = async_nats::ConnectOptions::new().connection_timeout(Duration::from_secs(5));
-    if let (Some(u), Some(p)) = (&cli.nats_user, &cli.nats_password) {
-        opts = opts.user_and_password(u.clone(), p.clone());
-    }
+    let auth = ksctl_bus::NatsAuth {
+        user: cli.nats_user.clone(),
+        password: cli.nats_password.clone(),
+        ca_file: cli.nats_ca_file.clone(),
+        cert_file: cli.nats_cert_file.clone(),
+        key_file: cli.nats_key_file.clone(),
+    };
+    let opts = auth.options().connection_timeout(Duration::from_secs(5));
     opts.connect(&cli.nats_url)
         .await
         .with_context(|| format!("connecting to the control plane's NATS at {}", cli.nats_url))

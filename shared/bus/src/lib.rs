@@ -2,6 +2,7 @@
 //! ack-owning envelope, durable publishing with deterministic message ids, events, and the worker
 //! loop every service runs its consumers with.
 
+pub mod connect;
 pub mod envelope;
 pub mod error;
 pub mod metrics;
@@ -9,6 +10,7 @@ pub mod publish;
 pub mod subjects;
 pub mod worker;
 
+pub use connect::NatsAuth;
 pub use envelope::Envelope;
 pub use error::{BusError, HandlerError};
 pub use metrics::Metrics;

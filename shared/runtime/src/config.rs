@@ -23,6 +23,14 @@ pub struct CommonArgs {
     pub nats_user: Option<String>,
     #[arg(long, env = "KSCTL_NATS_PASSWORD", hide_env_values = true)]
     pub nats_password: Option<String>,
+    /// CA certificate (PEM) to verify the NATS server with; setting it requires TLS.
+    #[arg(long, env = "KSCTL_NATS_CA_FILE")]
+    pub nats_ca_file: Option<String>,
+    /// Client certificate and key (PEM) for NATS servers that verify clients.
+    #[arg(long, env = "KSCTL_NATS_CERT_FILE")]
+    pub nats_cert_file: Option<String>,
+    #[arg(long, env = "KSCTL_NATS_KEY_FILE")]
+    pub nats_key_file: Option<String>,
     /// State store backend.
     #[arg(long, env = "KSCTL_STORE", value_enum, default_value = "redis")]
     pub store: StoreKind,
@@ -109,11 +117,14 @@ impl CommonArgs {
     }
 
     pub async fn nats(&self) -> Result<async_nats::Client, RuntimeError> {
-        let mut opts =
-            async_nats::ConnectOptions::new().retry_on_initial_connect().connection_timeout(Duration::from_secs(5));
-        if let (Some(u), Some(p)) = (&self.nats_user, &self.nats_password) {
-            opts = opts.user_and_password(u.clone(), p.clone());
-        }
+        let auth = ksctl_bus::NatsAuth {
+            user: self.nats_user.clone(),
+            password: self.nats_password.clone(),
+            ca_file: self.nats_ca_file.clone(),
+            cert_file: self.nats_cert_file.clone(),
+            key_file: self.nats_key_file.clone(),
+        };
+        let opts = auth.options().retry_on_initial_connect().connection_timeout(Duration::from_secs(5));
         // retry_on_initial_connect returns at once and connects in the background; wait until
         // the first connection so start-up errors surface here.
         let client = opts

@@ -280,17 +280,36 @@ impl System {
             .collect()
     }
 
-    /// Panics if any simulated resource name exists more than once (created twice).
+    /// Panics if any simulated resource name exists more than once (created twice) or a host
+    /// step ran twice on a host.
     pub async fn assert_no_duplicates(&self, name: &str) {
+        self.check_duplicates(name, |_| 1).await
+    }
+
+    /// After a kill at an arbitrary moment (or a store restart): no resource made twice, and no
+    /// host step run more than twice — a step the kill caught between its effect and its
+    /// checkpoint runs again (host steps are idempotent on the host; that is their contract).
+    pub async fn assert_no_duplicates_after_kill(&self, name: &str) {
+        self.check_duplicates(name, |_| 2).await
+    }
+
+    /// As [`Self::assert_no_duplicates`], except that host steps `rerun` may have run twice: a
+    /// crash after a step's effect and before its checkpoint runs it again, on each host where
+    /// it was in flight (the steps are idempotent on the host; what matters is that nothing
+    /// else ran again and no resource was made twice).
+    pub async fn assert_no_duplicates_but(&self, name: &str, rerun: &[&str]) {
+        self.check_duplicates(name, |s| if rerun.iter().any(|x| x.ends_with(&format!(".{s}"))) { 2 } else { 1 }).await
+    }
+
+    /// Each resource name once; host step `s` at most `allowed(s)` times per host.
+    async fn check_duplicates(&self, name: &str, allowed: impl Fn(&str) -> usize) {
         let mut seen = std::collections::BTreeMap::<String, usize>::new();
         for r in self.sim_resources(name).await {
             *seen.entry(r.name).or_default() += 1;
-            assert!(
-                !r.applied.iter().enumerate().any(|(i, s)| r.applied[..i].contains(s)),
-                "host step applied twice on {}: {:?}",
-                r.id,
-                r.applied
-            );
+            for s in &r.applied {
+                let runs = r.applied.iter().filter(|a| *a == s).count();
+                assert!(runs <= allowed(s), "host step {s} ran {runs} times on {}: {:?}", r.id, r.applied);
+            }
         }
         let dups: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
         assert!(dups.is_empty(), "resources created twice: {dups:?} (logs in {})", self.logs.display());

@@ -109,7 +109,7 @@ async fn many_replicas_many_clusters_one_holder_per_cluster() {
     }
     for n in &names {
         sys.wait_state(n, "running", T).await;
-        sys.assert_no_duplicates(n).await;
+        sys.assert_no_duplicates_after_kill(n).await;
     }
     let deletes = names.iter().map(|n| {
         let sys = &sys;

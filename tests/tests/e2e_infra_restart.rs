@@ -39,7 +39,7 @@ async fn nats_and_redis_restarts_lose_no_operation() {
 
     for n in &names {
         sys.wait_state(n, "running", T).await;
-        sys.assert_no_duplicates(n).await;
+        sys.assert_no_duplicates_after_kill(n).await;
     }
     for n in &names {
         let (code, out, err) = sys.ksctl(&["cluster", "delete", n, "--no-wait"]).await;

@@ -47,6 +47,21 @@ struct Args {
     /// The cloud-controller's /metrics URL, to report cloud API calls per cluster.
     #[arg(long)]
     cloud_metrics_url: Option<String>,
+    /// The services' `KSCTL_SIM_LATENCY_MS`: when set, the create's wall time is compared with
+    /// the saga's ideal critical path at that latency.
+    #[arg(long)]
+    sim_latency_ms: Option<u64>,
+}
+
+/// Simulated steps on the critical path of creating the benchmark's cluster if nothing but the
+/// steps took time: what the sim providers run one after another, a parallel group counting
+/// once. Cloud: network, 4 firewalls, SSH key, then the VMs (up to 10 at once; the spec has 8).
+/// Bootstrap: the CA, then 3 waves (HAProxy with the etcd members, the first server, the
+/// joins), each in parallel. k8s: the 9 components, one after another. Managed: network,
+/// cluster, node pool, then the 9 components. A measured time below this means the count is
+/// wrong; the bench says so.
+fn ideal_create_steps(cluster_type: &str) -> u32 {
+    if cluster_type == "selfmanaged" { (1 + 4 + 1 + 1) + (1 + 3) + 9 } else { 3 + 9 }
 }
 
 fn spec(name: &str, t: &str, provider: &str, region: &str) -> ClusterSpec {
@@ -309,6 +324,16 @@ async fn main() -> Result<()> {
     })
     .await?;
     report("create", &create, a.clusters);
+    if let Some(ms) = a.sim_latency_ms.filter(|ms| *ms > 0) {
+        let steps = ideal_create_steps(&a.cluster_type);
+        let ideal = steps as f64 * ms as f64 / 1e3;
+        let wall = create.wall.as_secs_f64();
+        println!(
+            "ideal critical path: {steps} steps x {ms} ms = {ideal:.2} s; create wall {wall:.2} s; ratio {:.2}{}",
+            wall / ideal,
+            if wall < ideal { " (below 1: the step count is wrong)" } else { "" }
+        );
+    }
     let rev1 = store_revision(&a.redis_url, &a.store_namespace).await.unwrap_or(0);
     let calls1 = calls(()).await;
     if a.cloud_only {

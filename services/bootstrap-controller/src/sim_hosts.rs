@@ -1,5 +1,5 @@
-//! Simulated hosts: each host step is applied to the simulated VM (once, like a host step
-//! guarded by a check) and checkpointed in the bootstrap record.
+//! Simulated hosts: each host step runs on the simulated VM (recorded in its history, so tests
+//! see a step that ran again) and is checkpointed in the bootstrap record.
 use crate::Bootstrapper;
 use crate::plan::{HostStep, bootstrap_waves, join_wave};
 use ksctl_core::keys;
@@ -32,7 +32,7 @@ impl SimHosts {
         Ok(infra.vms.into_values().collect())
     }
 
-    /// Runs one wave: each step applied to its simulated host once, then checkpointed.
+    /// Runs one wave: each step not yet checkpointed runs on its simulated host, then is checkpointed.
     async fn run_wave(
         &self,
         ctx: &PhaseCtx<'_>,
@@ -41,8 +41,8 @@ impl SimHosts {
         total: u32,
     ) -> Result<(), PhaseError> {
         crate::run_wave(&self.store, ctx, wave, done, total, crate::PARALLEL_HOSTS, |s| async move {
-            self.sim.step(&format!("bootstrap.{}", s.step)).await?;
-            self.sim.apply_on_host(&ctx.cluster.id, &s.host.id, s.step).await?;
+            let step = format!("bootstrap.{}", s.step);
+            self.sim.run(&step, self.sim.apply_on_host(&ctx.cluster.id, &s.host.id, s.step)).await?;
             let key = s.key();
             crate::checkpoint(&self.store, ctx, |r| {
                 r.steps_done.insert(key.clone());
@@ -69,11 +69,16 @@ impl Bootstrapper for SimHosts {
 
         // The CA exists before any host needs a certificate; generated once, sealed, kept for renewal.
         if crate::record(&self.store, ctx).await?.ca_key.is_none() {
-            self.sim.step("bootstrap.pki").await?;
-            let (cert, key) = (
-                ctx.rt.sealer.seal(&format!("ca-cert/{id}"), fake_pem("CERTIFICATE").as_bytes()),
-                ctx.rt.sealer.seal(&format!("ca-key/{id}"), fake_pem("PRIVATE KEY").as_bytes()),
-            );
+            // Generating the CA touches nothing outside; only the checkpoint below keeps it.
+            let (cert, key) = self
+                .sim
+                .run("bootstrap.pki", async {
+                    Ok((
+                        ctx.rt.sealer.seal(&format!("ca-cert/{id}"), fake_pem("CERTIFICATE").as_bytes()),
+                        ctx.rt.sealer.seal(&format!("ca-key/{id}"), fake_pem("PRIVATE KEY").as_bytes()),
+                    ))
+                })
+                .await?;
             crate::checkpoint(&self.store, ctx, |r| {
                 if r.ca_key.is_none() {
                     r.ca_cert = Some(cert.clone());

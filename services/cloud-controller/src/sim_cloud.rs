@@ -51,8 +51,7 @@ impl SimCloud {
         let results: Vec<Result<(), PhaseError>> = futures::stream::iter(missing)
             .map(|(role, index)| async move {
                 let name = role.vm_name(id, index);
-                self.sim.step("cloud.vm").await?;
-                let r = self.sim.ensure(id, "vm", &name, Some(role), index, 0).await?;
+                let r = self.sim.run("cloud.vm", self.sim.ensure(id, "vm", &name, Some(role), index, 0)).await?;
                 let vm =
                     Vm { id: r.id, name: name.clone(), role, index, public_ip: r.public_ip, private_ip: r.private_ip };
                 checkpoint(&self.store, ctx, |inf| {
@@ -69,8 +68,8 @@ impl SimCloud {
     }
 
     async fn ensure_simple(&self, ctx: &PhaseCtx<'_>, kind: &str, name: &str, size: u32) -> Result<String, PhaseError> {
-        self.sim.step(&format!("cloud.{kind}")).await?;
-        Ok(self.sim.ensure(&ctx.cluster.id, kind, name, None, 0, size).await?.id)
+        let step = format!("cloud.{kind}");
+        Ok(self.sim.run(&step, self.sim.ensure(&ctx.cluster.id, kind, name, None, 0, size)).await?.id)
     }
 }
 
@@ -164,8 +163,7 @@ impl CloudProvider for SimCloud {
         all.sort_by_key(|r| order.iter().position(|k| *k == r.kind).unwrap_or(order.len()));
         let total = all.len() as u32;
         for (n, r) in all.iter().enumerate() {
-            self.sim.step(&format!("cloud.delete.{}", r.kind)).await?;
-            self.sim.delete(id, &r.id).await?;
+            self.sim.run(&format!("cloud.delete.{}", r.kind), self.sim.delete(id, &r.id)).await?;
             ctx.progress(format!("deleted {} {}", r.kind, r.name), n as u32 + 1, total).await;
         }
         self.store.delete(&ksctl_core::keys::cloud(id)).await?;
@@ -199,8 +197,7 @@ impl CloudProvider for SimCloud {
             workers.into_iter().take(state.vms_of(Role::Worker).count().saturating_sub(target as usize)).collect();
         let total = remove.len() as u32;
         for (n, vm) in remove.iter().enumerate() {
-            self.sim.step("cloud.delete.vm").await?;
-            self.sim.delete(&ctx.cluster.id, &vm.id).await?;
+            self.sim.run("cloud.delete.vm", self.sim.delete(&ctx.cluster.id, &vm.id)).await?;
             checkpoint(&self.store, ctx, |i| {
                 i.vms.remove(&vm.name);
             })
@@ -216,8 +213,7 @@ impl SimCloud {
         let state = infra(&self.store, ctx).await?;
         let np =
             state.node_pool.ok_or_else(|| PhaseError::Permanent("the cluster has no node pool recorded".into()))?;
-        self.sim.step("cloud.node_pool.resize").await?;
-        self.sim.update(&ctx.cluster.id, &np, |r| r.size = target).await?;
+        self.sim.run("cloud.node_pool.resize", self.sim.update(&ctx.cluster.id, &np, |r| r.size = target)).await?;
         checkpoint(&self.store, ctx, |i| i.node_pool_size = target).await?;
         ctx.progress(format!("node pool resized to {target}"), 1, 1).await;
         Ok(())

@@ -48,8 +48,7 @@ impl ClusterApi for SimKube {
         for (n, c) in plan.iter().enumerate() {
             if !installed.contains(c) {
                 let kind = c.split('/').next().unwrap_or(c);
-                self.sim.step(&format!("k8s.{kind}")).await?;
-                self.sim.ensure(id, "k8s_object", c, None, 0, 0).await?;
+                self.sim.run(&format!("k8s.{kind}"), self.sim.ensure(id, "k8s_object", c, None, 0, 0)).await?;
                 update_record(&self.store, &keys::k8s(id), |r: &mut K8sRecord| {
                     r.installed.insert(c.to_string());
                 })
@@ -68,8 +67,7 @@ impl ClusterApi for SimKube {
         objects.sort_by_key(|o| std::cmp::Reverse(plan.iter().position(|c| *c == o.name)));
         let total = objects.len() as u32;
         for (n, o) in objects.iter().enumerate() {
-            self.sim.step("k8s.delete").await?;
-            self.sim.delete(id, &o.id).await?;
+            self.sim.run("k8s.delete", self.sim.delete(id, &o.id)).await?;
             ctx.progress(format!("deleted {}", o.name), n as u32 + 1, total).await;
         }
         self.store.delete(&keys::k8s(id)).await?;
@@ -80,14 +78,18 @@ impl ClusterApi for SimKube {
         let id = &ctx.cluster.id;
         let (name, enable) = crate::addon_change(ctx)?;
         let object = format!("addon/{name}");
-        self.sim.step("k8s.addon").await?;
-        if enable {
-            self.sim.ensure(id, "k8s_object", &object, None, 0, 0).await?;
-        } else if let Some(o) =
-            self.sim.list(id).await?.into_iter().find(|r| r.kind == "k8s_object" && r.name == object)
-        {
-            self.sim.delete(id, &o.id).await?;
-        }
+        self.sim
+            .run("k8s.addon", async {
+                if enable {
+                    self.sim.ensure(id, "k8s_object", &object, None, 0, 0).await?;
+                } else if let Some(o) =
+                    self.sim.list(id).await?.into_iter().find(|r| r.kind == "k8s_object" && r.name == object)
+                {
+                    self.sim.delete(id, &o.id).await?;
+                }
+                Ok(())
+            })
+            .await?;
         let verb = if enable { "applied" } else { "deleted" };
         ctx.progress(format!("{verb} {object}"), 1, 1).await;
         Ok(())
@@ -95,8 +97,7 @@ impl ClusterApi for SimKube {
 
     async fn drain(&self, ctx: &PhaseCtx<'_>) -> Result<(), PhaseError> {
         crate::drain_workers(&self.store, ctx, |vm| async move {
-            self.sim.step("k8s.drain").await?;
-            self.sim.apply_on_host(&ctx.cluster.id, &vm.id, "drained").await
+            self.sim.run("k8s.drain", self.sim.apply_on_host(&ctx.cluster.id, &vm.id, "drain")).await
         })
         .await
     }

@@ -29,7 +29,8 @@ pub struct SimResource {
     pub private_ip: String,
     /// For `node_pool`: its size. For others: unused.
     pub size: u32,
-    /// Host steps applied to a simulated VM, in order; a host step applies at most once.
+    /// Every run of a host step on a simulated VM, in order. Host steps are idempotent on the
+    /// host (as the real scripts are guarded); this history shows a step that ran again.
     pub applied: Vec<String>,
     pub created_at_ms: u64,
 }
@@ -40,6 +41,9 @@ enum FaultKind {
     Permanent,
     /// Abort the process at once (like kill -9) when the step is reached.
     Crash,
+    /// Abort the process right after the step's effect, before the controller records it: the
+    /// restarted controller runs the step a second time and must find what the first made.
+    CrashAfter,
 }
 
 #[derive(Debug, Clone)]
@@ -59,7 +63,8 @@ pub struct SimConfig {
 
 impl SimConfig {
     /// `latency_ms`: simulated duration of every step. `faults`: comma-separated
-    /// `<step prefix>=<retryable|permanent|crash>[*N]`, e.g. `cloud.vm=retryable*2,k8s.agent=permanent`
+    /// `<step prefix>=<retryable|permanent|crash|crash_after>[*N]`, e.g.
+    /// `cloud.vm=retryable*2,k8s.agent=permanent`
     /// (`*N`: fire N times then succeed; default: always; counted per process).
     pub fn parse(latency_ms: u64, faults: &str) -> Result<Self, String> {
         let mut out = Vec::new();
@@ -74,8 +79,11 @@ impl SimConfig {
                 "retryable" => FaultKind::Retryable,
                 "permanent" => FaultKind::Permanent,
                 "crash" => FaultKind::Crash,
+                "crash_after" => FaultKind::CrashAfter,
                 k => {
-                    return Err(format!("fault {item:?}: unknown kind {k:?} (retryable, permanent, crash)"));
+                    return Err(format!(
+                        "fault {item:?}: unknown kind {k:?} (retryable, permanent, crash, crash_after)"
+                    ));
                 }
             };
             out.push(Fault { step_prefix: step.to_string(), kind, times });
@@ -103,41 +111,35 @@ impl Sim {
         Self { store, cfg, fired: Mutex::new(HashMap::new()) }
     }
 
-    /// Every simulated call goes through here: latency, then any fault planned for this step.
-    pub async fn step(&self, step: &str) -> Result<(), PhaseError> {
+    /// Every simulated step goes through here: latency and the faults planned before it, then
+    /// `effect` (the call to the simulated cloud, host or API), then a `crash_after` fault.
+    pub async fn run<T>(
+        &self,
+        step: &str,
+        effect: impl std::future::Future<Output = Result<T, PhaseError>>,
+    ) -> Result<T, PhaseError> {
         if !self.cfg.latency.is_zero() {
             tokio::time::sleep(self.cfg.latency).await;
         }
-        for (i, f) in self.cfg.faults.iter().enumerate() {
-            if !step.starts_with(&f.step_prefix) {
-                continue;
+        match self.fire(step, |k| k != FaultKind::CrashAfter) {
+            Some(FaultKind::Retryable) => {
+                return Err(PhaseError::Retryable(format!("simulated transient failure at {step}")));
             }
-            let fire = {
-                let mut fired = self.fired.lock().expect("fault lock");
-                let n = fired.entry(i).or_default();
-                if *n < f.times {
-                    *n += 1;
-                    true
-                } else {
-                    false
-                }
-            };
-            if fire {
-                match f.kind {
-                    FaultKind::Retryable => {
-                        return Err(PhaseError::Retryable(format!("simulated transient failure at {step}")));
-                    }
-                    FaultKind::Permanent => {
-                        return Err(PhaseError::Permanent(format!("simulated permanent failure at {step}")));
-                    }
-                    FaultKind::Crash => {
-                        eprintln!("simulated crash at {step}");
-                        std::process::abort();
-                    }
-                }
+            Some(FaultKind::Permanent) => {
+                return Err(PhaseError::Permanent(format!("simulated permanent failure at {step}")));
             }
+            Some(FaultKind::Crash) => crash(step, "at"),
+            _ => {}
         }
-        Ok(())
+        let out = effect.await?;
+        if self.fire(step, |k| k == FaultKind::CrashAfter).is_some() {
+            crash(step, "after");
+        }
+        Ok(out)
+    }
+
+    fn fire(&self, step: &str, which: impl Fn(FaultKind) -> bool) -> Option<FaultKind> {
+        fire(&self.cfg.faults, &mut self.fired.lock().expect("fault lock"), step, which)
     }
 
     /// Every simulated resource of a cluster (the sweep-by-tag view).
@@ -223,17 +225,36 @@ impl Sim {
         out.map(|r| r.expect("written")).map_err(PhaseError::Permanent)
     }
 
-    /// Applies a host step on a simulated VM, once: like a real host step guarded by a check.
+    /// Runs a host step on a simulated VM (recorded in its history).
     pub async fn apply_on_host(&self, cluster: &ClusterId, host_id: &str, step: &str) -> Result<(), PhaseError> {
         let step = step.to_string();
-        self.update(cluster, host_id, move |r| {
-            if !r.applied.contains(&step) {
-                r.applied.push(step.clone());
-            }
-        })
-        .await
-        .map(|_| ())
+        self.update(cluster, host_id, move |r| r.applied.push(step.clone())).await.map(|_| ())
     }
+}
+
+/// The first planned fault for `step` of a kind `which` accepts that has firings left; counts it.
+fn fire(
+    faults: &[Fault],
+    fired: &mut HashMap<usize, u32>,
+    step: &str,
+    which: impl Fn(FaultKind) -> bool,
+) -> Option<FaultKind> {
+    for (i, f) in faults.iter().enumerate() {
+        if !step.starts_with(&f.step_prefix) || !which(f.kind) {
+            continue;
+        }
+        let n = fired.entry(i).or_default();
+        if *n < f.times {
+            *n += 1;
+            return Some(f.kind);
+        }
+    }
+    None
+}
+
+fn crash(step: &str, when: &str) -> ! {
+    eprintln!("simulated crash {when} {step}");
+    std::process::abort();
 }
 
 /// A PEM-shaped block of random bytes: what the simulator hands out as keys and certificates,
@@ -257,11 +278,28 @@ mod tests {
 
     #[test]
     fn fault_plans_parse() {
-        let c = SimConfig::parse(5, "cloud.vm=retryable*2, k8s=permanent").unwrap();
-        assert_eq!(c.faults.len(), 2);
+        let c = SimConfig::parse(5, "cloud.vm=retryable*2, k8s=permanent, bootstrap=crash_after").unwrap();
+        assert_eq!(c.faults.len(), 3);
+        assert_eq!(c.faults[2].kind, FaultKind::CrashAfter);
         assert_eq!(c.faults[0].times, 2);
         assert_eq!(c.faults[1].times, u32::MAX);
         assert!(SimConfig::parse(0, "cloud.vm").is_err());
+        assert!(SimConfig::parse(0, "cloud.vm=crash_later").is_err());
         assert!(SimConfig::parse(0, "cloud.vm=maybe").is_err());
+    }
+
+    #[test]
+    fn faults_fire_by_prefix_kind_and_count() {
+        let c = SimConfig::parse(0, "cloud.vm=retryable*2,cloud=crash_after*1").unwrap();
+        let mut fired = HashMap::new();
+        let before = |k| k != FaultKind::CrashAfter;
+        let after = |k| k == FaultKind::CrashAfter;
+        assert_eq!(fire(&c.faults, &mut fired, "cloud.network", before), None);
+        assert_eq!(fire(&c.faults, &mut fired, "cloud.vm", before), Some(FaultKind::Retryable));
+        assert_eq!(fire(&c.faults, &mut fired, "cloud.vm", before), Some(FaultKind::Retryable));
+        assert_eq!(fire(&c.faults, &mut fired, "cloud.vm", before), None, "fired twice, then the step succeeds");
+        assert_eq!(fire(&c.faults, &mut fired, "cloud.vm", after), Some(FaultKind::CrashAfter));
+        assert_eq!(fire(&c.faults, &mut fired, "cloud.network", after), None, "counted per fault");
+        assert_eq!(fire(&c.faults, &mut fired, "k8s.namespace", after), None);
     }
 }

@@ -1,10 +1,10 @@
 //! cloud-controller: creates, scales and deletes a cluster's infrastructure. Providers sit behind
-//! [`CloudProvider`]: `sim`, `aws` (EC2 and EKS) and `byo` (hosts the user has); Azure and kind slot
-//! in beside them.
+//! [`CloudProvider`]: `sim`, `aws` (EC2 and EKS), `local` (kind) and `byo` (hosts the user has).
 
 pub mod aws;
 pub mod byo;
 pub mod firewall;
+pub mod kind;
 pub mod kubeconfig_query;
 pub mod sim_cloud;
 
@@ -34,6 +34,12 @@ pub struct Config {
     /// byo: directory holding the SSH private keys that requests name in `hosts.ssh_key`.
     #[arg(long, env = "KSCTL_BYO_KEYS_DIR", default_value = "/etc/ksctl/byo-keys")]
     pub byo_keys_dir: std::path::PathBuf,
+    /// local: the kind binary.
+    #[arg(long, env = "KSCTL_KIND_BIN", default_value = "kind")]
+    pub kind_bin: std::path::PathBuf,
+    /// local: the docker binary (its engine must answer).
+    #[arg(long, env = "KSCTL_DOCKER_BIN", default_value = "docker")]
+    pub docker_bin: std::path::PathBuf,
 }
 
 /// One cloud. Every method is idempotent: it looks resources up by tag before creating them,
@@ -101,6 +107,8 @@ pub async fn run(config: Config, shutdown: tokio::sync::watch::Receiver<bool>) -
         Arc::new(aws::AwsCloud::new(rt.store.clone(), config.aws_ami.clone(), limits, rt.metrics.clone())),
     );
     providers.insert(Provider::Byo, Arc::new(byo::ByoCloud::new(rt.store.clone(), config.byo_keys_dir.clone())));
+    let kind = kind::KindCloud::new(rt.store.clone(), config.kind_bin.clone(), config.docker_bin.clone());
+    providers.insert(Provider::Local, Arc::new(kind));
     let providers = Arc::new(providers);
     let answering = kubeconfig_query::start(rt.clone(), providers.clone()).await?;
     let r = ksctl_runtime::run_controller(rt, Service::Cloud, Arc::new(CloudWorker { providers }), shutdown).await;

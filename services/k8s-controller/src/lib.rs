@@ -192,6 +192,8 @@ pub async fn run(config: Config, shutdown: tokio::sync::watch::Receiver<bool>) -
     // bootstrap sealed, through their load balancer.
     let kube: Arc<dyn ClusterApi> = Arc::new(kube_api::KubeApi::new(rt.store.clone(), settings));
     providers.insert(Provider::Byo, kube.clone());
+    // kind clusters: the kubeconfig the cloud-controller sealed (an API server on this host).
+    providers.insert(Provider::Local, kube.clone());
     providers.insert(Provider::Aws, kube);
     ksctl_runtime::run_controller(rt, Service::K8s, Arc::new(K8sWorker { providers }), shutdown).await
 }

@@ -9,7 +9,7 @@ use ksctl_core::messages::{
 };
 use ksctl_core::records::{ClusterRecord, OperationRecord};
 use ksctl_core::saga::first_phase;
-use ksctl_core::spec::{ClusterType, FieldError, MAX_NODES_PER_ROLE};
+use ksctl_core::spec::{ClusterType, FieldError, LOCAL_NO_SCALE, MAX_NODES_PER_ROLE, Provider};
 use ksctl_core::state::{OpKind, check_transition};
 use ksctl_core::{ClusterId, OperationId, now_ms};
 use serde::de::DeserializeOwned;
@@ -247,6 +247,9 @@ impl RequestHandler {
                 ClusterType::Managed => (rec.spec.managed_nodes, true),
                 ClusterType::Selfmanaged => (rec.spec.worker_nodes, false),
             };
+            if rec.provider == Provider::Local {
+                return Err(format!("cannot scale cluster {}: {}", rec.id, LOCAL_NO_SCALE));
+            }
             if managed && target == 0 {
                 return Err(format!("cannot scale cluster {}: a managed cluster needs at least 1 node", rec.id));
             }

@@ -16,6 +16,11 @@ pub enum Provider {
     Byo,
 }
 
+/// Why a `local` (kind) cluster cannot be scaled: the manager refuses the request with it, and a
+/// command that still reaches the cloud-controller gets the same answer.
+pub const LOCAL_NO_SCALE: &str =
+    "kind clusters cannot change their node count: delete the cluster and create it again with the nodes you want";
+
 impl Provider {
     pub const ALL: [Provider; 5] = [Self::Sim, Self::Aws, Self::Azure, Self::Local, Self::Byo];
     pub fn as_str(self) -> &'static str {

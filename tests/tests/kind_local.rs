@@ -1,0 +1,203 @@
+//! The `local` provider (kind) through the whole system.
+//!
+//! kind and its node images cannot be had on this machine, so two tests here run against the
+//! kind stand-in (`tests/lab/kind-standin.sh`: kind's commands, outputs and exit codes, and for
+//! `create cluster` a real Kubernetes API server — the Debian-built kube-apiserver on its own
+//! etcd — with kind's kubeconfig; no node containers) and the real Docker engine check; the
+//! third needs real kind and is ignored here.
+use ksctl_core::ClusterId;
+use ksctl_core::keys;
+use ksctl_core::records::InfraRecord;
+use ksctl_tests::kube_server::WorkloadController;
+use ksctl_tests::{System, SystemOptions, TempDir};
+use std::path::Path;
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(90);
+const CLOUD: &str = "ksctl-cloud-controller";
+
+fn standin() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("lab/kind-standin.sh").display().to_string()
+}
+
+/// Stops what the stand-in started, whatever the test's outcome.
+struct Clusters(TempDir);
+
+impl Drop for Clusters {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("for p in {}/*/*.pid; do kill -9 $(cat $p) 2>/dev/null; done", self.0.0.display()))
+            .status();
+    }
+}
+
+async fn system(kind_bin: &str, state: Option<&Path>) -> System {
+    let mut env = vec![
+        ("ksctl-manager".to_string(), "KSCTL_PROVIDERS".to_string(), "sim,local".to_string()),
+        (CLOUD.into(), "KSCTL_KIND_BIN".into(), kind_bin.into()),
+        // kind's create takes its time; so does the stand-in's API server.
+        ("*".into(), "KSCTL_PHASE_TIMEOUT_SECS".into(), "120".into()),
+    ];
+    if let Some(dir) = state {
+        let bins = ksctl_tests::lab::kube_bins();
+        let etcd = ksctl_tests::lab::rootfs().join("usr/bin/etcd");
+        for (k, v) in [
+            ("KIND_STANDIN_DIR", dir.display().to_string()),
+            ("KIND_STANDIN_APISERVER", bins.join("kube-apiserver").display().to_string()),
+            ("KIND_STANDIN_ETCD", etcd.display().to_string()),
+        ] {
+            env.push((CLOUD.into(), k.into(), v));
+        }
+    }
+    System::start(SystemOptions { env, ..Default::default() }).await
+}
+
+async fn ksctl_ok(sys: &System, args: &[&str]) -> String {
+    let (code, out, err) = sys.ksctl(args).await;
+    assert_eq!(code, 0, "{args:?}: {out}{err} (logs in {})", sys.logs.display());
+    out
+}
+
+/// Docker is on this machine; kind is not: a create fails at once, saying what to install, and
+/// the failed cluster deletes cleanly.
+#[tokio::test(flavor = "multi_thread")]
+async fn without_kind_a_local_create_fails_at_once_saying_what_to_install() {
+    let sys = system("/nonexistent/kind", None).await;
+    let started = std::time::Instant::now();
+    let (code, out, err) = sys
+        .ksctl(&[
+            "cluster",
+            "create",
+            "--name",
+            "nokind",
+            "--provider",
+            "local",
+            "--type",
+            "managed",
+            "--managed-nodes",
+            "1",
+        ])
+        .await;
+    assert_ne!(code, 0, "{out}{err}");
+    let rec = sys.wait_state("nokind", "creation_failed", T).await;
+    let error = rec.last_operation.unwrap().error.unwrap();
+    assert!(error.contains("needs kind") && error.contains("kind.sigs.k8s.io"), "{error}");
+    assert!(started.elapsed() < Duration::from_secs(30), "failed at once, not after retries: {:?}", started.elapsed());
+    assert!(format!("{out}{err}").contains("needs kind"), "the CLI shows why: {out}{err}");
+    ksctl_ok(&sys, &["cluster", "delete", "nokind"]).await;
+    sys.wait_gone("nokind", T).await;
+}
+
+/// create (3 nodes, Kubernetes 1.30) → the API server gets ksctl's components → info, switch →
+/// scale refused, nothing changes → delete stops the cluster. kind ran `create` once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_local_cluster_is_created_used_and_deleted_through_kind() {
+    let state = Clusters(TempDir::new("kind-standin"));
+    let sys = system(&standin(), Some(&state.0.0)).await;
+    let kc_file = state.0.0.join("ksctl-kl/kubeconfig");
+    // Plays kube-controller-manager (the stand-in runs none) once the API server is up.
+    let _controller = WorkloadController::start(move || {
+        let kc_file = kc_file.clone();
+        async move {
+            let kc = std::fs::read_to_string(&kc_file).ok()?;
+            let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+            ksctl_k8s_controller::kube_api::client_from(&kc).await.ok()
+        }
+    });
+    ksctl_ok(
+        &sys,
+        &[
+            "cluster",
+            "create",
+            "--name",
+            "kl",
+            "--provider",
+            "local",
+            "--type",
+            "managed",
+            "--managed-nodes",
+            "3",
+            "--version",
+            "1.30",
+        ],
+    )
+    .await;
+    let rec = sys.wait_state("kl", "running", T).await;
+    assert_eq!(rec.spec.managed_nodes, 3);
+    let creates = std::fs::read_to_string(state.0.0.join("creates.log")).unwrap();
+    assert_eq!(creates, "ksctl-kl image=kindest/node:v1.30.4 control-planes=1 workers=2\n");
+
+    // The kubeconfig is sealed in state, with ksctl's context name, and reaches the cluster.
+    let id = ClusterId::new("kl").unwrap();
+    let infra: InfraRecord = ksctl_store::get_json(sys.store.as_ref(), &keys::cloud(&id)).await.unwrap().unwrap().0;
+    assert_eq!(infra.managed_cluster.as_deref(), Some("ksctl-kl"));
+    let sealed = infra.kubeconfig.unwrap();
+    let stored = serde_json::to_string(&sealed).unwrap();
+    assert!(!stored.contains("client-key-data") && !stored.contains("BEGIN"), "the kubeconfig is sealed: {stored}");
+    let kc = ksctl_core::seal::Sealer::from_base64(&sys.seal_key)
+        .unwrap()
+        .open_string(&format!("kubeconfig/{id}"), &sealed)
+        .unwrap();
+    assert!(!kc.contains("kind-ksctl-kl"), "{kc}");
+    let client = ksctl_k8s_controller::kube_api::client_from(&kc).await.unwrap();
+    let deploys: kube::Api<k8s_openapi::api::apps::v1::Deployment> = kube::Api::namespaced(client, "ksctl-system");
+    assert!(deploys.get("ksctl-agent").await.is_ok(), "the k8s phase installed the agent");
+
+    let info = ksctl_ok(&sys, &["cluster", "info", "kl"]).await;
+    assert!(info.contains("local") && info.contains("running"), "{info}");
+    let switched = ksctl_ok(&sys, &["cluster", "switch", "kl"]).await;
+    assert!(switched.contains("switched to context kl-local-managed-local-ksctl"), "{switched}");
+    let merged = std::fs::read_to_string(sys.logs.join(".kube/config")).unwrap();
+    assert!(merged.contains("current-context: kl-local-managed-local-ksctl"), "{merged}");
+    assert!(merged.contains("server: https://127.0.0.1:"), "{merged}");
+
+    let (code, out, err) = sys.ksctl(&["cluster", "scale", "kl", "--workers", "4"]).await;
+    assert_ne!(code, 0);
+    assert!(format!("{out}{err}").contains("kind clusters cannot change their node count"), "{out}{err}");
+    let after = sys.cluster("kl").await.unwrap();
+    assert_eq!((after.state.as_str(), after.spec.managed_nodes), ("running", 3), "the refusal changed nothing");
+
+    ksctl_ok(&sys, &["cluster", "delete", "kl"]).await;
+    sys.wait_gone("kl", T).await;
+    assert!(!state.0.0.join("ksctl-kl").exists(), "kind deleted the cluster");
+    let (_, clusters, _) = run(&standin(), &["get", "clusters"], &state.0.0);
+    assert!(clusters.trim().is_empty(), "{clusters}");
+}
+
+fn run(bin: &str, args: &[&str], dir: &Path) -> (bool, String, String) {
+    let out = std::process::Command::new(bin).args(args).env("KIND_STANDIN_DIR", dir).output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+/// The same with real kind on a machine that has it and can pull kindest/node images.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs kind and a Docker engine that can pull kindest/node images (neither is available here)"]
+async fn a_real_kind_cluster_is_created_and_deleted() {
+    let sys = system("kind", None).await;
+    ksctl_ok(
+        &sys,
+        &[
+            "cluster",
+            "create",
+            "--name",
+            "realkind",
+            "--provider",
+            "local",
+            "--type",
+            "managed",
+            "--managed-nodes",
+            "2",
+        ],
+    )
+    .await;
+    let rec = sys.wait_state("realkind", "running", Duration::from_secs(600)).await;
+    assert_eq!(rec.spec.managed_nodes, 2);
+    let out = std::process::Command::new("kind").args(["get", "nodes", "--name", "ksctl-realkind"]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 2);
+    ksctl_ok(&sys, &["cluster", "switch", "realkind"]).await;
+    ksctl_ok(&sys, &["cluster", "delete", "realkind"]).await;
+    sys.wait_gone("realkind", Duration::from_secs(300)).await;
+    let out = std::process::Command::new("kind").args(["get", "clusters"]).output().unwrap();
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("ksctl-realkind"));
+}

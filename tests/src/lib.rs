@@ -5,6 +5,7 @@
 //! The binaries come from the workspace's target directory: run `cargo build --workspace --bins`
 //! first (the test script does).
 
+pub mod arm_server;
 pub mod kube_server;
 pub mod lab;
 pub mod system;
@@ -24,7 +25,7 @@ pub fn free_port() -> u16 {
 
 /// Starts a server on a free port. Another test may grab the same port between our probe and
 /// the server's bind; then our server exits at once and we try again with a new port.
-fn start_on_free_port(what: &str, spawn: impl Fn(u16) -> Child) -> (Child, u16) {
+pub(crate) fn start_on_free_port(what: &str, spawn: impl Fn(u16) -> Child) -> (Child, u16) {
     for _ in 0..5 {
         let port = free_port();
         let mut child = spawn(port);

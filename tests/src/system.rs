@@ -315,6 +315,21 @@ impl System {
         assert!(dups.is_empty(), "resources created twice: {dups:?} (logs in {})", self.logs.display());
     }
 
+    /// Marks a cluster `running` in the store, standing in for phases that cannot run against an
+    /// emulated cloud (SSH bootstrap, a Kubernetes API), so that scale requests are allowed.
+    pub async fn mark_running(&self, name: &str) {
+        let id = ClusterId::new(name).expect("valid name");
+        ksctl_store::modify::<ClusterRecord, _, ()>(self.store.as_ref(), &keys::cluster(&id), |r| {
+            let mut r = r.expect("cluster exists");
+            r.state = ksctl_core::state::ClusterState::Running;
+            r.operation = None;
+            Ok(Some(r))
+        })
+        .await
+        .expect("store")
+        .expect("written");
+    }
+
     pub async fn wait_state(&self, name: &str, state: &str, timeout: Duration) -> ClusterRecord {
         eventually(timeout, &format!("cluster {name} to be {state} (logs in {})", self.logs.display()), || async {
             self.cluster(name).await.filter(|r| r.state.as_str() == state && r.operation.is_none())

@@ -253,21 +253,6 @@ async fn failure_halfway_then_delete_cleans_up() {
     delete_leaves_nothing(&sys, &ec2, "half").await;
 }
 
-/// Marks a cluster `running` in the store, standing in for the phases that cannot run against
-/// moto (SSH bootstrap, Kubernetes API), so that scale requests are allowed.
-async fn mark_running(sys: &System, name: &str) {
-    let id = ClusterId::new(name).unwrap();
-    ksctl_store::modify::<ClusterRecord, _, ()>(sys.store.as_ref(), &keys::cluster(&id), |r| {
-        let mut r = r.expect("cluster exists");
-        r.state = ClusterState::Running;
-        r.operation = None;
-        Ok(Some(r))
-    })
-    .await
-    .unwrap()
-    .unwrap();
-}
-
 async fn infra(sys: &System, name: &str) -> InfraRecord {
     let id = ClusterId::new(name).unwrap();
     ksctl_store::get_json(sys.store.as_ref(), &keys::cloud(&id)).await.unwrap().map(|(r, _)| r).unwrap_or_default()
@@ -301,7 +286,7 @@ async fn selfmanaged_scale_changes_exactly_the_right_instances() {
     assert_eq!(workers(&ec2, "sc").await, ["sc-vm-wp-0", "sc-vm-wp-1"]);
     let before: Vec<String> = infra(&sys, "sc").await.vms.values().map(|v| v.id.clone()).collect();
 
-    mark_running(&sys, "sc").await;
+    sys.mark_running("sc").await;
     let (code, out, err) = sys.ksctl(&["cluster", "scale", "sc", "--workers", "4", "--no-wait"]).await;
     assert_eq!(code, 0, "{out}{err}");
     let rec = sys.wait_state("sc", "configuring_failed", T).await;
@@ -434,7 +419,7 @@ async fn managed_eks_create_scale_delete() {
     assert_ne!(token_of(&again), url, "a fresh token on every switch");
 
     // Scale the node group up and down through the manager.
-    mark_running(&sys, "eks").await;
+    sys.mark_running("eks").await;
     for n in [3, 1] {
         let (code, out, err) = sys.ksctl(&["cluster", "scale", "eks", "--workers", &n.to_string()]).await;
         assert_eq!(code, 0, "{out}{err}");

@@ -132,6 +132,7 @@ pub async fn run(config: Config, shutdown: tokio::sync::watch::Receiver<bool>) -
         },
     ));
     providers.insert(Provider::Byo, ssh.clone());
+    providers.insert(Provider::Azure, ssh.clone());
     providers.insert(Provider::Aws, ssh);
     ksctl_runtime::run_controller(rt, Service::Bootstrap, Arc::new(BootstrapWorker { providers }), shutdown).await
 }

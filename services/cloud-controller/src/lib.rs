@@ -2,15 +2,17 @@
 //! [`CloudProvider`]: `sim`, `aws` (EC2 and EKS), `local` (kind) and `byo` (hosts the user has).
 
 pub mod aws;
+pub mod azure;
 pub mod byo;
 pub mod firewall;
 pub mod kind;
 pub mod kubeconfig_query;
+pub mod ratelimit;
 pub mod sim_cloud;
 
 use clap::Parser;
 use ksctl_core::keys;
-use ksctl_core::records::{ClusterRecord, InfraRecord};
+use ksctl_core::records::{ClusterRecord, InfraRecord, Role};
 use ksctl_core::saga::{Phase, Service};
 use ksctl_core::spec::Provider;
 use ksctl_runtime::{CommonArgs, PhaseCtx, PhaseError, PhaseWorker, RuntimeError, read_record, update_record};
@@ -34,6 +36,15 @@ pub struct Config {
     /// byo: directory holding the SSH private keys that requests name in `hosts.ssh_key`.
     #[arg(long, env = "KSCTL_BYO_KEYS_DIR", default_value = "/etc/ksctl/byo-keys")]
     pub byo_keys_dir: std::path::PathBuf,
+    /// azure: the Resource Manager endpoint.
+    #[arg(long, env = "KSCTL_AZURE_ARM_ENDPOINT", default_value = "https://management.azure.com")]
+    pub azure_arm_endpoint: String,
+    /// azure: Entra ID's authority host (sovereign or private clouds).
+    #[arg(long, env = "AZURE_AUTHORITY_HOST")]
+    pub azure_authority_host: Option<String>,
+    /// azure: a PEM bundle to trust besides the system's roots for ARM and Entra ID.
+    #[arg(long, env = "KSCTL_AZURE_CA_FILE")]
+    pub azure_ca_file: Option<std::path::PathBuf>,
     /// local: the kind binary.
     #[arg(long, env = "KSCTL_KIND_BIN", default_value = "kind")]
     pub kind_bin: std::path::PathBuf,
@@ -107,6 +118,13 @@ pub async fn run(config: Config, shutdown: tokio::sync::watch::Receiver<bool>) -
         Arc::new(aws::AwsCloud::new(rt.store.clone(), config.aws_ami.clone(), limits, rt.metrics.clone())),
     );
     providers.insert(Provider::Byo, Arc::new(byo::ByoCloud::new(rt.store.clone(), config.byo_keys_dir.clone())));
+    let settings = azure::arm::ArmSettings {
+        endpoint: config.azure_arm_endpoint.clone(),
+        ca_file: config.azure_ca_file.clone(),
+        authority_host: config.azure_authority_host.clone(),
+        ..Default::default()
+    };
+    providers.insert(Provider::Azure, Arc::new(azure::AzureCloud::new(rt.store.clone(), settings, rt.metrics.clone())));
     let kind = kind::KindCloud::new(rt.store.clone(), config.kind_bin.clone(), config.docker_bin.clone());
     providers.insert(Provider::Local, Arc::new(kind));
     let providers = Arc::new(providers);
@@ -114,6 +132,93 @@ pub async fn run(config: Config, shutdown: tokio::sync::watch::Receiver<bool>) -
     let r = ksctl_runtime::run_controller(rt, Service::Cloud, Arc::new(CloudWorker { providers }), shutdown).await;
     answering.abort();
     r
+}
+
+/// The cluster's SSH key pair: the public half (OpenSSH) of the private key sealed in state. The
+/// private half is generated and sealed into state first; only then may a cloud get the public
+/// half, so a crash in between never leaves a key nobody can use.
+pub(crate) async fn cluster_ssh_key(store: &DynStore, ctx: &PhaseCtx<'_>) -> Result<String, PhaseError> {
+    let id = &ctx.cluster.id;
+    let state = infra(store, ctx).await?;
+    let private = match &state.ssh_private_key {
+        Some(s) => ctx.rt.sealer.open_string(&format!("ssh/{id}"), s)?,
+        None => {
+            let key = ssh_key::PrivateKey::random(&mut ssh_key::rand_core::OsRng, ssh_key::Algorithm::Ed25519)
+                .map_err(|e| PhaseError::Permanent(format!("generating an SSH key: {e}")))?;
+            let pem =
+                key.to_openssh(ssh_key::LineEnding::LF).map_err(|e| PhaseError::Permanent(e.to_string()))?.to_string();
+            let sealed = ctx.rt.sealer.seal(&format!("ssh/{id}"), pem.as_bytes());
+            let rec = checkpoint(store, ctx, |i| {
+                if i.ssh_private_key.is_none() {
+                    i.ssh_private_key = Some(sealed.clone());
+                }
+            })
+            .await?;
+            ctx.rt.sealer.open_string(&format!("ssh/{id}"), rec.ssh_private_key.as_ref().expect("written"))?
+        }
+    };
+    ssh_key::PrivateKey::from_openssh(&private)
+        .map_err(|e| PhaseError::Permanent(format!("sealed SSH key unreadable: {e}")))?
+        .public_key()
+        .to_openssh()
+        .map_err(|e| PhaseError::Permanent(e.to_string()))
+}
+
+/// The size (instance type, VM size) of a role's machines: the spec's, else the cloud's default
+/// for small roles (load balancer, datastore) or the others.
+pub(crate) fn node_size(ctx: &PhaseCtx<'_>, role: Role, small: &str, other: &str) -> String {
+    let s = &ctx.cluster.spec.node_sizes;
+    let chosen = match role {
+        Role::LoadBalancer => s.load_balancer.clone(),
+        Role::Datastore => s.datastore.clone(),
+        Role::ControlPlane => s.control_plane.clone(),
+        Role::Worker => s.worker.clone(),
+        Role::Managed => s.managed.clone(),
+    };
+    chosen.unwrap_or_else(|| if matches!(role, Role::LoadBalancer | Role::Datastore) { small } else { other }.into())
+}
+
+/// Checkpoints a VM that now exists and reports it as step `done + 1` of `total`.
+pub(crate) async fn record_vm(
+    store: &DynStore,
+    ctx: &PhaseCtx<'_>,
+    vm: ksctl_core::records::Vm,
+    done: &std::sync::atomic::AtomicU32,
+    total: u32,
+) -> Result<(), PhaseError> {
+    let name = vm.name.clone();
+    checkpoint(store, ctx, |i| {
+        i.vms.insert(name.clone(), vm.clone());
+    })
+    .await?;
+    ctx.progress(format!("vm {name}"), done.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1, total).await;
+    Ok(())
+}
+
+/// The VMs a self-managed cluster of this spec has: (role, index), load balancer first.
+pub(crate) fn planned_vms(spec: &ksctl_core::spec::ClusterSpec) -> Vec<(Role, u32)> {
+    let mut v = vec![(Role::LoadBalancer, 0)];
+    v.extend((0..spec.datastore_nodes).map(|i| (Role::Datastore, i)));
+    v.extend((0..spec.control_plane_nodes).map(|i| (Role::ControlPlane, i)));
+    v.extend((0..spec.worker_nodes).map(|i| (Role::Worker, i)));
+    v
+}
+
+/// The workers a scale-up to `target` adds: indices continue after the highest existing one.
+pub(crate) fn workers_to_add(state: &InfraRecord, target: u32) -> Vec<(Role, u32)> {
+    let have: Vec<u32> = state.vms_of(Role::Worker).map(|v| v.index).collect();
+    let missing = target.saturating_sub(have.len() as u32);
+    let start = have.iter().max().map(|m| m + 1).unwrap_or(0);
+    (start..start + missing).map(|i| (Role::Worker, i)).collect()
+}
+
+/// The workers a scale-down to `target` removes: the highest indices.
+pub(crate) fn workers_to_remove(state: &InfraRecord, target: u32) -> Vec<ksctl_core::records::Vm> {
+    let mut workers: Vec<_> = state.vms_of(Role::Worker).cloned().collect();
+    workers.sort_by_key(|v| std::cmp::Reverse(v.index));
+    let n = workers.len().saturating_sub(target as usize);
+    workers.truncate(n);
+    workers
 }
 
 /// The worker count a scale operation asks for.

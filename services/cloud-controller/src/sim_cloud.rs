@@ -24,16 +24,6 @@ impl SimCloud {
         Self { sim: Sim::new(store.clone(), cfg), store }
     }
 
-    /// The VMs a self-managed cluster of this spec has: (role, index).
-    fn planned_vms(ctx: &PhaseCtx<'_>) -> Vec<(Role, u32)> {
-        let s = &ctx.cluster.spec;
-        let mut v = vec![(Role::LoadBalancer, 0)];
-        v.extend((0..s.datastore_nodes).map(|i| (Role::Datastore, i)));
-        v.extend((0..s.control_plane_nodes).map(|i| (Role::ControlPlane, i)));
-        v.extend((0..s.worker_nodes).map(|i| (Role::Worker, i)));
-        v
-    }
-
     /// Creates the VMs not yet checkpointed, in parallel; each id is written as soon as it exists.
     async fn create_vms(
         &self,
@@ -52,14 +42,8 @@ impl SimCloud {
             .map(|(role, index)| async move {
                 let name = role.vm_name(id, index);
                 let r = self.sim.run("cloud.vm", self.sim.ensure(id, "vm", &name, Some(role), index, 0)).await?;
-                let vm =
-                    Vm { id: r.id, name: name.clone(), role, index, public_ip: r.public_ip, private_ip: r.private_ip };
-                checkpoint(&self.store, ctx, |inf| {
-                    inf.vms.insert(name.clone(), vm.clone());
-                })
-                .await?;
-                ctx.progress(format!("vm {name}"), done.fetch_add(1, Ordering::SeqCst) + 1, total).await;
-                Ok(())
+                let vm = Vm { id: r.id, name, role, index, public_ip: r.public_ip, private_ip: r.private_ip };
+                crate::record_vm(&self.store, ctx, vm, done, total).await
             })
             .buffer_unordered(PARALLEL_VMS)
             .collect()
@@ -79,7 +63,7 @@ impl CloudProvider for SimCloud {
         let id = &ctx.cluster.id;
         let spec = &ctx.cluster.spec;
         let managed = ctx.cluster.cluster_type == ClusterType::Managed;
-        let vms = if managed { vec![] } else { Self::planned_vms(ctx) };
+        let vms = if managed { vec![] } else { crate::planned_vms(spec) };
         let total = if managed { 3 } else { 1 + FIREWALL_ROLES.len() as u32 + 1 + vms.len() as u32 };
         let done = AtomicU32::new(0);
         let step = |s: String| {
@@ -176,13 +160,9 @@ impl CloudProvider for SimCloud {
         if ctx.cluster.cluster_type == ClusterType::Managed {
             return self.resize_pool(ctx, target).await;
         }
-        let have: Vec<u32> = state.vms_of(Role::Worker).map(|v| v.index).collect();
-        let missing = target.saturating_sub(have.len() as u32);
-        // Continue the indices after the highest existing worker.
-        let start = have.iter().max().map(|m| m + 1).unwrap_or(0);
-        let want: Vec<_> = (start..start + missing).map(|i| (Role::Worker, i)).collect();
-        let done = AtomicU32::new(0);
-        self.create_vms(ctx, want, &done, missing).await
+        let want = crate::workers_to_add(&state, target);
+        let n = want.len() as u32;
+        self.create_vms(ctx, want, &AtomicU32::new(0), n).await
     }
 
     async fn scale_down(&self, ctx: &PhaseCtx<'_>) -> Result<(), PhaseError> {
@@ -191,10 +171,7 @@ impl CloudProvider for SimCloud {
             return self.resize_pool(ctx, target).await;
         }
         let state = infra(&self.store, ctx).await?;
-        let mut workers: Vec<Vm> = state.vms_of(Role::Worker).cloned().collect();
-        workers.sort_by_key(|v| std::cmp::Reverse(v.index));
-        let remove: Vec<Vm> =
-            workers.into_iter().take(state.vms_of(Role::Worker).count().saturating_sub(target as usize)).collect();
+        let remove = crate::workers_to_remove(&state, target);
         let total = remove.len() as u32;
         for (n, vm) in remove.iter().enumerate() {
             self.sim.run("cloud.delete.vm", self.sim.delete(&ctx.cluster.id, &vm.id)).await?;

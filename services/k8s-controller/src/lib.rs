@@ -194,6 +194,7 @@ pub async fn run(config: Config, shutdown: tokio::sync::watch::Receiver<bool>) -
     providers.insert(Provider::Byo, kube.clone());
     // kind clusters: the kubeconfig the cloud-controller sealed (an API server on this host).
     providers.insert(Provider::Local, kube.clone());
+    providers.insert(Provider::Azure, kube.clone());
     providers.insert(Provider::Aws, kube);
     ksctl_runtime::run_controller(rt, Service::K8s, Arc::new(K8sWorker { providers }), shutdown).await
 }

@@ -87,6 +87,8 @@ pub struct Vm {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct InfraRecord {
+    /// Azure: the cluster's resource group.
+    pub resource_group: Option<String>,
     pub network: Option<String>,
     /// Subnets, one per availability zone, in order.
     pub subnets: Vec<String>,
@@ -99,6 +101,8 @@ pub struct InfraRecord {
     /// SSH host key per host address, recorded on first contact and enforced afterwards.
     pub host_keys: BTreeMap<String, String>,
     pub vms: BTreeMap<String, Vm>,
+    /// Per-VM resources besides the VM, by name (Azure: `<vm>-pip`, `<vm>-nic` → ARM id).
+    pub vm_parts: BTreeMap<String, String>,
     pub managed_cluster: Option<String>,
     /// Cloud identities created for the cluster (AWS: the EKS control-plane and node IAM role ARNs).
     pub roles: BTreeMap<String, String>,

@@ -135,17 +135,7 @@ fn client_token(op: &str, vm: &str) -> String {
 }
 
 fn instance_type(ctx: &PhaseCtx<'_>, role: Role) -> String {
-    let s = &ctx.cluster.spec.node_sizes;
-    let chosen = match role {
-        Role::LoadBalancer => s.load_balancer.clone(),
-        Role::Datastore => s.datastore.clone(),
-        Role::ControlPlane => s.control_plane.clone(),
-        Role::Worker => s.worker.clone(),
-        Role::Managed => s.managed.clone(),
-    };
-    chosen.unwrap_or_else(|| {
-        if matches!(role, Role::LoadBalancer | Role::Datastore) { "t3.small" } else { "t3.medium" }.into()
-    })
+    crate::node_size(ctx, role, "t3.small", "t3.medium")
 }
 
 impl AwsCloud {
@@ -464,33 +454,7 @@ impl AwsCloud {
     async fn ensure_key(&self, ec2: &Client, ctx: &PhaseCtx<'_>) -> Result<String, PhaseError> {
         let id = &ctx.cluster.id;
         let name = format!("{id}-key");
-        // The private half is generated and sealed into state first; only then is the public
-        // half imported, so a crash in between never leaves a key pair nobody can use.
-        let state = infra(&self.store, ctx).await?;
-        let private = match &state.ssh_private_key {
-            Some(s) => ctx.rt.sealer.open_string(&format!("ssh/{id}"), s)?,
-            None => {
-                let key = ssh_key::PrivateKey::random(&mut ssh_key::rand_core::OsRng, ssh_key::Algorithm::Ed25519)
-                    .map_err(|e| PhaseError::Permanent(format!("generating an SSH key: {e}")))?;
-                let pem = key
-                    .to_openssh(ssh_key::LineEnding::LF)
-                    .map_err(|e| PhaseError::Permanent(e.to_string()))?
-                    .to_string();
-                let sealed = ctx.rt.sealer.seal(&format!("ssh/{id}"), pem.as_bytes());
-                let rec = checkpoint(&self.store, ctx, |i| {
-                    if i.ssh_private_key.is_none() {
-                        i.ssh_private_key = Some(sealed.clone());
-                    }
-                })
-                .await?;
-                ctx.rt.sealer.open_string(&format!("ssh/{id}"), rec.ssh_private_key.as_ref().expect("written"))?
-            }
-        };
-        let public = ssh_key::PrivateKey::from_openssh(&private)
-            .map_err(|e| PhaseError::Permanent(format!("sealed SSH key unreadable: {e}")))?
-            .public_key()
-            .to_openssh()
-            .map_err(|e| PhaseError::Permanent(e.to_string()))?;
+        let public = crate::cluster_ssh_key(&self.store, ctx).await?;
         match ec2
             .import_key_pair()
             .key_name(&name)
@@ -750,11 +714,7 @@ impl CloudProvider for AwsCloud {
             return self.create_managed(ctx).await;
         }
         let ec2 = self.client(&ctx.cluster.spec.region).await?;
-        let s = &ctx.cluster.spec;
-        let mut vms = vec![(Role::LoadBalancer, 0)];
-        vms.extend((0..s.datastore_nodes).map(|i| (Role::Datastore, i)));
-        vms.extend((0..s.control_plane_nodes).map(|i| (Role::ControlPlane, i)));
-        vms.extend((0..s.worker_nodes).map(|i| (Role::Worker, i)));
+        let vms = crate::planned_vms(&ctx.cluster.spec);
         let total = 4 + 4 + 1 + vms.len() as u32;
         self.ensure_network(&ec2, ctx, total).await?;
         let vpc = infra(&self.store, ctx).await?.network.unwrap_or_default();
@@ -906,11 +866,10 @@ impl CloudProvider for AwsCloud {
         let target = crate::target_workers(ctx)?;
         let ec2 = self.client(&ctx.cluster.spec.region).await?;
         let state = infra(&self.store, ctx).await?;
-        let have: Vec<u32> = state.vms_of(Role::Worker).map(|v| v.index).collect();
-        let missing = target.saturating_sub(have.len() as u32);
-        let start = have.iter().max().map(|m| m + 1).unwrap_or(0);
+        let add = crate::workers_to_add(&state, target);
+        let missing = add.len() as u32;
         let image = self.ami(&ec2).await?;
-        for (n, index) in (start..start + missing).enumerate() {
+        for (n, (_, index)) in add.into_iter().enumerate() {
             let vm = self.ensure_vm(&ec2, ctx, Role::Worker, index, &image).await?;
             ctx.progress(format!("vm {} {}", vm.name, vm.id), n as u32 + 1, missing).await;
         }
@@ -924,9 +883,7 @@ impl CloudProvider for AwsCloud {
         let target = crate::target_workers(ctx)?;
         let ec2 = self.client(&ctx.cluster.spec.region).await?;
         let state = infra(&self.store, ctx).await?;
-        let mut workers: Vec<Vm> = state.vms_of(Role::Worker).cloned().collect();
-        workers.sort_by_key(|v| std::cmp::Reverse(v.index));
-        let remove: Vec<Vm> = workers.iter().take(workers.len().saturating_sub(target as usize)).cloned().collect();
+        let remove = crate::workers_to_remove(&state, target);
         self.terminate(&ec2, remove.iter().map(|v| v.id.clone()).collect()).await?;
         checkpoint(&self.store, ctx, |i| {
             for v in &remove {

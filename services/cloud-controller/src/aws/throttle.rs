@@ -6,6 +6,7 @@
 //! still happen (other tools in the account, other replicas) are retried by the SDK's standard
 //! retry with jittered backoff. The limiter sits in the HTTP connector because that is where
 //! every *attempt* passes and where an async wait is possible (interceptors are synchronous).
+use crate::ratelimit::{Bucket, Rate};
 use aws_sdk_ec2::config::ConfigBag;
 use aws_smithy_runtime_api::box_error::BoxError;
 use aws_smithy_runtime_api::client::http::{
@@ -28,13 +29,6 @@ pub enum Class {
     Mutate,
     /// `RunInstances`, which EC2 meters in its own, smaller bucket.
     RunInstances,
-}
-
-/// A bucket's shape: how many calls may burst and how fast it refills.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Rate {
-    pub burst: f64,
-    pub per_sec: f64,
 }
 
 /// One bucket per class. The defaults are EC2's published figures for an account and region
@@ -89,29 +83,6 @@ impl Limits {
             }
         }
         Ok(Some(l))
-    }
-}
-
-/// A token bucket that hands out reservations: a caller takes its token now (the count may go
-/// negative) and waits until the bucket would have held it. Callers are served in order, and the
-/// wait is computed under the lock but slept outside it.
-#[derive(Debug)]
-struct Bucket {
-    rate: Rate,
-    tokens: f64,
-    last: Instant,
-}
-
-impl Bucket {
-    fn new(rate: Rate, now: Instant) -> Self {
-        Self { rate, tokens: rate.burst, last: now }
-    }
-
-    fn reserve(&mut self, now: Instant) -> Duration {
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.last = now.max(self.last);
-        self.tokens = (self.tokens + elapsed * self.rate.per_sec).min(self.rate.burst) - 1.0;
-        if self.tokens >= 0.0 { Duration::ZERO } else { Duration::from_secs_f64(-self.tokens / self.rate.per_sec) }
     }
 }
 
@@ -258,26 +229,6 @@ mod tests {
         assert_eq!(classify("GET", None), Class::Describe);
         assert_eq!(classify("POST", Some(b"{\"name\":\"c\"}")), Class::Mutate);
         assert_eq!(classify("DELETE", None), Class::Mutate);
-    }
-
-    #[test]
-    fn a_bucket_bursts_then_paces_at_its_rate() {
-        let t0 = Instant::now();
-        let mut b = Bucket::new(Rate { burst: 3.0, per_sec: 2.0 }, t0);
-        for _ in 0..3 {
-            assert_eq!(b.reserve(t0), Duration::ZERO);
-        }
-        // Reservations queue up half a second apart.
-        assert_eq!(b.reserve(t0), Duration::from_millis(500));
-        assert_eq!(b.reserve(t0), Duration::from_millis(1000));
-        // After 2 s the debt (2 tokens) is repaid and 2 more accrued, capped by the burst.
-        let later = t0 + Duration::from_secs(2);
-        assert_eq!(b.reserve(later), Duration::ZERO);
-        let much_later = t0 + Duration::from_secs(60);
-        for _ in 0..3 {
-            assert_eq!(b.reserve(much_later), Duration::ZERO);
-        }
-        assert!(b.reserve(much_later) > Duration::ZERO);
     }
 
     #[test]

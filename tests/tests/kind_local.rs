@@ -40,15 +40,7 @@ async fn system(kind_bin: &str, state: Option<&Path>) -> System {
         ("*".into(), "KSCTL_PHASE_TIMEOUT_SECS".into(), "120".into()),
     ];
     if let Some(dir) = state {
-        let bins = ksctl_tests::lab::kube_bins();
-        let etcd = ksctl_tests::lab::rootfs().join("usr/bin/etcd");
-        for (k, v) in [
-            ("KIND_STANDIN_DIR", dir.display().to_string()),
-            ("KIND_STANDIN_APISERVER", bins.join("kube-apiserver").display().to_string()),
-            ("KIND_STANDIN_ETCD", etcd.display().to_string()),
-        ] {
-            env.push((CLOUD.into(), k.into(), v));
-        }
+        env.extend(standin_env(dir).into_iter().map(|(k, v)| (CLOUD.to_string(), k, v)));
     }
     System::start(SystemOptions { env, ..Default::default() }).await
 }
@@ -161,12 +153,73 @@ async fn a_local_cluster_is_created_used_and_deleted_through_kind() {
     ksctl_ok(&sys, &["cluster", "delete", "kl"]).await;
     sys.wait_gone("kl", T).await;
     assert!(!state.0.0.join("ksctl-kl").exists(), "kind deleted the cluster");
-    let (_, clusters, _) = run(&standin(), &["get", "clusters"], &state.0.0);
+    let (_, clusters, _) = run_env(&standin(), &["get", "clusters"], &standin_env(&state.0.0));
     assert!(clusters.trim().is_empty(), "{clusters}");
 }
 
-fn run(bin: &str, args: &[&str], dir: &Path) -> (bool, String, String) {
-    let out = std::process::Command::new(bin).args(args).env("KIND_STANDIN_DIR", dir).output().unwrap();
+/// A create that died after kind made the cluster: the next run adopts the cluster whose API
+/// server answers (kind is not asked to create it again) and makes again one that kind left
+/// half-made (no control plane answering).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cluster_kind_already_made_is_adopted_and_a_half_made_one_made_again() {
+    let state = Clusters(TempDir::new("kind-standin"));
+    let dir = state.0.0.clone();
+    let sys = system(&standin(), Some(&dir)).await;
+    let env = standin_env(&dir);
+    let config = dir.join("pre.yaml");
+    std::fs::write(&config, "kind: Cluster\napiVersion: kind.x-k8s.io/v1alpha4\nnodes:\n- role: control-plane\n")
+        .unwrap();
+    let kc = dir.join("pre-kubeconfig");
+    let pre = ["create", "cluster", "--name", "ksctl-adopt", "--config", config.to_str().unwrap()];
+    let (ok, _, err) = run_env(
+        &standin(),
+        &[&pre[..], &["--image", "kindest/node:v1.31.0", "--kubeconfig", kc.to_str().unwrap()]].concat(),
+        &env,
+    );
+    assert!(ok, "{err}");
+    // Half-made: kind's node exists, its control plane never came up.
+    std::fs::create_dir_all(dir.join("ksctl-halfmade")).unwrap();
+    for name in ["adopt", "halfmade"] {
+        let create = ["cluster", "create", "--name", name, "--provider", "local", "--type", "managed"];
+        ksctl_ok(&sys, &[&create[..], &["--managed-nodes", "1", "--no-wait"]].concat()).await;
+        let _controller = WorkloadController::start({
+            let f = dir.join(format!("ksctl-{name}/kubeconfig"));
+            move || {
+                let f = f.clone();
+                async move {
+                    let kc = std::fs::read_to_string(&f).ok()?;
+                    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+                    ksctl_k8s_controller::kube_api::client_from(&kc).await.ok()
+                }
+            }
+        });
+        sys.wait_state(name, "running", T).await;
+    }
+    let creates = std::fs::read_to_string(dir.join("creates.log")).unwrap();
+    assert_eq!(
+        creates.lines().filter(|l| l.starts_with("ksctl-adopt ")).count(),
+        1,
+        "adopted, not made again: {creates}"
+    );
+    assert_eq!(creates.lines().filter(|l| l.starts_with("ksctl-halfmade ")).count(), 1, "made by ksctl: {creates}");
+    for name in ["adopt", "halfmade"] {
+        ksctl_ok(&sys, &["cluster", "delete", name]).await;
+        sys.wait_gone(name, T).await;
+    }
+    assert!(!dir.join("ksctl-adopt").exists() && !dir.join("ksctl-halfmade").exists());
+}
+
+fn standin_env(dir: &Path) -> Vec<(String, String)> {
+    let bins = ksctl_tests::lab::kube_bins();
+    vec![
+        ("KIND_STANDIN_DIR".into(), dir.display().to_string()),
+        ("KIND_STANDIN_APISERVER".into(), bins.join("kube-apiserver").display().to_string()),
+        ("KIND_STANDIN_ETCD".into(), ksctl_tests::lab::rootfs().join("usr/bin/etcd").display().to_string()),
+    ]
+}
+
+fn run_env(bin: &str, args: &[&str], env: &[(String, String)]) -> (bool, String, String) {
+    let out = std::process::Command::new(bin).args(args).envs(env.iter().cloned()).output().unwrap();
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
 }
 

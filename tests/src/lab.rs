@@ -29,7 +29,7 @@ pub struct Lab {
     servers: Vec<Child>,
 }
 
-fn sh(cmd: &str) -> std::process::Output {
+pub(crate) fn sh(cmd: &str) -> std::process::Output {
     let out = Command::new("sh").arg("-c").arg(cmd).output().expect("run sh");
     assert!(
         out.status.success(),
@@ -40,12 +40,12 @@ fn sh(cmd: &str) -> std::process::Output {
     out
 }
 
-fn quiet(cmd: &str) {
+pub(crate) fn quiet(cmd: &str) {
     let _ = Command::new("sh").arg("-c").arg(cmd).stdout(Stdio::null()).stderr(Stdio::null()).status();
 }
 
 /// Runs a cached-build script of `tests/lab` and returns the path it prints last.
-fn cached(script: &str, what: &str) -> PathBuf {
+pub(crate) fn cached(script: &str, what: &str) -> PathBuf {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("lab").join(script);
     let out = Command::new("bash").arg(&path).stderr(Stdio::inherit()).output().expect("run a lab build script");
     assert!(out.status.success(), "building {what} failed ({script})");
@@ -61,6 +61,35 @@ pub fn rootfs() -> PathBuf {
 /// first use by `tests/lab/build-kube.sh`, about 10 minutes).
 pub fn kube_bins() -> PathBuf {
     cached("build-kube.sh", "kube-apiserver from Debian's source package")
+}
+
+/// The lab's SSH key: (private key as OpenSSH PEM, public key line).
+pub(crate) fn new_key() -> (String, String) {
+    let key = ssh_key::PrivateKey::random(&mut ssh_key::rand_core::OsRng, ssh_key::Algorithm::Ed25519).unwrap();
+    (key.to_openssh(ssh_key::LineEnding::LF).unwrap().to_string(), key.public_key().to_openssh().unwrap())
+}
+
+/// Waits until something accepts TCP connections on `addr`.
+pub(crate) fn wait_tcp(addr: &str, timeout: Duration, what: &str) {
+    let deadline = Instant::now() + timeout;
+    while std::net::TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_millis(300)).is_err() {
+        assert!(Instant::now() < deadline, "{what} did not come up on {addr}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `python3 -m http.server` for `dir` on `bind` and a free port: (process, URL).
+pub(crate) fn serve_dir(bind: &str, dir: &Path) -> (Child, String) {
+    let port = crate::free_port();
+    let child = Command::new("python3")
+        .args(["-m", "http.server", &port.to_string(), "--bind", bind, "--directory"])
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("python3 -m http.server");
+    wait_tcp(&format!("{bind}:{port}"), Duration::from_secs(10), "the lab's HTTP server");
+    (child, format!("http://{bind}:{port}"))
 }
 
 /// A /24 in 10.78.0.0/16 that no interface on this machine uses yet.
@@ -101,9 +130,7 @@ impl Lab {
         // br_netfilter loaded, bridged frames pass iptables' FORWARD chain, whose policy a Docker
         // engine sets to DROP: let this bridge's own traffic through, as Docker does for docker0.
         quiet(&format!("iptables -w -I FORWARD -i {bridge} -o {bridge} -j ACCEPT"));
-        let key = ssh_key::PrivateKey::random(&mut ssh_key::rand_core::OsRng, ssh_key::Algorithm::Ed25519).unwrap();
-        let key_pem = key.to_openssh(ssh_key::LineEnding::LF).unwrap().to_string();
-        let public = key.public_key().to_openssh().unwrap();
+        let (key_pem, public) = new_key();
         let mut lab = Lab { hosts: vec![], gateway, bridge, dir, key_pem, servers: vec![] };
         for i in 0..n {
             let name = format!("vm{i}");
@@ -159,42 +186,17 @@ impl Lab {
             lab.hosts.push(host);
         }
         for h in &lab.hosts {
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while std::net::TcpStream::connect_timeout(
-                &format!("{}:22", h.ip).parse().unwrap(),
-                Duration::from_millis(300),
-            )
-            .is_err()
-            {
-                assert!(
-                    Instant::now() < deadline,
-                    "sshd on {} did not come up (log in {})",
-                    h.name,
-                    lab.dir.0.display()
-                );
-                std::thread::sleep(Duration::from_millis(100));
-            }
+            let what = format!("sshd on {} (log in {})", h.name, lab.dir.0.display());
+            wait_tcp(&format!("{}:22", h.ip), Duration::from_secs(20), &what);
         }
         lab
     }
 
     /// Serves `dir` over HTTP on the bridge address, where the hosts reach it; returns the URL.
     pub fn serve(&mut self, dir: &Path) -> String {
-        let port = crate::free_port();
-        let child = Command::new("python3")
-            .args(["-m", "http.server", &port.to_string(), "--bind", &self.gateway, "--directory"])
-            .arg(dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("python3 -m http.server");
+        let (child, url) = serve_dir(&self.gateway, dir);
         self.servers.push(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect((self.gateway.as_str(), port)).is_err() {
-            assert!(Instant::now() < deadline, "the lab's HTTP server did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        format!("http://{}:{port}", self.gateway)
+        url
     }
 
     /// An artifact mirror (ksctl's `KSCTL_ARTIFACTS_URL` layout) whose k3s installer is the lab's

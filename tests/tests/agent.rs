@@ -26,7 +26,8 @@ async fn agent_heartbeats_reach_info_with_drift() {
         nats_user: None,
         nats_password: None,
     };
-    let install = Install { cluster_id: "hb", state: Default::default(), agent: &agent_settings };
+    let install =
+        Install { cluster_id: "hb", artifacts: &Default::default(), state: Default::default(), agent: &agent_settings };
     for c in COMPONENTS {
         kube_api::install_component(&admin, c, &install).await.unwrap();
     }

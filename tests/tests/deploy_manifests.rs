@@ -20,7 +20,7 @@ fn kustomization() -> Vec<String> {
 
 /// A leaked stack from a file: the applier takes `'static` manifests (they are embedded).
 fn stack(name: &str, yaml: String) -> Stack {
-    Stack { name: Box::leak(name.to_string().into_boxed_str()), yaml: Box::leak(yaml.into_boxed_str()) }
+    Stack { name: Box::leak(name.to_string().into_boxed_str()), yaml: Box::leak(yaml.into_boxed_str()), registry: None }
 }
 
 #[tokio::test(flavor = "multi_thread")]

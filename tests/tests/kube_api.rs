@@ -39,7 +39,7 @@ fn agent(user: Option<&str>) -> AgentSettings {
 
 async fn install(client: &kube::Client, state: &BTreeMap<String, String>) {
     let agent = agent(None);
-    let install = Install { cluster_id: "demo", state: state.clone(), agent: &agent };
+    let install = Install { cluster_id: "demo", artifacts: &Default::default(), state: state.clone(), agent: &agent };
     for c in COMPONENTS {
         kube_api::install_component(client, c, &install).await.unwrap();
     }
@@ -231,7 +231,8 @@ async fn agent_flannel_and_the_metrics_server_addon_wait_for_readiness_and_go_aw
     let c = client(&server).await;
     install(&c, &state("1.31")).await;
     let no_creds = agent(None);
-    let install_ctx = Install { cluster_id: "demo", state: state("1.31"), agent: &no_creds };
+    let install_ctx =
+        Install { cluster_id: "demo", artifacts: &Default::default(), state: state("1.31"), agent: &no_creds };
     kube_api::install_component(&c, "cni/flannel", &install_ctx).await.unwrap();
 
     // The agent: its image, its service account, its settings from the Secret, probed on 9100.
@@ -251,7 +252,7 @@ async fn agent_flannel_and_the_metrics_server_addon_wait_for_readiness_and_go_aw
     assert_eq!(svc.spec.unwrap().ports.unwrap()[0].port, 9100);
     // With credentials, the Secret carries the agent's own (and a re-apply adds just them).
     let with_creds = agent(Some("agent-demo"));
-    let ctx2 = Install { cluster_id: "demo", state: state("1.31"), agent: &with_creds };
+    let ctx2 = Install { cluster_id: "demo", artifacts: &Default::default(), state: state("1.31"), agent: &with_creds };
     kube_api::install_component(&c, "secret/ksctl-agent-bus", &ctx2).await.unwrap();
     let data = Api::<Secret>::namespaced(c.clone(), NAMESPACE).get("ksctl-agent-bus").await.unwrap().data.unwrap();
     assert_eq!(
@@ -278,7 +279,7 @@ async fn agent_flannel_and_the_metrics_server_addon_wait_for_readiness_and_go_aw
 
     // The metrics-server addon: its objects (the aggregated API included), its Stack, the
     // ClusterAddon listing it with its pinned version; enabling twice changes nothing.
-    kube_api::enable_addon(&c, "metrics-server").await.unwrap();
+    kube_api::enable_addon(&c, "metrics-server", &Default::default()).await.unwrap();
     kube_api::record_addons(&c, &["metrics-server".to_string()]).await.unwrap();
     let apiservices = Api::<DynamicObject>::all_with(
         c.clone(),
@@ -294,7 +295,7 @@ async fn agent_flannel_and_the_metrics_server_addon_wait_for_readiness_and_go_aw
         (ca.spec.addons[0].name.as_str(), ca.spec.addons[0].version.as_deref()),
         ("metrics-server", Some("v0.7.2"))
     );
-    kube_api::enable_addon(&c, "metrics-server").await.unwrap();
+    kube_api::enable_addon(&c, "metrics-server", &Default::default()).await.unwrap();
     assert_eq!(deployments.get("metrics-server").await.unwrap().metadata.resource_version, rv);
     let ms = manifests::workloads(&manifests::addon("metrics-server").unwrap()).unwrap();
     assert!(manifests::wait_ready(&c, &ms, Duration::from_secs(1)).await.is_err(), "a new workload is not ready");

@@ -8,6 +8,7 @@
 use ksctl_bootstrap_controller::kubeadm::{self, ClusterConfig, KubeadmSecrets};
 use ksctl_bootstrap_controller::pki;
 use ksctl_bootstrap_controller::scripts::write_file;
+use ksctl_core::artifacts::Artifacts;
 use ksctl_tests::lab::{Lab, kube_bins};
 
 fn ok(out: std::process::Output) -> String {
@@ -41,9 +42,13 @@ fn kubeadm_accepts_the_generated_config_and_uses_ksctls_ca() {
         token: &secrets.token,
         certificate_key: &secrets.certificate_key,
     };
-    let files = kubeadm::pki_files(&secrets.ca, &etcd.ca.cert, &etcd.client)
-        + &write_file(kubeadm::CONFIG, &kubeadm::init_config(&cfg("1.20.2")), "0600")
-        + &write_file("/etc/ksctl/kubeadm-v1beta4.yaml", &kubeadm::init_config(&cfg("1.31.0")), "0600");
+    let files = kubeadm::pki_files(&secrets.ca, &etcd.ca.cert, &etcd.client).unwrap()
+        + &write_file(kubeadm::CONFIG, &kubeadm::init_config(&cfg("1.20.2"), &Artifacts::default()), "0600")
+        + &write_file(
+            "/etc/ksctl/kubeadm-v1beta4.yaml",
+            &kubeadm::init_config(&cfg("1.31.0"), &Artifacts::default()),
+            "0600",
+        );
     ok(lab.exec(0, &format!("set -e\n{files}")));
 
     // A configuration kubeadm does not know is refused: the phases below really validate.

@@ -3,13 +3,18 @@
 //! `join` for the rest. ksctl makes the cluster CA itself (rcgen) and hands it to kubeadm, so the
 //! discovery hash is known without asking a host; the bootstrap token and certificate key are
 //! made here too, sealed in state, and the token is renewed when near expiry.
-use crate::artifacts::Artifacts;
-use crate::pki::CertKey;
+use crate::pki::{self, CertKey, PkiError};
 use crate::scripts::write_file;
-use ksctl_ssh::host::{quote, step_script};
+use ksctl_core::artifacts::{Artifacts, CONTAINERD_CERTS_D, RegistryTls};
+use ksctl_ssh::host::{CONTAINERD_MARK, KUBERNETES_APT_LIST, KUBERNETES_KEYRING, quote, step_script};
 use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
 
 pub const CONFIG: &str = "/etc/ksctl/kubeadm.yaml";
+pub const JOIN_CONFIG: &str = "/etc/ksctl/kubeadm-join.yaml";
+/// Written when `kubeadm init` / `kubeadm join` finished on a host: a re-run skips them.
+pub const INIT_DONE: &str = "/etc/ksctl/kubeadm-init.done";
+pub const JOIN_DONE: &str = "/etc/ksctl/kubeadm-join.done";
 pub const ADMIN_KUBECONFIG: &str = "/etc/kubernetes/admin.conf";
 pub use ksctl_core::spec::POD_SUBNET;
 pub const SERVICE_SUBNET: &str = "10.96.0.0/12";
@@ -96,100 +101,186 @@ pub struct ClusterConfig<'a> {
     pub certificate_key: &'a str,
 }
 
-fn yaml_list(items: &[String], indent: &str) -> String {
-    items.iter().map(|i| format!("{indent}- \"{i}\"\n")).collect()
+/// containerd's socket as kubeadm wants it named for `version`.
+fn cri_socket(version: &str) -> &'static str {
+    if minor_of(version).1 < 24 {
+        "/run/containerd/containerd.sock"
+    } else {
+        "unix:///var/run/containerd/containerd.sock"
+    }
 }
 
-/// The `InitConfiguration` + `ClusterConfiguration` for `kubeadm init` on the first control plane.
-pub fn init_config(c: &ClusterConfig<'_>) -> String {
-    let api = api_version(c.version);
-    let (_, minor) = minor_of(c.version);
-    let (cri, taint) = if minor < 24 {
-        ("/run/containerd/containerd.sock", "node-role.kubernetes.io/master")
+/// The taint kubeadm puts on control planes in `version`.
+fn control_plane_taint(version: &str) -> &'static str {
+    if minor_of(version).1 < 24 { "node-role.kubernetes.io/master" } else { "node-role.kubernetes.io/control-plane" }
+}
+
+/// `nodeRegistration.kubeletExtraArgs`: a map up to v1beta3, a list of name/value from v1beta4.
+fn kubelet_extra_args(version: &str, args: &[(&str, &str)]) -> Value {
+    if api_version(version).ends_with("v1beta4") {
+        args.iter().map(|(n, v)| json!({"name": n, "value": v})).collect()
     } else {
-        ("unix:///var/run/containerd/containerd.sock", "node-role.kubernetes.io/control-plane")
-    };
-    let sans = vec![c.lb_public_ip.to_string(), c.lb_private_ip.to_string()];
+        args.iter().map(|(n, v)| (n.to_string(), json!(v))).collect::<serde_json::Map<_, _>>().into()
+    }
+}
+
+/// Documents as one multi-document YAML file.
+fn yaml_documents(docs: &[Value]) -> String {
+    docs.iter().map(|d| serde_yaml::to_string(d).expect("JSON values serialize")).collect::<Vec<_>>().join("---\n")
+}
+
+/// The kubelet and kube-proxy settings every node shares (kubeadm stores them in the cluster).
+fn component_configs() -> [Value; 2] {
+    [
+        // containerd runs with runc's systemd cgroup driver ([`prepare_node`]); the kubelet must
+        // agree (kubeadm defaults it to cgroupfs before 1.22).
+        json!({
+            "apiVersion": "kubelet.config.k8s.io/v1beta1",
+            "kind": "KubeletConfiguration",
+            "cgroupDriver": "systemd",
+        }),
+        // Leave the kernel's connection-tracking table size as the kernel sized it: kube-proxy
+        // would otherwise write the machine-wide nf_conntrack_max, which only the host's first
+        // network namespace may (nodes in containers or network namespaces cannot, and
+        // kube-proxy exits when it fails). Kernels size it from memory already.
+        json!({
+            "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
+            "kind": "KubeProxyConfiguration",
+            "conntrack": {"maxPerCore": 0},
+        }),
+    ]
+}
+
+/// The `InitConfiguration`, `ClusterConfiguration`, kubelet and kube-proxy configurations for
+/// `kubeadm init` on the first control plane.
+pub fn init_config(c: &ClusterConfig<'_>, artifacts: &Artifacts) -> String {
+    let api = api_version(c.version);
+    let mut cluster = json!({
+        "apiVersion": api,
+        "kind": "ClusterConfiguration",
+        "clusterName": c.cluster_name,
+        "kubernetesVersion": kubernetes_version(c.version),
+        "controlPlaneEndpoint": format!("{}:6443", c.lb_private_ip),
+        "certificatesDir": "/etc/kubernetes/pki",
+        "apiServer": {"certSANs": [c.lb_public_ip, c.lb_private_ip]},
+        "etcd": {"external": {
+            "endpoints": c.etcd_endpoints,
+            "caFile": "/etc/kubernetes/pki/etcd/ca.crt",
+            "certFile": "/etc/kubernetes/pki/apiserver-etcd-client.crt",
+            "keyFile": "/etc/kubernetes/pki/apiserver-etcd-client.key",
+        }},
+        "networking": {"podSubnet": POD_SUBNET, "serviceSubnet": SERVICE_SUBNET},
+    });
+    if let Some(r) = &artifacts.registry {
+        cluster["imageRepository"] = json!(r.prefix());
+    }
+    let init = json!({
+        "apiVersion": api,
+        "kind": "InitConfiguration",
+        "bootstrapTokens": [{
+            "token": c.token,
+            "ttl": format!("{TOKEN_TTL_SECS}s"),
+            "groups": ["system:bootstrappers:kubeadm:default-node-token"],
+            "usages": ["signing", "authentication"],
+        }],
+        "certificateKey": c.certificate_key,
+        "localAPIEndpoint": {"advertiseAddress": c.advertise_ip, "bindPort": 6443},
+        "nodeRegistration": node_registration(c.version, c.node_name, c.advertise_ip, true),
+    });
+    let [kubelet, proxy] = component_configs();
+    yaml_documents(&[init, cluster, kubelet, proxy])
+}
+
+/// `nodeRegistration` for a node: its name and address, containerd, and (control planes) the
+/// taint that keeps workloads on the workers. kubeadm's image pulls in preflight are left to
+/// the prepare step, which pulls what a node needs with an error that names the registry.
+fn node_registration(version: &str, name: &str, ip: &str, control_plane: bool) -> Value {
+    let mut r = json!({
+        "name": name,
+        "criSocket": cri_socket(version),
+        "kubeletExtraArgs": kubelet_extra_args(version, &[("node-ip", ip)]),
+        "ignorePreflightErrors": ["ImagePull"],
+    });
+    if control_plane {
+        r["taints"] = json!([{"key": control_plane_taint(version), "effect": "NoSchedule"}]);
+    }
+    r
+}
+
+/// Where a node that joins finds the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Join<'a> {
+    pub version: &'a str,
+    pub lb_private_ip: &'a str,
+    pub token: &'a str,
+    pub ca_hash: &'a str,
+    pub node_name: &'a str,
+    pub node_ip: &'a str,
+    /// A control plane joins with the key of the uploaded control-plane certificates.
+    pub certificate_key: Option<&'a str>,
+    /// Wait until the node is `Ready` (a scale-up, whose cluster has its pod network already;
+    /// during a create the network comes after the bootstrap).
+    pub wait_ready: bool,
+}
+
+/// How long a node that joined a running cluster may take to become `Ready`.
+pub const NODE_READY_SECS: u32 = 300;
+
+/// The `JoinConfiguration` for `kubeadm join --config` (secrets in a 0600 file, not in `ps`).
+pub fn join_config(j: &Join<'_>) -> String {
+    let mut doc = json!({
+        "apiVersion": api_version(j.version),
+        "kind": "JoinConfiguration",
+        "discovery": {"bootstrapToken": {
+            "apiServerEndpoint": format!("{}:6443", j.lb_private_ip),
+            "token": j.token,
+            "caCertHashes": [j.ca_hash],
+        }},
+        "nodeRegistration": node_registration(j.version, j.node_name, j.node_ip, j.certificate_key.is_some()),
+    });
+    if let Some(key) = j.certificate_key {
+        doc["controlPlane"] =
+            json!({"localAPIEndpoint": {"advertiseAddress": j.node_ip, "bindPort": 6443}, "certificateKey": key});
+    }
+    yaml_documents(&[doc])
+}
+
+/// Shell that installs `packages` from the host's own apt sources unless they are installed.
+fn os_packages(packages: &[&str]) -> String {
     format!(
-        "apiVersion: {api}
-kind: InitConfiguration
-bootstrapTokens:
-- token: \"{token}\"
-  ttl: \"{ttl}s\"
-  groups: [\"system:bootstrappers:kubeadm:default-node-token\"]
-  usages: [\"signing\", \"authentication\"]
-certificateKey: \"{cert_key}\"
-localAPIEndpoint:
-  advertiseAddress: \"{adv}\"
-  bindPort: 6443
-nodeRegistration:
-  name: \"{node}\"
-  criSocket: \"{cri}\"
-  taints:
-  - key: \"{taint}\"
-    effect: NoSchedule
----
-apiVersion: {api}
-kind: ClusterConfiguration
-clusterName: \"{name}\"
-kubernetesVersion: \"{kv}\"
-controlPlaneEndpoint: \"{lb}:6443\"
-certificatesDir: /etc/kubernetes/pki
-apiServer:
-  certSANs:
-{sans}etcd:
-  external:
-    endpoints:
-{eps}    caFile: /etc/kubernetes/pki/etcd/ca.crt
-    certFile: /etc/kubernetes/pki/apiserver-etcd-client.crt
-    keyFile: /etc/kubernetes/pki/apiserver-etcd-client.key
-networking:
-  podSubnet: \"{POD_SUBNET}\"
-  serviceSubnet: \"{SERVICE_SUBNET}\"
+        "missing=''
+for p in {list}; do dpkg -s \"$p\" >/dev/null 2>&1 || missing=\"$missing $p\"; done
+if [ -n \"$missing\" ]; then
+  apt-get update -qq && apt-get install -y -qq $missing >/dev/null
+fi
 ",
-        token = c.token,
-        ttl = TOKEN_TTL_SECS,
-        cert_key = c.certificate_key,
-        adv = c.advertise_ip,
-        node = c.node_name,
-        name = c.cluster_name,
-        kv = kubernetes_version(c.version),
-        lb = c.lb_private_ip,
-        sans = yaml_list(&sans, "  "),
-        eps = yaml_list(c.etcd_endpoints, "    "),
+        list = packages.join(" ")
     )
 }
 
-/// `kubeadm join` through the load balancer; with `certificate_key`, as a control plane.
-pub fn join_command(
-    lb_private_ip: &str,
-    token: &str,
-    ca_hash: &str,
-    node_name: &str,
-    control_plane: Option<(&str, &str)>,
-) -> String {
-    let mut cmd = format!(
-        "kubeadm join {lb_private_ip}:6443 --token {token} --discovery-token-ca-cert-hash {ca_hash} --node-name {node_name}"
-    );
-    if let Some((certificate_key, advertise_ip)) = control_plane {
-        cmd.push_str(&format!(
-            " --control-plane --certificate-key {certificate_key} --apiserver-advertise-address {advertise_ip}"
-        ));
-    }
-    cmd
-}
-
-/// containerd, kubelet, kubeadm and kubectl from the Kubernetes apt repository, swap off,
-/// the kernel modules and sysctls Kubernetes networking needs. Idempotent.
+/// containerd (with runc's systemd cgroup driver, the pause image kubeadm's version uses, pulls
+/// through the configured registry), kubelet, kubeadm and kubectl from the Kubernetes apt
+/// repository, swap off, the kernel modules and sysctls Kubernetes networking needs, and the
+/// node's images pulled ahead. Idempotent: a changed containerd configuration restarts it.
 pub fn prepare_node(version: &str, artifacts: &Artifacts) -> String {
     let repo = artifacts.kubernetes_apt(version);
+    let (registry_flag, registry_files) = match &artifacts.registry {
+        None => (String::new(), String::new()),
+        Some(r) => {
+            let mut files =
+                write_file(&format!("{}/hosts.toml", r.containerd_dir()), &r.containerd_hosts_toml(), "0644");
+            if let RegistryTls::Ca(pem) = &r.tls {
+                files.push_str(&write_file(&r.containerd_ca_path(), pem, "0644"));
+            }
+            (format!(" --image-repository {}", quote(&r.prefix())), files)
+        }
+    };
     format!(
-        "if ! command -v kubeadm >/dev/null 2>&1 || ! command -v containerd >/dev/null 2>&1; then
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq && apt-get install -y -qq apt-transport-https ca-certificates curl gpg containerd >/dev/null
+        "export DEBIAN_FRONTEND=noninteractive
+{os}if ! dpkg -s kubelet kubeadm kubectl >/dev/null 2>&1; then
   install -d -m 0755 /etc/apt/keyrings
-  curl -fsSL --retry 5 {repo}Release.key | gpg --batch --yes --dearmor -o /etc/apt/keyrings/ksctl-kubernetes.gpg
-  echo 'deb [signed-by=/etc/apt/keyrings/ksctl-kubernetes.gpg] {repo} /' > /etc/apt/sources.list.d/ksctl-kubernetes.list
+  curl -fsSL --retry 5 {repo}Release.key | gpg --batch --yes --dearmor -o {KUBERNETES_KEYRING}
+  echo 'deb [signed-by={KUBERNETES_KEYRING}] {repo} /' > {KUBERNETES_APT_LIST}
   apt-get update -qq && apt-get install -y -qq kubelet kubeadm kubectl >/dev/null
   apt-mark hold kubelet kubeadm kubectl >/dev/null
 fi
@@ -199,75 +290,160 @@ printf 'overlay\\nbr_netfilter\\n' > /etc/modules-load.d/ksctl-k8s.conf
 modprobe overlay 2>/dev/null || true; modprobe br_netfilter 2>/dev/null || true
 printf 'net.bridge.bridge-nf-call-iptables = 1\\nnet.bridge.bridge-nf-call-ip6tables = 1\\nnet.ipv4.ip_forward = 1\\n' > /etc/sysctl.d/ksctl-k8s.conf
 sysctl --system >/dev/null 2>&1 || true
-if [ ! -f /etc/containerd/ksctl ]; then
-  install -d /etc/containerd
-  containerd config default | sed 's/SystemdCgroup = false/SystemdCgroup = true/' > /etc/containerd/config.toml
-  touch /etc/containerd/ksctl
+{registry_files}images=$(kubeadm config images list --kubernetes-version \"$(kubeadm version -o short)\"{registry_flag})
+pause=$(printf '%s\\n' \"$images\" | grep '/pause:')
+# Hosts that may not lower OOM scores (containers, rootless) need containerd to keep them.
+restrict=false
+sh -c 'echo -999 > /proc/self/oom_score_adj' 2>/dev/null || restrict=true
+install -d /etc/containerd
+if [ ! -f {CONTAINERD_MARK} ]; then
+  if [ -f /etc/containerd/config.toml ]; then cp -p /etc/containerd/config.toml /etc/containerd/config.toml.before-ksctl; fi
+  if systemctl is-active --quiet containerd; then echo active; else echo inactive; fi > {CONTAINERD_MARK}
+fi
+containerd config default | sed -e 's/SystemdCgroup = false/SystemdCgroup = true/' \\
+  -e \"s#sandbox_image = .*#sandbox_image = \\\"$pause\\\"#\" \\
+  -e 's#config_path = \"\"#config_path = \"{certs_d}\"#' \\
+  -e \"s#restrict_oom_score_adj = .*#restrict_oom_score_adj = $restrict#\" > /etc/containerd/config.toml.ksctl
+if ! cmp -s /etc/containerd/config.toml.ksctl /etc/containerd/config.toml; then
+  mv /etc/containerd/config.toml.ksctl /etc/containerd/config.toml
+  systemctl enable containerd >/dev/null 2>&1 || true
   systemctl restart containerd
 fi
+systemctl enable --now containerd >/dev/null 2>&1
 systemctl enable --now kubelet >/dev/null 2>&1 || true
-"
+# The node's own images (the pause image and kube-proxy), pulled now so that a registry that
+# lacks one fails here, naming it, instead of as a pod stuck later. A few tries: containerd
+# may still be starting.
+ksctl_pull() {{
+  for attempt in 1 2 3 4 5; do
+    crictl -r unix:///run/containerd/containerd.sock pull \"$1\" >/dev/null 2>&1 && return 0
+    sleep 2
+  done
+  crictl -r unix:///run/containerd/containerd.sock pull \"$1\" >&2 || true
+  echo \"cannot pull image $1\" >&2
+  exit 1
+}}
+for i in $pause $(printf '%s\\n' \"$images\" | grep '/kube-proxy:'); do ksctl_pull \"$i\"; done
+",
+        os = os_packages(&["ca-certificates", "curl", "gpg", "containerd"]),
+        certs_d = CONTAINERD_CERTS_D,
     )
+}
+
+/// The control-plane images, pulled before `kubeadm init` or a control-plane join (after
+/// [`prepare_node`], whose `ksctl_pull` and `$images` it uses).
+const PULL_CONTROL_PLANE: &str = "for i in $(printf '%s\\n' \"$images\" | grep -E '/kube-(apiserver|controller-manager|scheduler):'); do ksctl_pull \"$i\"; done\n";
+
+/// The external etcd's CA and the API server's client certificate, as every control plane has
+/// them (keys as SEC1: see [`pki::sec1_pem`]).
+fn etcd_client_files(etcd_ca: &str, etcd_client: &CertKey) -> Result<String, PkiError> {
+    Ok([
+        write_file("/etc/kubernetes/pki/etcd/ca.crt", etcd_ca, "0644"),
+        write_file("/etc/kubernetes/pki/apiserver-etcd-client.crt", &etcd_client.cert, "0644"),
+        write_file("/etc/kubernetes/pki/apiserver-etcd-client.key", &pki::sec1_pem(&etcd_client.key)?, "0600"),
+    ]
+    .concat())
 }
 
 /// Files kubeadm expects before `init`: the cluster CA (so ksctl knows the discovery hash) and
 /// the etcd CA and API-server client certificate for the external etcd.
-pub fn pki_files(ca: &CertKey, etcd_ca: &str, etcd_client: &CertKey) -> String {
-    [
+pub fn pki_files(ca: &CertKey, etcd_ca: &str, etcd_client: &CertKey) -> Result<String, PkiError> {
+    Ok([
         write_file("/etc/kubernetes/pki/ca.crt", &ca.cert, "0644"),
-        write_file("/etc/kubernetes/pki/ca.key", &ca.key, "0600"),
-        write_file("/etc/kubernetes/pki/etcd/ca.crt", etcd_ca, "0644"),
-        write_file("/etc/kubernetes/pki/apiserver-etcd-client.crt", &etcd_client.cert, "0644"),
-        write_file("/etc/kubernetes/pki/apiserver-etcd-client.key", &etcd_client.key, "0600"),
+        write_file("/etc/kubernetes/pki/ca.key", &pki::sec1_pem(&ca.key)?, "0600"),
+        etcd_client_files(etcd_ca, etcd_client)?,
     ]
-    .concat()
+    .concat())
+}
+
+/// Runs kubeadm (`command`) once per host: not again once `done` is written. A run that stopped
+/// halfway (its SSH session died with the controller, and kubeadm with it or not) left files
+/// kubeadm refuses to start over on and a node it cannot resume: any file under
+/// `/etc/kubernetes` or `/var/lib/kubelet` without the mark means such a host, which is reset
+/// first. `before` (the files kubeadm reads, which reset removes) is written after that.
+fn kubeadm_once(step: &str, done: &str, before: &str, command: &str) -> String {
+    format!(
+        "if [ ! -f {done} ]; then
+  if [ -n \"$(find /etc/kubernetes /var/lib/kubelet -type f 2>/dev/null | head -n 1)\" ]; then
+    pkill -x kubeadm 2>/dev/null || true
+    sleep 1
+    kubeadm reset -f >/dev/null 2>&1 || true
+  fi
+fi
+{before}if [ ! -f {done} ]; then
+  ksctl_step {step}-ran
+  {command}
+  touch {done}
+fi
+"
+    )
 }
 
 /// The first control plane: prepare, write the PKI and config, `kubeadm init --upload-certs`
-/// unless this node already runs a control plane.
+/// unless it finished here before.
 pub fn init(
     c: &ClusterConfig<'_>,
     secrets: &KubeadmSecrets,
     etcd_ca: &str,
     etcd_client: &CertKey,
     artifacts: &Artifacts,
-) -> String {
-    let body = format!(
-        "{prep}{pki}{cfg}sed -i \"s/{ph}/$(kubeadm version -o short)/\" {CONFIG}
-if [ ! -f {ADMIN_KUBECONFIG} ]; then
-  kubeadm init --config {CONFIG} --upload-certs
-fi
-",
-        prep = prepare_node(c.version, artifacts),
-        pki = pki_files(&secrets.ca, etcd_ca, etcd_client),
-        cfg = write_file(CONFIG, &init_config(c), "0600"),
+) -> Result<String, PkiError> {
+    let before = format!(
+        "{pki}{cfg}sed -i \"s/{ph}/$(kubeadm version -o short)/\" {CONFIG}\n",
+        pki = pki_files(&secrets.ca, etcd_ca, etcd_client)?,
+        cfg = write_file(CONFIG, &init_config(c, artifacts), "0600"),
         ph = VERSION_PLACEHOLDER,
     );
-    step_script("kubeadm-init", &body)
+    let body = format!(
+        "{prep}{PULL_CONTROL_PLANE}{once}",
+        prep = prepare_node(c.version, artifacts),
+        once =
+            kubeadm_once("kubeadm-init", INIT_DONE, &before, &format!("kubeadm init --config {CONFIG} --upload-certs")),
+    );
+    Ok(step_script("kubeadm-init", &body))
 }
 
-/// A control plane or worker joining, unless it already joined.
+/// A control plane or worker joining through the load balancer, unless it joined before.
 pub fn join(
     step: &str,
-    version: &str,
-    join_cmd: &str,
+    j: &Join<'_>,
     control_plane: Option<(&str, &CertKey)>,
     artifacts: &Artifacts,
-) -> String {
+) -> Result<String, PkiError> {
     let pki = match control_plane {
-        Some((etcd_ca, client)) => [
-            write_file("/etc/kubernetes/pki/etcd/ca.crt", etcd_ca, "0644"),
-            write_file("/etc/kubernetes/pki/apiserver-etcd-client.crt", &client.cert, "0644"),
-            write_file("/etc/kubernetes/pki/apiserver-etcd-client.key", &client.key, "0600"),
-        ]
-        .concat(),
+        Some((etcd_ca, client)) => etcd_client_files(etcd_ca, client)?,
         None => String::new(),
     };
+    let before = pki + &write_file(JOIN_CONFIG, &join_config(j), "0600");
     let body = format!(
-        "{prep}{pki}if [ ! -f /etc/kubernetes/kubelet.conf ]; then\n  {join_cmd}\nfi\n",
-        prep = prepare_node(version, artifacts),
+        "{prep}{pull}{once}",
+        prep = prepare_node(j.version, artifacts),
+        pull = if control_plane.is_some() { PULL_CONTROL_PLANE } else { "" },
+        once = kubeadm_once(step, JOIN_DONE, &before, &format!("kubeadm join --config {JOIN_CONFIG}")),
     );
-    step_script(step, &body)
+    let ready = if j.wait_ready { node_ready(j.node_name) } else { String::new() };
+    Ok(step_script(step, &(body + &ready)))
+}
+
+/// Waits until the node `name` reports `Ready`, asking as the node itself (its kubelet's
+/// credentials may read their own Node); the error names the node and its conditions.
+fn node_ready(name: &str) -> String {
+    let n = quote(name);
+    let get = format!("kubectl --kubeconfig /etc/kubernetes/kubelet.conf get node {n}");
+    format!(
+        "i=0
+until {get} -o jsonpath='{{.status.conditions[?(@.type==\"Ready\")].status}}' 2>/dev/null | grep -qx True; do
+  i=$((i+1))
+  if [ $i -ge {tries} ]; then
+    echo \"node {name} is not Ready after {NODE_READY_SECS} s:\" >&2
+    {get} -o jsonpath='{{range .status.conditions[*]}}{{.type}}={{.status}} {{.message}}{{\"\\n\"}}{{end}}' >&2 || true
+    exit 1
+  fi
+  sleep 2
+done
+",
+        tries = NODE_READY_SECS / 2,
+    )
 }
 
 /// Run on the first control plane: registers `token` (a renewal) and re-uploads the
@@ -329,39 +505,99 @@ mod tests {
         assert_eq!(kubernetes_version("v1.20.2"), "v1.20.2");
     }
 
-    #[test]
-    fn the_config_points_at_the_lb_and_the_external_etcd() {
-        let eps = vec!["https://10.0.0.1:2379".to_string(), "https://10.0.0.2:2379".to_string()];
-        let c = init_config(&cfg("1.31", &eps));
-        assert!(c.contains("controlPlaneEndpoint: \"10.0.0.9:6443\""));
-        assert!(c.contains("  - \"203.0.113.7\"\n  - \"10.0.0.9\"\n"), "{c}");
-        assert!(c.contains("    - \"https://10.0.0.1:2379\"\n    - \"https://10.0.0.2:2379\"\n"), "{c}");
-        assert!(c.contains("podSubnet: \"10.244.0.0/16\""));
-        assert!(c.contains("node-role.kubernetes.io/control-plane"));
-        // Both documents parse as YAML.
-        let docs: Vec<serde_yaml::Value> =
-            serde_yaml::Deserializer::from_str(&c).map(|d| serde_yaml::Value::deserialize(d).unwrap()).collect();
-        assert_eq!(docs.len(), 2);
-        assert_eq!(docs[1]["etcd"]["external"]["endpoints"].as_sequence().unwrap().len(), 2);
-        let old = init_config(&cfg("1.20.2", &eps));
-        assert!(old.contains("kubernetesVersion: \"v1.20.2\"") && old.contains("node-role.kubernetes.io/master"));
+    fn docs(yaml: &str) -> Vec<serde_yaml::Value> {
+        serde_yaml::Deserializer::from_str(yaml).map(|d| serde_yaml::Value::deserialize(d).unwrap()).collect()
+    }
+
+    fn lab_registry() -> Artifacts {
+        use ksctl_core::artifacts::ImageRegistry;
+        Artifacts {
+            mirror: None,
+            registry: Some(ImageRegistry::parse("10.0.0.1:5000/k8s", RegistryTls::PlainHttp).unwrap()),
+        }
     }
 
     #[test]
-    fn join_commands_go_through_the_lb_with_the_ca_hash() {
-        let w = join_command("10.0.0.9", "abcdef.0123456789abcdef", "sha256:00", "demo-vm-wp-0", None);
+    fn the_config_points_at_the_lb_and_the_external_etcd() {
+        let eps = vec!["https://10.0.0.1:2379".to_string(), "https://10.0.0.2:2379".to_string()];
+        let d = docs(&init_config(&cfg("1.31", &eps), &Artifacts::default()));
+        let kinds: Vec<&str> = d.iter().map(|d| d["kind"].as_str().unwrap()).collect();
         assert_eq!(
-            w,
-            "kubeadm join 10.0.0.9:6443 --token abcdef.0123456789abcdef --discovery-token-ca-cert-hash sha256:00 --node-name demo-vm-wp-0"
+            kinds,
+            ["InitConfiguration", "ClusterConfiguration", "KubeletConfiguration", "KubeProxyConfiguration"]
         );
-        let cp = join_command("10.0.0.9", "t", "sha256:00", "demo-vm-cp-1", Some(("k3y", "10.0.0.5")));
-        assert!(cp.ends_with("--control-plane --certificate-key k3y --apiserver-advertise-address 10.0.0.5"));
+        let (init, cluster) = (&d[0], &d[1]);
+        assert_eq!(cluster["controlPlaneEndpoint"], "10.0.0.9:6443");
+        assert_eq!(cluster["apiServer"]["certSANs"], serde_yaml::to_value(["203.0.113.7", "10.0.0.9"]).unwrap());
+        assert_eq!(cluster["etcd"]["external"]["endpoints"], serde_yaml::to_value(&eps).unwrap());
+        assert_eq!(cluster["networking"]["podSubnet"], "10.244.0.0/16");
+        assert!(cluster.get("imageRepository").is_none(), "upstream's registry by default");
+        assert_eq!(init["nodeRegistration"]["taints"][0]["key"], "node-role.kubernetes.io/control-plane");
+        assert_eq!(init["nodeRegistration"]["kubeletExtraArgs"][0]["name"], "node-ip", "v1beta4 lists args");
+        assert_eq!(init["localAPIEndpoint"]["advertiseAddress"], "10.0.0.4");
+        assert_eq!(d[2]["cgroupDriver"], "systemd", "the kubelet agrees with containerd's runc");
+        assert_eq!(d[3]["conntrack"]["maxPerCore"], 0);
+
+        let d = docs(&init_config(&cfg("1.20.2", &eps), &lab_registry()));
+        assert_eq!(d[1]["kubernetesVersion"], "v1.20.2");
+        assert_eq!(d[1]["imageRepository"], "10.0.0.1:5000/k8s");
+        assert_eq!(d[0]["nodeRegistration"]["taints"][0]["key"], "node-role.kubernetes.io/master");
+        assert_eq!(d[0]["nodeRegistration"]["kubeletExtraArgs"]["node-ip"], "10.0.0.4", "v1beta2 maps args");
+        assert_eq!(d[0]["nodeRegistration"]["criSocket"], "/run/containerd/containerd.sock");
+    }
+
+    #[test]
+    fn values_are_data_in_the_yaml_not_syntax() {
+        let eps = vec!["https://10.0.0.1:2379\"\nkind: Evil".to_string()];
+        let mut c = cfg("1.20.2", &eps);
+        c.node_name = "a: b\n- c";
+        let d = docs(&init_config(&c, &Artifacts::default()));
+        assert_eq!(d.len(), 4);
+        assert_eq!(d[1]["etcd"]["external"]["endpoints"][0].as_str().unwrap(), eps[0]);
+        assert_eq!(d[0]["nodeRegistration"]["name"].as_str().unwrap(), "a: b\n- c");
+    }
+
+    #[test]
+    fn joins_go_through_the_lb_with_the_ca_hash_from_a_file() {
+        let j = Join {
+            version: "1.20.2",
+            lb_private_ip: "10.0.0.9",
+            token: "abcdef.0123456789abcdef",
+            ca_hash: "sha256:00",
+            node_name: "demo-vm-wp-0",
+            node_ip: "10.0.0.7",
+            certificate_key: None,
+            wait_ready: false,
+        };
+        let w = &docs(&join_config(&j))[0];
+        assert_eq!(w["kind"], "JoinConfiguration");
+        assert_eq!(w["discovery"]["bootstrapToken"]["apiServerEndpoint"], "10.0.0.9:6443");
+        assert_eq!(w["discovery"]["bootstrapToken"]["token"], "abcdef.0123456789abcdef");
+        assert_eq!(w["discovery"]["bootstrapToken"]["caCertHashes"][0], "sha256:00");
+        assert_eq!(w["nodeRegistration"]["name"], "demo-vm-wp-0");
+        assert!(w.get("controlPlane").is_none() && w["nodeRegistration"].get("taints").is_none());
+        let cp = &docs(&join_config(&Join { certificate_key: Some("k3y"), ..j.clone() }))[0];
+        assert_eq!(cp["controlPlane"]["certificateKey"], "k3y");
+        assert_eq!(cp["controlPlane"]["localAPIEndpoint"]["advertiseAddress"], "10.0.0.7");
+        // The secrets are in the 0600 file, never on the command line.
+        let script = join("kubeadm-worker-join", &j, None, &Artifacts::default()).unwrap();
+        assert!(script.contains(&format!("kubeadm join --config {JOIN_CONFIG}")));
+        assert!(!script.lines().any(|l| l.contains("kubeadm join") && l.contains("abcdef")));
+    }
+
+    #[test]
+    fn nodes_pull_through_the_configured_registry() {
+        let prep = prepare_node("1.20.2", &lab_registry());
+        assert!(prep.contains("/etc/containerd/certs.d/10.0.0.1:5000/hosts.toml"), "{prep}");
+        assert!(prep.contains("server = \"http://10.0.0.1:5000\""));
+        assert!(prep.contains("--image-repository '10.0.0.1:5000/k8s'"));
+        assert!(!prepare_node("1.20.2", &Artifacts::default()).contains("--image-repository"));
     }
 
     #[test]
     fn scripts_are_valid_shell() {
         let eps = vec!["https://10.0.0.1:2379".to_string()];
-        let ck = CertKey { cert: "C".into(), key: "K".into() };
+        let (ck, _) = pki::new_ca("test").unwrap();
         let s = KubeadmSecrets {
             ca: ck.clone(),
             token: "t".into(),
@@ -369,10 +605,28 @@ mod tests {
             certificate_key: "k".into(),
             certs_uploaded_ms: 0,
         };
+        let j = Join {
+            version: "1.31",
+            lb_private_ip: "10.0.0.9",
+            token: "t",
+            ca_hash: "sha256:00",
+            node_name: "n",
+            node_ip: "10.0.0.7",
+            certificate_key: None,
+            wait_ready: false,
+        };
         for script in [
-            init(&cfg("1.31", &eps), &s, "CA", &ck, &Artifacts::default()),
-            join("kubeadm-worker-join", "1.31", "kubeadm join x", None, &Artifacts::default()),
-            join("kubeadm-cp-join", "1.31", "kubeadm join x", Some(("CA", &ck)), &Artifacts::default()),
+            init(&cfg("1.31", &eps), &s, "CA", &ck, &Artifacts::default()).unwrap(),
+            init(&cfg("1.20.2", &eps), &s, "CA", &ck, &lab_registry()).unwrap(),
+            join("kubeadm-worker-join", &j, None, &Artifacts::default()).unwrap(),
+            join("kubeadm-worker-join", &Join { wait_ready: true, ..j.clone() }, None, &Artifacts::default()).unwrap(),
+            join(
+                "kubeadm-cp-join",
+                &Join { certificate_key: Some("k"), ..j.clone() },
+                Some(("CA", &ck)),
+                &lab_registry(),
+            )
+            .unwrap(),
             refresh("abcdef.0123456789abcdef", "k"),
         ] {
             let out = std::process::Command::new("sh").arg("-n").arg("-c").arg(&script).output().unwrap();

@@ -2,7 +2,6 @@
 //! k3s or kubeadm). Host access sits behind [`Bootstrapper`]: real hosts over SSH for `byo` and
 //! `aws`, simulated ones for `sim`.
 
-pub mod artifacts;
 pub mod kubeadm;
 pub mod pki;
 pub mod plan;
@@ -13,7 +12,7 @@ pub mod ssh_hosts;
 use clap::Parser;
 use ksctl_core::saga::{Phase, Service};
 use ksctl_core::spec::Provider;
-use ksctl_runtime::{CommonArgs, PhaseCtx, PhaseError, PhaseWorker, RuntimeError};
+use ksctl_runtime::{ArtifactArgs, CommonArgs, PhaseCtx, PhaseError, PhaseWorker, RuntimeError};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -22,6 +21,8 @@ use std::sync::Arc;
 pub struct Config {
     #[command(flatten)]
     pub common: CommonArgs,
+    #[command(flatten)]
+    pub artifacts: ArtifactArgs,
     /// Hosts one bootstrap works on at once within a wave (SSH sessions per cluster).
     #[arg(long, env = "KSCTL_BOOTSTRAP_PARALLEL_HOSTS", default_value_t = PARALLEL_HOSTS)]
     pub parallel_hosts: usize,
@@ -118,13 +119,14 @@ where
 }
 
 pub async fn run(config: Config, shutdown: tokio::sync::watch::Receiver<bool>) -> Result<(), RuntimeError> {
+    let artifacts = config.artifacts.artifacts().map_err(RuntimeError::Config)?;
     let rt = config.common.connect("bootstrap-controller").await?;
     let sim_cfg = ksctl_runtime::sim::SimConfig::from_env().map_err(RuntimeError::Config)?;
     let mut providers: HashMap<Provider, Arc<dyn Bootstrapper>> = HashMap::new();
     providers.insert(Provider::Sim, Arc::new(sim_hosts::SimHosts::new(rt.store.clone(), sim_cfg)));
     let ssh: Arc<dyn Bootstrapper> = Arc::new(ssh_hosts::SshHosts::new(
         rt.store.clone(),
-        artifacts::Artifacts::from_env(),
+        artifacts,
         ssh_hosts::Settings {
             parallel: config.parallel_hosts,
             connect_timeout: std::time::Duration::from_secs(config.ssh_connect_timeout_secs),

@@ -20,6 +20,8 @@ pub enum PkiError {
     Rcgen { what: String, source: rcgen::Error },
     #[error("{0:?} is not an IP address (etcd certificates carry the datastores' IPs)")]
     NotAnIp(String),
+    #[error("{what}: {message}")]
+    Key { what: &'static str, message: String },
 }
 
 /// A certificate and its private key, PEM.
@@ -125,6 +127,33 @@ pub fn etcd(cluster: &str, datastores: &[(String, String)]) -> Result<EtcdPki, P
     Ok(EtcdPki { ca, server, peer, client })
 }
 
+/// A P-256 private key (PKCS#8 PEM, as ksctl makes them) as SEC1 (`EC PRIVATE KEY`). kubeadm
+/// 1.20 hands control-plane keys to joining control planes (`--upload-certs`) and parses them
+/// back with a reader that knows PKCS#1, SEC1 and RSA in PKCS#8, but not EC in PKCS#8 ("unknown
+/// data found in Secret entry"): every key kubeadm may transfer is written as SEC1.
+pub fn sec1_pem(pkcs8_pem: &str) -> Result<String, PkiError> {
+    use base64::Engine;
+    use p256::elliptic_curve::sec1::ToEncodedPoint;
+    use p256::pkcs8::DecodePrivateKey;
+    let key = p256::SecretKey::from_pkcs8_pem(pkcs8_pem)
+        .map_err(|e| PkiError::Key { what: "reading a P-256 key", message: e.to_string() })?;
+    // ECPrivateKey (RFC 5915) with the curve named: readers (Go's, OpenSSL's) need [0] to know
+    // the curve, and p256's own encoder leaves it out.
+    const PRIME256V1: [u8; 10] = [0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+    let point = key.public_key().to_encoded_point(false);
+    let mut body = vec![0x02, 0x01, 0x01, 0x04, 0x20];
+    body.extend_from_slice(&key.to_bytes());
+    body.extend_from_slice(&[0xa0, PRIME256V1.len() as u8]);
+    body.extend_from_slice(&PRIME256V1);
+    body.extend_from_slice(&[0xa1, 0x44, 0x03, 0x42, 0x00]);
+    body.extend_from_slice(point.as_bytes());
+    let mut der = vec![0x30, body.len() as u8];
+    der.extend(body);
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let lines: Vec<&str> = b64.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).expect("base64")).collect();
+    Ok(format!("-----BEGIN EC PRIVATE KEY-----\n{}\n-----END EC PRIVATE KEY-----\n", lines.join("\n")))
+}
+
 /// kubeadm's `--discovery-token-ca-cert-hash`: `sha256:` and the hex SHA-256 of the CA's
 /// DER-encoded SubjectPublicKeyInfo.
 pub fn ca_cert_hash(ca_key_pem: &str) -> Result<String, PkiError> {
@@ -172,6 +201,26 @@ mod tests {
     fn a_host_name_is_refused_where_an_ip_is_needed() {
         let err = etcd("c", &[("x".into(), "db.example".into())]).unwrap_err();
         assert!(err.to_string().contains("not an IP address"));
+    }
+
+    /// openssl reads the SEC1 form as the same key: the public halves match.
+    #[test]
+    fn keys_convert_to_sec1() {
+        let (ca, _) = new_ca("kubernetes").unwrap();
+        let sec1 = sec1_pem(&ca.key).unwrap();
+        assert!(sec1.starts_with("-----BEGIN EC PRIVATE KEY-----"), "{sec1}");
+        let dir = std::env::temp_dir().join(format!("ksctl-sec1-{}", fastrand::u64(..)));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("a.key"), &ca.key).unwrap();
+        std::fs::write(dir.join("b.key"), &sec1).unwrap();
+        let a = run("openssl pkey -in a.key -pubout", &dir);
+        let b = run("openssl pkey -in b.key -pubout", &dir);
+        assert!(a.status.success() && !a.stdout.is_empty());
+        assert_eq!(a.stdout, b.stdout, "{}", String::from_utf8_lossy(&b.stderr));
+        let text = String::from_utf8_lossy(&run("openssl ec -in b.key -noout -text", &dir).stdout).into_owned();
+        assert!(text.contains("ASN1 OID: prime256v1"), "the curve is named: {text}");
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(sec1_pem("not a key").is_err());
     }
 
     /// The hash kubeadm computes for the same CA, checked with openssl the way kubeadm's docs do.

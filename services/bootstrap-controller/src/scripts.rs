@@ -2,8 +2,8 @@
 //! health check, k3s servers and agents. Each runs as root through `sudo -n sh -s` with the
 //! script on stdin (secrets never appear on a command line or in a log) and is idempotent:
 //! re-running a finished step changes nothing.
-use crate::artifacts::Artifacts;
 use crate::pki::CertKey;
+use ksctl_core::artifacts::Artifacts;
 use ksctl_ssh::host::{quote, step_script};
 
 pub const ETCD_DIR: &str = "/etc/ksctl/etcd";

@@ -4,11 +4,11 @@
 //! Every host step is a script from [`scripts`]/[`kubeadm`] that is idempotent on the host and
 //! checkpointed in the bootstrap record, so a restarted controller resumes where it stopped.
 use crate::Bootstrapper;
-use crate::artifacts::Artifacts;
 use crate::kubeadm::{self, KubeadmSecrets};
 use crate::pki::{self, CertKey, EtcdPki};
 use crate::plan::{HostStep, bootstrap_waves, join_wave};
 use crate::scripts::{self, Backend};
+use ksctl_core::artifacts::Artifacts;
 use ksctl_core::keys;
 use ksctl_core::messages::context_name;
 use ksctl_core::records::{BootstrapRecord, InfraRecord, Role, Vm};
@@ -331,21 +331,25 @@ impl SshHosts {
                     certificate_key: &secrets.certificate_key,
                 };
                 kubeadm::init(&cfg, &secrets, &pki.ca.cert, &pki.client, a)
+                    .map_err(|e| PhaseError::Permanent(e.to_string()))?
             }
             "kubeadm-cp-join" | "kubeadm-worker-join" => {
                 let pki = self.etcd_pki(ctx, run).await?;
                 let secrets = self.refresh_kubeadm(ctx, run).await?;
                 let hash = pki::ca_cert_hash(&secrets.ca.key).map_err(|e| PhaseError::Permanent(e.to_string()))?;
                 let cp = s.step == "kubeadm-cp-join";
-                let cmd = kubeadm::join_command(
-                    &lb.private_ip,
-                    &secrets.token,
-                    &hash,
-                    &vm.name,
-                    cp.then_some((secrets.certificate_key.as_str(), vm.private_ip.as_str())),
-                );
+                let join = kubeadm::Join {
+                    version: &run.version,
+                    lb_private_ip: &lb.private_ip,
+                    token: &secrets.token,
+                    ca_hash: &hash,
+                    node_name: &vm.name,
+                    node_ip: &vm.private_ip,
+                    certificate_key: cp.then_some(secrets.certificate_key.as_str()),
+                    wait_ready: ctx.cmd.phase == ksctl_core::saga::Phase::BootstrapJoin,
+                };
                 let etcd: Option<(&str, &CertKey)> = cp.then_some((pki.ca.cert.as_str(), &pki.client));
-                kubeadm::join(s.step, &run.version, &cmd, etcd, a)
+                kubeadm::join(s.step, &join, etcd, a).map_err(|e| PhaseError::Permanent(e.to_string()))?
             }
             other => return Err(PhaseError::Permanent(format!("unknown bootstrap step {other}"))),
         })

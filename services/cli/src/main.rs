@@ -61,6 +61,41 @@ enum Top {
     /// Operations under way.
     #[command(subcommand)]
     Ops(OpsCmd),
+    /// What an air-gapped mirror must hold.
+    #[command(subcommand)]
+    Artifacts(ArtifactsCmd),
+}
+
+#[derive(Subcommand)]
+enum ArtifactsCmd {
+    /// The packages, files and images a cluster of one distribution and version installs, as
+    /// upstream names them and as the configured mirrors serve them.
+    List(ArtifactsList),
+}
+
+#[derive(Args)]
+pub struct ArtifactsList {
+    /// kubeadm or k3s.
+    #[arg(long)]
+    pub distro: String,
+    /// The exact Kubernetes version (kubeadm pulls images of its own version), e.g. 1.20.2.
+    #[arg(long)]
+    pub version: String,
+    /// The file mirror the bootstrap-controller is given.
+    #[arg(long, env = "KSCTL_ARTIFACTS_URL")]
+    pub artifacts_url: Option<String>,
+    /// The image registry the controllers are given.
+    #[arg(long, env = "KSCTL_IMAGE_REGISTRY")]
+    pub image_registry: Option<String>,
+    /// The agent image the k8s-controller is given.
+    #[arg(long, env = "KSCTL_AGENT_IMAGE", default_value = "ksctl-rs:latest")]
+    pub agent_image: String,
+    /// The cluster's CNI (flannel is installed by ksctl on kubeadm clusters; none brings none).
+    #[arg(long, default_value = "flannel")]
+    pub cni: String,
+    /// Addons the clusters will run (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub addons: Vec<String>,
 }
 
 #[derive(Subcommand)]
@@ -263,10 +298,14 @@ async fn run(cli: Cli) -> Result<()> {
         output::addons(cli.output);
         return Ok(());
     }
+    if let Top::Artifacts(ArtifactsCmd::List(a)) = &cli.cmd {
+        return output::artifacts(cli.output, a).map_err(|e| Exit(2, e).into());
+    }
     let client = connect(&cli).await?;
     let ctx = Ctx { client, output: cli.output };
     let cmd = match cli.cmd {
         Top::Cluster(cmd) => cmd,
+        Top::Artifacts(_) => unreachable!("answered above without a control plane"),
         Top::Ops(OpsCmd::List { stuck }) => {
             let rows: Vec<OperationStatus> = query(&ctx.client, "ops", &OpsQuery { stuck }).await?;
             output::operations(ctx.output, &rows);

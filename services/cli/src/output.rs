@@ -110,6 +110,80 @@ pub fn addons(o: Output) {
     }
 }
 
+/// `ksctl artifacts list`: what a mirror must hold for one distribution and version.
+pub fn artifacts(o: Output, a: &crate::ArtifactsList) -> Result<(), String> {
+    use ksctl_core::artifacts::{Artifacts, ImageRegistry, RegistryTls, kubeadm_artifacts, parse_mirror_url};
+    let artifacts = Artifacts {
+        mirror: a.artifacts_url.as_deref().map(parse_mirror_url).transpose()?,
+        // How the hosts reach the registry does not change the images' names.
+        registry: a.image_registry.as_deref().map(|r| ImageRegistry::parse(r, RegistryTls::System)).transpose()?,
+    };
+    for addon in &a.addons {
+        if ksctl_core::addons::find(addon).is_none() {
+            return Err(format!("unknown addon {addon:?}; known: {}", ksctl_core::addons::names()));
+        }
+    }
+    let mut files: Vec<String> = Vec::new();
+    let mut packages: Vec<&str> = Vec::new();
+    let mut apt = None;
+    let mut upstream: Vec<String> = Vec::new();
+    match a.distro.as_str() {
+        "kubeadm" => {
+            let k = kubeadm_artifacts(&artifacts, &a.version)?;
+            apt = Some(k.apt_repository);
+            packages = k.packages;
+            upstream = k.images;
+            if a.cni == "flannel" {
+                upstream.extend(ksctl_core::addons::FLANNEL_IMAGES.iter().map(|s| s.to_string()));
+            }
+        }
+        "k3s" => {
+            // k3s' installer fetches its binary and checksums from the release download; the
+            // images k3s runs ship inside it.
+            let v = format!("v{}", a.version.trim_start_matches('v'));
+            if !v.contains("+k3s") {
+                return Err(format!("{:?}: give a k3s release like 1.31.2+k3s1", a.version));
+            }
+            let base = artifacts.mirror.clone().unwrap_or_else(|| "https://github.com/k3s-io/k3s".into());
+            files.push(artifacts.k3s_installer());
+            for f in ["k3s", "sha256sum-amd64.txt"] {
+                files.push(format!(
+                    "{base}{}/releases/download/{v}/{f}",
+                    if artifacts.mirror.is_some() { "/k3s" } else { "" }
+                ));
+            }
+        }
+        other => return Err(format!("unknown distribution {other:?}; expected kubeadm or k3s")),
+    }
+    upstream.push(a.agent_image.clone());
+    for addon in &a.addons {
+        upstream.extend(ksctl_core::addons::find(addon).expect("checked").images.iter().map(|s| s.to_string()));
+    }
+    let images: Vec<(String, String)> = upstream.iter().map(|i| (i.clone(), artifacts.image(i))).collect();
+    if o == Output::Json {
+        let v = serde_json::json!({
+            "apt_repository": apt,
+            "packages": packages,
+            "files": files,
+            "images": images.iter().map(|(u, m)| serde_json::json!({"upstream": u, "pull": m})).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&v).expect("serialises"));
+        return Ok(());
+    }
+    if let Some(repo) = apt {
+        println!("APT REPOSITORY  {repo}");
+        println!("PACKAGES        {}", packages.join(" "));
+    }
+    for f in &files {
+        println!("FILE            {f}");
+    }
+    println!("{:<56} PULLED AS", "IMAGE");
+    for (u, m) in &images {
+        println!("{u:<56} {m}");
+    }
+    Ok(())
+}
+
 /// `ksctl ops list`: one line per operation under way.
 pub fn operations(o: Output, rows: &[ksctl_core::messages::OperationStatus]) {
     if o == Output::Json {

@@ -16,6 +16,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, Secret, Servic
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use ksctl_core::artifacts::Artifacts;
 use ksctl_core::keys;
 use ksctl_core::records::{BootstrapRecord, InfraRecord, K8sRecord};
 use ksctl_core::spec::{ClusterType, Provider};
@@ -48,6 +49,7 @@ pub struct Settings {
     pub drain_timeout: Duration,
     pub ready_timeout: Duration,
     pub agent: AgentSettings,
+    pub artifacts: Artifacts,
 }
 
 /// How the in-cluster agent runs and reaches the bus.
@@ -62,6 +64,8 @@ pub struct AgentSettings {
 /// What an install applies besides the fixed objects.
 pub struct Install<'a> {
     pub cluster_id: &'a str,
+    /// Where the cluster pulls images from (flannel, addons; the agent's is in `agent`).
+    pub artifacts: &'a Artifacts,
     /// The cluster-config ConfigMap's data.
     pub state: BTreeMap<String, String>,
     pub agent: &'a AgentSettings,
@@ -239,9 +243,9 @@ pub async fn install_component(
         "service/ksctl-agent" => {
             apply(&Api::<Service>::namespaced(client.clone(), NAMESPACE), AGENT, &agent_service()).await
         }
-        "cni/flannel" => manifests::apply(client, &manifests::FLANNEL).await.map(|_| ()),
+        "cni/flannel" => manifests::apply(client, &manifests::FLANNEL.through(install.artifacts)).await.map(|_| ()),
         other => match other.strip_prefix("addon/") {
-            Some(name) => enable_addon(client, name).await,
+            Some(name) => enable_addon(client, name, install.artifacts).await,
             None => Err(PhaseError::Permanent(format!("unknown component {other}"))),
         },
     }
@@ -326,8 +330,8 @@ pub fn agent_service() -> Service {
 }
 
 /// Applies an addon's pinned manifests and its `Stack` object.
-pub async fn enable_addon(client: &kube::Client, name: &str) -> Result<(), PhaseError> {
-    let stack = addon_stack(name)?;
+pub async fn enable_addon(client: &kube::Client, name: &str, artifacts: &Artifacts) -> Result<(), PhaseError> {
+    let stack = addon_stack(name)?.through(artifacts);
     manifests::apply(client, &stack).await?;
     let version = ksctl_core::addons::find(name).map(|a| a.version).unwrap_or_default();
     let mut obj = Stack::new(
@@ -557,8 +561,12 @@ impl ClusterApi for KubeApi {
         let client = self.client(ctx).await?;
         let id = &ctx.cluster.id;
         let infra: InfraRecord = read_record(&self.store, &keys::cloud(id)).await?;
-        let install =
-            Install { cluster_id: id.as_str(), state: cluster_config(ctx, &infra), agent: &self.settings.agent };
+        let install = Install {
+            cluster_id: id.as_str(),
+            artifacts: &self.settings.artifacts,
+            state: cluster_config(ctx, &infra),
+            agent: &self.settings.agent,
+        };
         let plan = crate::install_plan(ctx.cluster);
         let total = plan.len() as u32 + 1;
         // Applying is idempotent, so every component is applied on every run (a resumed install
@@ -584,7 +592,7 @@ impl ClusterApi for KubeApi {
         let client = self.client(ctx).await?;
         let mut enabled = ctx.cluster.spec.addons.clone();
         if enable {
-            enable_addon(&client, &name).await?;
+            enable_addon(&client, &name, &self.settings.artifacts).await?;
             ctx.progress(format!("applied addon {name}"), 1, 2).await;
             let workloads = manifests::workloads(&addon_stack(&name)?)?;
             manifests::wait_ready(&client, &workloads, self.settings.ready_timeout).await?;

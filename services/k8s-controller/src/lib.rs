@@ -12,7 +12,7 @@ use ksctl_core::records::ClusterRecord;
 use ksctl_core::saga::{Phase, Service};
 use ksctl_core::spec::{Distro, Provider};
 use ksctl_core::state::OpKind;
-use ksctl_runtime::{CommonArgs, PhaseCtx, PhaseError, PhaseWorker, RuntimeError};
+use ksctl_runtime::{ArtifactArgs, CommonArgs, PhaseCtx, PhaseError, PhaseWorker, RuntimeError};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -21,13 +21,16 @@ use std::sync::Arc;
 pub struct Config {
     #[command(flatten)]
     pub common: CommonArgs,
+    #[command(flatten)]
+    pub artifacts: ArtifactArgs,
     /// How long a scale-down waits for evicted pods to leave a node before it retries.
     #[arg(long, env = "KSCTL_DRAIN_TIMEOUT_SECS", default_value_t = 300)]
     pub drain_timeout_secs: u64,
     /// How long an install or addon waits for its Deployments and DaemonSets to be ready.
     #[arg(long, env = "KSCTL_READY_TIMEOUT_SECS", default_value_t = 300)]
     pub ready_timeout_secs: u64,
-    /// The image of the in-cluster agent (the ksctl-rs image holds `ksctl-agent`).
+    /// The image of the in-cluster agent (the ksctl-rs image holds `ksctl-agent`); pulled
+    /// through KSCTL_IMAGE_REGISTRY when that is set.
     #[arg(long, env = "KSCTL_AGENT_IMAGE", default_value = "ksctl-rs:latest")]
     pub agent_image: String,
     /// The NATS URL as the clusters reach it (default: this controller's --nats-url).
@@ -174,6 +177,7 @@ impl PhaseWorker for K8sWorker {
 pub async fn run(config: Config, shutdown: tokio::sync::watch::Receiver<bool>) -> Result<(), RuntimeError> {
     // kube's rustls needs one process-wide crypto provider (ring is in the build too).
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let artifacts = config.artifacts.artifacts().map_err(RuntimeError::Config)?;
     let rt = config.common.connect("k8s-controller").await?;
     let sim_cfg = ksctl_runtime::sim::SimConfig::from_env().map_err(RuntimeError::Config)?;
     let mut providers: HashMap<Provider, Arc<dyn ClusterApi>> = HashMap::new();
@@ -182,11 +186,12 @@ pub async fn run(config: Config, shutdown: tokio::sync::watch::Receiver<bool>) -
         drain_timeout: std::time::Duration::from_secs(config.drain_timeout_secs),
         ready_timeout: std::time::Duration::from_secs(config.ready_timeout_secs),
         agent: kube_api::AgentSettings {
-            image: config.agent_image.clone(),
+            image: artifacts.image(&config.agent_image),
             nats_url: config.agent_nats_url.clone().unwrap_or_else(|| config.common.nats_url.clone()),
             nats_user: config.agent_nats_user.clone(),
             nats_password: config.agent_nats_password.clone(),
         },
+        artifacts,
     };
     // Self-managed clusters on any cloud are reached the same way: the kubeconfig the
     // bootstrap sealed, through their load balancer.

@@ -5,6 +5,7 @@
 use crate::kube_api::{FIELD_MANAGER, api_err};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::Pod;
+use ksctl_core::artifacts::{Artifacts, ImageRegistry};
 use ksctl_runtime::PhaseError;
 use kube::api::{Api, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams};
 use kube::discovery::{ApiCapabilities, ApiResource, Scope};
@@ -16,13 +17,16 @@ use std::time::Duration;
 pub const PART_OF: &str = "ksctl.io/stack";
 
 /// flannel for kubeadm clusters (k3s has its own).
-pub const FLANNEL: Stack = Stack { name: "flannel", yaml: include_str!("../manifests/kube-flannel-v0.26.1.yaml") };
+pub const FLANNEL: Stack =
+    Stack { name: "flannel", yaml: include_str!("../manifests/kube-flannel-v0.26.1.yaml"), registry: None };
 
 /// One named set of manifests.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Stack {
     pub name: &'static str,
     pub yaml: &'static str,
+    /// Where the stack's images are pulled from, if not from their upstream registries.
+    pub registry: Option<ImageRegistry>,
 }
 
 /// The embedded manifests of an addon of `ksctl_core::addons::CATALOG`.
@@ -31,10 +35,47 @@ pub fn addon(name: &str) -> Option<Stack> {
         "metrics-server" => include_str!("../manifests/metrics-server-v0.7.2.yaml"),
         _ => return None,
     };
-    Some(Stack { name: ksctl_core::addons::find(name)?.name, yaml })
+    Some(Stack { name: ksctl_core::addons::find(name)?.name, yaml, registry: None })
+}
+
+/// The container lists of a pod spec, wherever a workload kind nests it.
+const CONTAINER_LISTS: [&str; 3] = ["containers", "initContainers", "ephemeralContainers"];
+
+/// Rewrites every container image in `value` (any workload kind: the pod spec may sit under
+/// `spec`, `spec.template.spec` or `spec.jobTemplate.spec.template.spec`) with `rewrite`.
+pub fn rewrite_images(value: &mut serde_json::Value, rewrite: &mut dyn FnMut(&str) -> String) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, v) in map.iter_mut() {
+                if CONTAINER_LISTS.contains(&key.as_str())
+                    && let Some(list) = v.as_array_mut()
+                {
+                    for c in list {
+                        if let Some(image) = c.get("image").and_then(|i| i.as_str()).map(&mut *rewrite) {
+                            c["image"] = image.into();
+                        }
+                    }
+                } else {
+                    rewrite_images(v, rewrite);
+                }
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for v in items {
+                rewrite_images(v, rewrite);
+            }
+        }
+        _ => {}
+    }
 }
 
 impl Stack {
+    /// The stack with its images pulled through the artifact source's registry.
+    pub fn through(mut self, artifacts: &Artifacts) -> Self {
+        self.registry = artifacts.registry.clone();
+        self
+    }
+
     /// The stack's objects, in file order, each labelled as ksctl's and as part of this stack.
     pub fn objects(&self) -> Result<Vec<DynamicObject>, String> {
         let mut out = Vec::new();
@@ -54,6 +95,9 @@ impl Stack {
             let labels = obj.metadata.labels.get_or_insert_with(Default::default);
             labels.insert("app.kubernetes.io/managed-by".into(), "ksctl".into());
             labels.insert(PART_OF.into(), self.name.into());
+            if let Some(r) = &self.registry {
+                rewrite_images(&mut obj.data, &mut |i| r.rewrite(i));
+            }
             out.push(obj);
         }
         Ok(out)
@@ -315,6 +359,58 @@ pub fn workloads(stack: &Stack) -> Result<Vec<(String, String, String)>, PhaseEr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every image the stack's objects run, sorted and deduplicated.
+    fn images(stack: &Stack) -> Vec<String> {
+        let mut out = std::collections::BTreeSet::new();
+        for o in stack.objects().unwrap() {
+            let mut data = o.data.clone();
+            rewrite_images(&mut data, &mut |i| {
+                out.insert(i.to_string());
+                i.to_string()
+            });
+        }
+        out.into_iter().collect()
+    }
+
+    #[test]
+    fn the_catalog_lists_the_images_the_manifests_run() {
+        let mut flannel: Vec<String> = ksctl_core::addons::FLANNEL_IMAGES.iter().map(|s| s.to_string()).collect();
+        flannel.sort();
+        assert_eq!(images(&FLANNEL), flannel);
+        for a in ksctl_core::addons::CATALOG {
+            let mut listed: Vec<String> = a.images.iter().map(|s| s.to_string()).collect();
+            listed.sort();
+            assert_eq!(images(&addon(a.name).unwrap()), listed, "{}", a.name);
+        }
+    }
+
+    #[test]
+    fn stacks_pull_through_the_registry() {
+        use ksctl_core::artifacts::RegistryTls;
+        let a = Artifacts {
+            mirror: None,
+            registry: Some(ImageRegistry::parse("10.0.0.1:5000", RegistryTls::PlainHttp).unwrap()),
+        };
+        assert_eq!(
+            images(&FLANNEL.through(&a)),
+            ["10.0.0.1:5000/flannel/flannel-cni-plugin:v1.5.1-flannel2", "10.0.0.1:5000/flannel/flannel:v0.26.1"]
+        );
+        assert_eq!(
+            images(&addon("metrics-server").unwrap().through(&a)),
+            ["10.0.0.1:5000/metrics-server/metrics-server:v0.7.2"]
+        );
+        // Every workload kind's pod spec is found, wherever it nests.
+        let mut cron = serde_json::json!({"spec": {"jobTemplate": {"spec": {"template": {"spec": {
+            "initContainers": [{"name": "i", "image": "busybox:1"}],
+            "containers": [{"name": "c", "image": "quay.io/x/y:2"}, {"name": "no-image"}]
+        }}}}}});
+        rewrite_images(&mut cron, &mut |i| format!("r/{i}"));
+        let spec = &cron["spec"]["jobTemplate"]["spec"]["template"]["spec"];
+        assert_eq!(spec["initContainers"][0]["image"], "r/busybox:1");
+        assert_eq!(spec["containers"][0]["image"], "r/quay.io/x/y:2");
+        assert!(spec["containers"][1].get("image").is_none());
+    }
 
     #[test]
     fn embedded_stacks_parse_and_are_labelled() {

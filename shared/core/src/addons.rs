@@ -7,13 +7,22 @@ pub struct Addon {
     /// The upstream release whose manifests are embedded.
     pub version: &'static str,
     pub description: &'static str,
+    /// The images its manifests run (a mirror must hold them; the k8s-controller's tests check
+    /// this list against the embedded manifests).
+    pub images: &'static [&'static str],
 }
 
 pub const CATALOG: &[Addon] = &[Addon {
     name: "metrics-server",
     version: "v0.7.2",
     description: "resource metrics (kubectl top, HorizontalPodAutoscaler) through the aggregated metrics.k8s.io API",
+    images: &["registry.k8s.io/metrics-server/metrics-server:v0.7.2"],
 }];
+
+/// The images of the flannel manifests ksctl embeds for kubeadm clusters (checked against them
+/// by the k8s-controller's tests).
+pub const FLANNEL_IMAGES: &[&str] =
+    &["docker.io/flannel/flannel:v0.26.1", "docker.io/flannel/flannel-cni-plugin:v1.5.1-flannel2"];
 
 pub fn find(name: &str) -> Option<&'static Addon> {
     CATALOG.iter().find(|a| a.name == name)

@@ -2,6 +2,7 @@
 //! state machine, the saga plan, bus messages, store records and sealed secrets. Pure: no I/O.
 
 pub mod addons;
+pub mod artifacts;
 pub mod ids;
 pub mod keys;
 pub mod kubeconfig;

@@ -318,6 +318,9 @@ pub struct Heartbeat {
     /// The API server's `gitVersion`, e.g. `v1.31.2+k3s1`.
     pub server_version: String,
     pub nodes: Vec<NodeHealth>,
+    /// The host name of the agent that sent it (in a cluster: its pod's name).
+    #[serde(default)]
+    pub reporter: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

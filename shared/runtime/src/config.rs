@@ -76,6 +76,57 @@ pub struct CommonArgs {
     pub log_json: bool,
 }
 
+/// Where clusters get their software (controllers that install software flatten these).
+#[derive(Debug, Clone, Args)]
+pub struct ArtifactArgs {
+    /// A mirror of k3s' installer and releases and of the Kubernetes apt repositories
+    /// (`<url>/k3s/…`, `<url>/kubernetes/v1.xx/deb/`), reachable from the hosts.
+    #[arg(long, env = "KSCTL_ARTIFACTS_URL")]
+    pub artifacts_url: Option<String>,
+    /// A container image registry, `host[:port][/path]`, that holds every image clusters pull
+    /// (kubeadm's, ksctl's agent, the CNI, the addons) under the images' upstream paths.
+    #[arg(long, env = "KSCTL_IMAGE_REGISTRY")]
+    pub image_registry: Option<String>,
+    /// CA certificate (PEM) of that registry, installed for containerd on every host.
+    #[arg(long, env = "KSCTL_IMAGE_REGISTRY_CA_FILE")]
+    pub image_registry_ca_file: Option<String>,
+    /// The registry speaks plain HTTP (a lab, or a registry on a trusted network).
+    #[arg(long, env = "KSCTL_IMAGE_REGISTRY_PLAIN_HTTP", default_value_t = false)]
+    pub image_registry_plain_http: bool,
+}
+
+impl ArtifactArgs {
+    /// Parses and checks the settings; the CA file is read here, once.
+    pub fn artifacts(&self) -> Result<ksctl_core::artifacts::Artifacts, String> {
+        use ksctl_core::artifacts::{Artifacts, ImageRegistry, RegistryTls, parse_mirror_url};
+        let mirror = match self.artifacts_url.as_deref().filter(|u| !u.trim().is_empty()) {
+            Some(u) => Some(parse_mirror_url(u)?),
+            None => None,
+        };
+        let tls = match (&self.image_registry_ca_file, self.image_registry_plain_http) {
+            (Some(_), true) => {
+                return Err(
+                    "KSCTL_IMAGE_REGISTRY_CA_FILE and KSCTL_IMAGE_REGISTRY_PLAIN_HTTP exclude each other".into()
+                );
+            }
+            (Some(f), false) => {
+                let pem = std::fs::read_to_string(f).map_err(|e| format!("image registry CA file {f}: {e}"))?;
+                if !pem.contains("-----BEGIN CERTIFICATE-----") {
+                    return Err(format!("image registry CA file {f}: no PEM certificate in it"));
+                }
+                RegistryTls::Ca(pem)
+            }
+            (None, true) => RegistryTls::PlainHttp,
+            (None, false) => RegistryTls::System,
+        };
+        let registry = match self.image_registry.as_deref().filter(|r| !r.trim().is_empty()) {
+            Some(r) => Some(ImageRegistry::parse(r, tls)?),
+            None => None,
+        };
+        Ok(Artifacts { mirror, registry })
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
     #[error("configuration: {0}")]

@@ -9,7 +9,7 @@ pub mod http;
 pub use ksctl_bus::metrics;
 pub mod sim;
 
-pub use config::{CommonArgs, Runtime, RuntimeError};
+pub use config::{ArtifactArgs, CommonArgs, Runtime, RuntimeError};
 pub use controller::{PhaseCtx, PhaseError, PhaseWorker, read_record, run_controller, update_record};
 pub use metrics::Metrics;
 

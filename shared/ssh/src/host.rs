@@ -81,6 +81,49 @@ ksctl_step() {
 /// The services ksctl runs on hosts (`ksctl-<name>`).
 pub const SERVICES: [&str; 2] = ["etcd", "haproxy"];
 
+/// The apt source and key through which ksctl installs kubelet, kubeadm and kubectl.
+pub const KUBERNETES_APT_LIST: &str = "/etc/apt/sources.list.d/ksctl-kubernetes.list";
+pub const KUBERNETES_KEYRING: &str = "/etc/apt/keyrings/ksctl-kubernetes.gpg";
+/// Written when ksctl first configures containerd: whether containerd ran before
+/// (`active`/`inactive`); the configuration it found is kept beside as `config.toml.before-ksctl`.
+pub const CONTAINERD_MARK: &str = "/etc/containerd/ksctl-managed";
+
+/// Undoes a kubeadm node: `kubeadm reset` (the cluster's pods, static pods, certificates), then
+/// what reset leaves behind — the kubelet and the packages ksctl installed, kube-proxy's
+/// iptables rules, CNI interfaces and state, the cluster's images in containerd, and
+/// containerd's configuration as ksctl found it (stopped again if it was stopped).
+const KUBEADM_UNINSTALL: &str = r#"
+if command -v kubeadm >/dev/null 2>&1 && [ -f /etc/kubernetes/kubelet.conf -o -f /etc/kubernetes/admin.conf ]; then
+  kubeadm reset -f >/dev/null 2>&1
+fi
+if [ -f __APT_LIST__ ]; then
+  systemctl disable --now kubelet >/dev/null 2>&1
+  apt-mark unhold kubelet kubeadm kubectl >/dev/null 2>&1
+  DEBIAN_FRONTEND=noninteractive apt-get purge -y -qq kubelet kubeadm kubectl kubernetes-cni cri-tools >/dev/null 2>&1
+  rm -f __APT_LIST__ __KEYRING__
+  rm -rf /etc/kubernetes /var/lib/kubelet /etc/systemd/system/kubelet.service.d /etc/sysctl.d/ksctl-k8s.conf /etc/modules-load.d/ksctl-k8s.conf
+  systemctl daemon-reload >/dev/null 2>&1
+fi
+for t in iptables ip6tables; do
+  if command -v $t-save >/dev/null 2>&1 && $t-save 2>/dev/null | grep -q KUBE-; then
+    $t-save | grep -v KUBE- | $t-restore
+  fi
+done
+for l in cni0 flannel.1 kube-ipvs0; do ip link delete $l >/dev/null 2>&1; done
+rm -rf /var/lib/cni /etc/cni/net.d/10-flannel.conflist /run/flannel
+if [ -f __MARK__ ]; then
+  if command -v ctr >/dev/null 2>&1; then
+    for c in $(ctr -n k8s.io containers ls -q 2>/dev/null); do ctr -n k8s.io tasks kill -s KILL "$c" >/dev/null 2>&1; ctr -n k8s.io containers rm "$c" >/dev/null 2>&1; done
+    # --sync: the blobs and snapshots go now, before containerd stops (its GC is lazy).
+    ctr -n k8s.io images ls -q 2>/dev/null | xargs -r ctr -n k8s.io images rm --sync >/dev/null 2>&1
+  fi
+  was=$(cat __MARK__)
+  if [ -f /etc/containerd/config.toml.before-ksctl ]; then mv /etc/containerd/config.toml.before-ksctl /etc/containerd/config.toml; else rm -f /etc/containerd/config.toml; fi
+  rm -rf /etc/containerd/certs.d __MARK__
+  if [ "$was" = active ]; then systemctl restart containerd >/dev/null 2>&1; else systemctl disable --now containerd >/dev/null 2>&1; fi
+fi
+"#;
+
 /// Undoes everything ksctl installs on a host (run as root); every command tolerates "not there".
 /// The machine itself stays.
 pub fn uninstall_script() -> String {
@@ -90,12 +133,15 @@ pub fn uninstall_script() -> String {
         s.push_str(&format!("ksctl_service_stop {svc}\n"));
     }
     s.push_str(
-        "for u in /usr/local/bin/k3s-uninstall.sh /usr/local/bin/k3s-agent-uninstall.sh; do [ -x \"$u\" ] && \"$u\" >/dev/null 2>&1; done
-if command -v kubeadm >/dev/null 2>&1 && [ -f /etc/kubernetes/kubelet.conf -o -f /etc/kubernetes/admin.conf ]; then kubeadm reset -f >/dev/null 2>&1; fi
-rm -rf /etc/ksctl /var/lib/ksctl /run/ksctl /var/log/ksctl
-exit 0
-",
+        "for u in /usr/local/bin/k3s-uninstall.sh /usr/local/bin/k3s-agent-uninstall.sh; do [ -x \"$u\" ] && \"$u\" >/dev/null 2>&1; done\n",
     );
+    s.push_str(
+        &KUBEADM_UNINSTALL
+            .replace("__APT_LIST__", KUBERNETES_APT_LIST)
+            .replace("__KEYRING__", KUBERNETES_KEYRING)
+            .replace("__MARK__", CONTAINERD_MARK),
+    );
+    s.push_str("rm -rf /etc/ksctl /var/lib/ksctl /run/ksctl /var/log/ksctl\nexit 0\n");
     s
 }
 

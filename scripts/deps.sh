@@ -56,6 +56,9 @@ for p in docker-registry skopeo; do
 done
 bash "$(dirname "$0")/../tests/lab/build-mirror.sh" >/dev/null
 bash "$(dirname "$0")/../tests/lab/build-node-image.sh" >/dev/null
+# Real kind for the local provider's test: kind v0.27.0 from Debian 13 (a private apt list) and a
+# node image for the mirror's Kubernetes (cached; under a minute the first time).
+bash "$(dirname "$0")/../tests/lab/build-kind.sh" >/dev/null
 
 # The test ARM server's Azure SDK models and recorded ARM traffic, from PyPI (cached in
 # ~/.cache/ksctl-lab/azure-arm, a couple of minutes the first time).

@@ -43,7 +43,12 @@ fn kubeadm_accepts_the_generated_config_and_uses_ksctls_ca() {
         certificate_key: &secrets.certificate_key,
     };
     let files = kubeadm::pki_files(&secrets.ca, &etcd.ca.cert, &etcd.client).unwrap()
-        + &write_file(kubeadm::CONFIG, &kubeadm::init_config(&cfg("1.20.2"), &Artifacts::default()), "0600")
+        // The first control plane decides kube-proxy's conntrack setting (here: the kernel's).
+        + &write_file(
+            kubeadm::CONFIG,
+            &kubeadm::init_config(&cfg("1.20.2"), &Artifacts::default()).replace(kubeadm::CONNTRACK_PLACEHOLDER, "0"),
+            "0600",
+        )
         + &write_file(
             "/etc/ksctl/kubeadm-v1beta4.yaml",
             &kubeadm::init_config(&cfg("1.31.0"), &Artifacts::default()),

@@ -286,7 +286,7 @@ async fn kubeadm_ha_on_real_nodes_runs_pods_drains_scales_and_deletes() {
     let watch = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
     let (watching, cp0_container) = (watch.clone(), lab.hosts[CP0].container.clone());
     let budget = std::thread::spawn(move || {
-        let mut lowest = i64::MAX;
+        let (mut lowest, mut samples) = (i64::MAX, 0);
         while watching.load(std::sync::atomic::Ordering::SeqCst) {
             let out = std::process::Command::new("docker")
                 .args(["exec", &cp0_container, "kubectl", "--kubeconfig", "/etc/kubernetes/admin.conf"])
@@ -295,16 +295,18 @@ async fn kubeadm_ha_on_real_nodes_runs_pods_drains_scales_and_deletes() {
                 .unwrap();
             if let Ok(n) = String::from_utf8_lossy(&out.stdout).trim().parse::<i64>() {
                 lowest = lowest.min(n);
+                samples += 1;
             }
             std::thread::sleep(Duration::from_millis(200));
         }
-        lowest
+        (lowest, samples)
     });
     let (code, out, err) = sys.ksctl(&["cluster", "scale", "metal", "--workers", "1"]).await;
     assert_eq!(code, 0, "{out}{err}");
     sys.wait_state("metal", "running", T).await;
     watch.store(false, std::sync::atomic::Ordering::SeqCst);
-    let lowest = budget.join().unwrap();
+    let (lowest, samples) = budget.join().unwrap();
+    assert!(samples >= 20, "the budget was read {samples} times during the drain");
     assert!(lowest >= 2, "the disruption budget was broken: {lowest} healthy pods");
     let n = nodes(lab);
     assert!(!n.contains_key("metal-vm-wp-1") && !n.contains_key("metal-vm-wp-2"), "{n:?}");

@@ -24,6 +24,12 @@ pub const TOKEN_TTL_SECS: u64 = 24 * 3600;
 pub const UPLOADED_CERTS_TTL_SECS: u64 = 2 * 3600;
 /// Stands for "the installed kubeadm's own version" when the request named only a minor line.
 const VERSION_PLACEHOLDER: &str = "__KSCTL_KUBEADM_VERSION__";
+/// Stands for kube-proxy's `conntrack.maxPerCore`, decided on the host by [`CONNTRACK_CHECK`].
+pub const CONNTRACK_PLACEHOLDER: &str = "__KSCTL_CONNTRACK_MAX_PER_CORE__";
+/// May this host set nf_conntrack_max (writing its own value back)? If not, `0` (leave it).
+const CONNTRACK_CHECK: &str = "c=null
+if v=$(cat /proc/sys/net/netfilter/nf_conntrack_max 2>/dev/null) && ! (echo \"$v\" > /proc/sys/net/netfilter/nf_conntrack_max) 2>/dev/null; then c=0; fi
+";
 
 /// What kubeadm needs from ksctl, sealed in state as one document.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -139,14 +145,14 @@ fn component_configs() -> [Value; 2] {
             "kind": "KubeletConfiguration",
             "cgroupDriver": "systemd",
         }),
-        // Leave the kernel's connection-tracking table size as the kernel sized it: kube-proxy
-        // would otherwise write the machine-wide nf_conntrack_max, which only the host's first
-        // network namespace may (nodes in containers or network namespaces cannot, and
-        // kube-proxy exits when it fails). Kernels size it from memory already.
+        // kube-proxy raises the machine-wide nf_conntrack_max, and exits when it may not: nodes
+        // in containers or network namespaces may not. The first control plane tries the
+        // kernel (see [`CONNTRACK_CHECK`]): where it may not, the kernel's size stays (0),
+        // elsewhere kube-proxy's default (null).
         json!({
             "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
             "kind": "KubeProxyConfiguration",
-            "conntrack": {"maxPerCore": 0},
+            "conntrack": {"maxPerCore": CONNTRACK_PLACEHOLDER},
         }),
     ]
 }
@@ -245,16 +251,29 @@ pub fn join_config(j: &Join<'_>) -> String {
     yaml_documents(&[doc])
 }
 
-/// Shell that installs `packages` from the host's own apt sources unless they are installed.
-fn os_packages(packages: &[&str]) -> String {
+/// Shell that installs the commands' packages (`command:package`) from the host's own apt
+/// sources when the command is missing — by command, not package name: a host may have
+/// containerd from another package (Docker's `containerd.io`), which apt would remove.
+fn os_packages(packages: &[(&str, &str)]) -> String {
+    let list: Vec<String> = packages.iter().map(|(c, p)| format!("{c}:{p}")).collect();
     format!(
         "missing=''
-for p in {list}; do dpkg -s \"$p\" >/dev/null 2>&1 || missing=\"$missing $p\"; done
+for cp in {list}; do command -v \"${{cp%%:*}}\" >/dev/null 2>&1 || missing=\"$missing ${{cp#*:}}\"; done
 if [ -n \"$missing\" ]; then
-  apt-get update -qq && apt-get install -y -qq $missing >/dev/null
+  apt-get update -qq || {{ echo 'apt-get update failed' >&2; exit 1; }}
+  apt-get install -y -qq $missing >/dev/null || {{ echo \"installing$missing failed\" >&2; exit 1; }}
 fi
 ",
-        list = packages.join(" ")
+        list = list.join(" ")
+    )
+}
+
+/// Whether the Debian packages are installed (not merely known, or removed with their
+/// configuration left).
+fn installed(packages: &str) -> String {
+    format!(
+        "[ \"$(dpkg-query -W -f='${{Status}}\\n' {packages} 2>/dev/null | grep -c '^install ok installed$')\" = {n} ]",
+        n = packages.split_whitespace().count()
     )
 }
 
@@ -267,21 +286,39 @@ pub fn prepare_node(version: &str, artifacts: &Artifacts) -> String {
     let (registry_flag, registry_files) = match &artifacts.registry {
         None => (String::new(), String::new()),
         Some(r) => {
-            let mut files =
-                write_file(&format!("{}/hosts.toml", r.containerd_dir()), &r.containerd_hosts_toml(), "0644");
+            let dir = r.containerd_dir();
+            // Recorded, so that uninstall removes this registry's configuration and no other.
+            let mut files = format!(
+                "grep -qxF {d} {CONTAINERD_MARK}.registries 2>/dev/null || echo {d} >> {CONTAINERD_MARK}.registries\n",
+                d = quote(&dir)
+            );
+            files.push_str(&write_file(&format!("{dir}/hosts.toml"), &r.containerd_hosts_toml(), "0644"));
             if let RegistryTls::Ca(pem) = &r.tls {
                 files.push_str(&write_file(&r.containerd_ca_path(), pem, "0644"));
             }
             (format!(" --image-repository {}", quote(&r.prefix())), files)
         }
     };
+    let repo = quote(&repo);
     format!(
         "export DEBIAN_FRONTEND=noninteractive
-{os}if ! dpkg -s kubelet kubeadm kubectl >/dev/null 2>&1; then
+# Whether containerd ran before ksctl (uninstall leaves it as it found it).
+install -d /etc/containerd
+if [ ! -f {CONTAINERD_MARK} ]; then
+  if [ -f /etc/containerd/config.toml ]; then cp -p /etc/containerd/config.toml /etc/containerd/config.toml.before-ksctl; fi
+  if ! command -v containerd >/dev/null 2>&1; then echo absent
+  elif systemctl is-active --quiet containerd; then echo active
+  else echo inactive; fi > {CONTAINERD_MARK}
+fi
+{os}if ! {have}; then
   install -d -m 0755 /etc/apt/keyrings
-  curl -fsSL --retry 5 {repo}Release.key | gpg --batch --yes --dearmor -o {KUBERNETES_KEYRING}
-  echo 'deb [signed-by={KUBERNETES_KEYRING}] {repo} /' > {KUBERNETES_APT_LIST}
-  apt-get update -qq && apt-get install -y -qq kubelet kubeadm kubectl >/dev/null
+  curl -fsSL --retry 5 -o /etc/apt/keyrings/ksctl-kubernetes.asc {repo}Release.key \\
+    || {{ echo \"cannot fetch the Kubernetes repository's key from {repo}\" >&2; exit 1; }}
+  gpg --batch --yes --dearmor -o {KUBERNETES_KEYRING} /etc/apt/keyrings/ksctl-kubernetes.asc
+  rm -f /etc/apt/keyrings/ksctl-kubernetes.asc
+  echo \"deb [signed-by={KUBERNETES_KEYRING}] \"{repo}\" /\" > {KUBERNETES_APT_LIST}
+  apt-get update -qq || {{ echo 'apt-get update failed' >&2; exit 1; }}
+  apt-get install -y -qq kubelet kubeadm kubectl >/dev/null || {{ echo 'installing kubelet kubeadm kubectl failed' >&2; exit 1; }}
   apt-mark hold kubelet kubeadm kubectl >/dev/null
 fi
 swapoff -a || true
@@ -291,25 +328,29 @@ modprobe overlay 2>/dev/null || true; modprobe br_netfilter 2>/dev/null || true
 printf 'net.bridge.bridge-nf-call-iptables = 1\\nnet.bridge.bridge-nf-call-ip6tables = 1\\nnet.ipv4.ip_forward = 1\\n' > /etc/sysctl.d/ksctl-k8s.conf
 sysctl --system >/dev/null 2>&1 || true
 {registry_files}images=$(kubeadm config images list --kubernetes-version \"$(kubeadm version -o short)\"{registry_flag})
-pause=$(printf '%s\\n' \"$images\" | grep '/pause:')
+pause=$(printf '%s\\n' \"$images\" | grep '/pause:') || {{ echo \"kubeadm lists no pause image: $images\" >&2; exit 1; }}
 # Hosts that may not lower OOM scores (containers, rootless) need containerd to keep them.
 restrict=false
 sh -c 'echo -999 > /proc/self/oom_score_adj' 2>/dev/null || restrict=true
-install -d /etc/containerd
-if [ ! -f {CONTAINERD_MARK} ]; then
-  if [ -f /etc/containerd/config.toml ]; then cp -p /etc/containerd/config.toml /etc/containerd/config.toml.before-ksctl; fi
-  if systemctl is-active --quiet containerd; then echo active; else echo inactive; fi > {CONTAINERD_MARK}
-fi
-containerd config default | sed -e 's/SystemdCgroup = false/SystemdCgroup = true/' \\
+containerd config default > /etc/containerd/config.toml.default
+sed -e 's/SystemdCgroup = false/SystemdCgroup = true/' \\
   -e \"s#sandbox_image = .*#sandbox_image = \\\"$pause\\\"#\" \\
   -e 's#config_path = \"\"#config_path = \"{certs_d}\"#' \\
-  -e \"s#restrict_oom_score_adj = .*#restrict_oom_score_adj = $restrict#\" > /etc/containerd/config.toml.ksctl
+  -e \"s#restrict_oom_score_adj = .*#restrict_oom_score_adj = $restrict#\" \\
+  /etc/containerd/config.toml.default > /etc/containerd/config.toml.ksctl
+rm -f /etc/containerd/config.toml.default
+# Every setting took (another containerd's default configuration may name them otherwise).
+for want in 'SystemdCgroup = true' \"sandbox_image = \\\"$pause\\\"\" 'config_path = \"{certs_d}\"' \"restrict_oom_score_adj = $restrict\"; do
+  grep -qF \"$want\" /etc/containerd/config.toml.ksctl \\
+    || {{ echo \"containerd's default configuration has no place for: $want\" >&2; exit 1; }}
+done
 if ! cmp -s /etc/containerd/config.toml.ksctl /etc/containerd/config.toml; then
   mv /etc/containerd/config.toml.ksctl /etc/containerd/config.toml
   systemctl enable containerd >/dev/null 2>&1 || true
   systemctl restart containerd
 fi
-systemctl enable --now containerd >/dev/null 2>&1
+rm -f /etc/containerd/config.toml.ksctl
+systemctl enable --now containerd >/dev/null 2>&1 || {{ echo 'containerd does not start' >&2; exit 1; }}
 systemctl enable --now kubelet >/dev/null 2>&1 || true
 # The node's own images (the pause image and kube-proxy), pulled now so that a registry that
 # lacks one fails here, naming it, instead of as a pod stuck later. A few tries: containerd
@@ -325,7 +366,8 @@ ksctl_pull() {{
 }}
 for i in $pause $(printf '%s\\n' \"$images\" | grep '/kube-proxy:'); do ksctl_pull \"$i\"; done
 ",
-        os = os_packages(&["ca-certificates", "curl", "gpg", "containerd"]),
+        os = os_packages(&[("update-ca-certificates", "ca-certificates"), ("curl", "curl"), ("gpg", "gpg"), ("containerd", "containerd")]),
+        have = installed("kubelet kubeadm kubectl"),
         certs_d = CONTAINERD_CERTS_D,
     )
 }
@@ -356,24 +398,34 @@ pub fn pki_files(ca: &CertKey, etcd_ca: &str, etcd_client: &CertKey) -> Result<S
     .concat())
 }
 
-/// Runs kubeadm (`command`) once per host: not again once `done` is written. A run that stopped
-/// halfway (its SSH session died with the controller, and kubeadm with it or not) left files
-/// kubeadm refuses to start over on and a node it cannot resume: any file under
-/// `/etc/kubernetes` or `/var/lib/kubelet` without the mark means such a host, which is reset
-/// first. `before` (the files kubeadm reads, which reset removes) is written after that.
+/// Runs kubeadm (`command`) once per host: not again once `done` is written. `<done>.started`
+/// is written right before kubeadm runs: a host with it and without `done` is one where a run
+/// stopped halfway (its SSH session died with the controller, and kubeadm with it or not),
+/// which kubeadm can neither resume nor start over on — so it is reset first. A host with
+/// Kubernetes' files and no mark of ksctl's is not touched: the step fails naming them (ksctl
+/// does not wipe a node it did not make). `before` (the files kubeadm reads, which reset
+/// removes) is written after the reset.
 fn kubeadm_once(step: &str, done: &str, before: &str, command: &str) -> String {
     format!(
         "if [ ! -f {done} ]; then
-  if [ -n \"$(find /etc/kubernetes /var/lib/kubelet -type f 2>/dev/null | head -n 1)\" ]; then
+  if [ -f {done}.started ]; then
     pkill -x kubeadm 2>/dev/null || true
     sleep 1
     kubeadm reset -f >/dev/null 2>&1 || true
+  else
+    found=$(find /etc/kubernetes/manifests /etc/kubernetes/kubelet.conf /etc/kubernetes/admin.conf /var/lib/kubelet/config.yaml -type f 2>/dev/null | head -n 3)
+    if [ -n \"$found\" ]; then
+      echo \"this host already has Kubernetes files ksctl did not make ($found); reset or replace it first\" >&2
+      exit 1
+    fi
   fi
 fi
 {before}if [ ! -f {done} ]; then
   ksctl_step {step}-ran
+  touch {done}.started
   {command}
   touch {done}
+  rm -f {done}.started
 fi
 "
     )
@@ -389,7 +441,7 @@ pub fn init(
     artifacts: &Artifacts,
 ) -> Result<String, PkiError> {
     let before = format!(
-        "{pki}{cfg}sed -i \"s/{ph}/$(kubeadm version -o short)/\" {CONFIG}\n",
+        "{pki}{cfg}{CONNTRACK_CHECK}sed -i -e \"s/{ph}/$(kubeadm version -o short)/\" -e \"s/{CONNTRACK_PLACEHOLDER}/$c/\" {CONFIG}\n",
         pki = pki_files(&secrets.ca, etcd_ca, etcd_client)?,
         cfg = write_file(CONFIG, &init_config(c, artifacts), "0600"),
         ph = VERSION_PLACEHOLDER,
@@ -435,7 +487,7 @@ fn node_ready(name: &str) -> String {
 until {get} -o jsonpath='{{.status.conditions[?(@.type==\"Ready\")].status}}' 2>/dev/null | grep -qx True; do
   i=$((i+1))
   if [ $i -ge {tries} ]; then
-    echo \"node {name} is not Ready after {NODE_READY_SECS} s:\" >&2
+    echo \"node \"{n}\" is not Ready after {NODE_READY_SECS} s:\" >&2
     {get} -o jsonpath='{{range .status.conditions[*]}}{{.type}}={{.status}} {{.message}}{{\"\\n\"}}{{end}}' >&2 || true
     exit 1
   fi
@@ -536,7 +588,7 @@ mod tests {
         assert_eq!(init["nodeRegistration"]["kubeletExtraArgs"][0]["name"], "node-ip", "v1beta4 lists args");
         assert_eq!(init["localAPIEndpoint"]["advertiseAddress"], "10.0.0.4");
         assert_eq!(d[2]["cgroupDriver"], "systemd", "the kubelet agrees with containerd's runc");
-        assert_eq!(d[3]["conntrack"]["maxPerCore"], 0);
+        assert_eq!(d[3]["conntrack"]["maxPerCore"], CONNTRACK_PLACEHOLDER, "decided on the host");
 
         let d = docs(&init_config(&cfg("1.20.2", &eps), &lab_registry()));
         assert_eq!(d[1]["kubernetesVersion"], "v1.20.2");

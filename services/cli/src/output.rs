@@ -114,9 +114,15 @@ pub fn addons(o: Output) {
 pub fn artifacts(o: Output, a: &crate::ArtifactsList) -> Result<(), String> {
     use ksctl_core::artifacts::{Artifacts, ImageRegistry, RegistryTls, kubeadm_artifacts, parse_mirror_url};
     let artifacts = Artifacts {
-        mirror: a.artifacts_url.as_deref().map(parse_mirror_url).transpose()?,
+        // Empty means unset, as for the controllers.
+        mirror: a.artifacts_url.as_deref().filter(|u| !u.trim().is_empty()).map(parse_mirror_url).transpose()?,
         // How the hosts reach the registry does not change the images' names.
-        registry: a.image_registry.as_deref().map(|r| ImageRegistry::parse(r, RegistryTls::System)).transpose()?,
+        registry: a
+            .image_registry
+            .as_deref()
+            .filter(|r| !r.trim().is_empty())
+            .map(|r| ImageRegistry::parse(r, RegistryTls::System))
+            .transpose()?,
     };
     for addon in &a.addons {
         if ksctl_core::addons::find(addon).is_none() {
@@ -133,13 +139,20 @@ pub fn artifacts(o: Output, a: &crate::ArtifactsList) -> Result<(), String> {
             apt = Some(k.apt_repository);
             packages = k.packages;
             upstream = k.images;
+            if !ksctl_core::spec::KNOWN_CNIS.contains(&a.cni.as_str()) {
+                return Err(format!(
+                    "unknown CNI {:?}; expected one of {}",
+                    a.cni,
+                    ksctl_core::spec::KNOWN_CNIS.join(", ")
+                ));
+            }
             if a.cni == "flannel" {
                 upstream.extend(ksctl_core::addons::FLANNEL_IMAGES.iter().map(|s| s.to_string()));
             }
         }
         "k3s" => {
-            // k3s' installer fetches its binary and checksums from the release download; the
-            // images k3s runs ship inside it.
+            // k3s' installer fetches its binary and checksums from the release download. The
+            // images k3s itself runs (its airgap image archive) are not listed yet.
             let v = format!("v{}", a.version.trim_start_matches('v'));
             if !v.contains("+k3s") {
                 return Err(format!("{:?}: give a k3s release like 1.31.2+k3s1", a.version));

@@ -87,6 +87,16 @@ impl ImageRegistry {
         if !valid_host(host) {
             return Err(format!("image registry {s:?}: {host:?} is not a host name or IP address"));
         }
+        // What image references read as a registry host (Docker's rule, [`strip_registry`]): a
+        // single-label name without a port would be a Docker Hub namespace.
+        let all_digits = host.split('.').all(|l| l.bytes().all(|b| b.is_ascii_digit()));
+        if (all_digits && host.parse::<IpAddr>().is_err())
+            || !(host.contains('.') || host.starts_with('[') || port.is_some() || host == "localhost")
+        {
+            return Err(format!(
+                "image registry {s:?}: {host:?} would be read as a Docker Hub namespace; give a host with a dot, an IP address or a port"
+            ));
+        }
         if let Some(p) = port
             && p.parse::<u16>().map(|n| n == 0).unwrap_or(true)
         {
@@ -173,6 +183,39 @@ pub fn parse_mirror_url(url: &str) -> Result<String, String> {
         return Err(format!("artifact mirror {url:?}: {c:?} is not allowed in the URL"));
     }
     Ok(url.to_string())
+}
+
+/// The certificates of a PEM file, re-encoded: only `CERTIFICATE` blocks of valid base64, so a
+/// CA file handed to every host carries nothing but certificates.
+pub fn certificates_pem(text: &str) -> Result<String, String> {
+    use base64::Engine;
+    let mut out = String::new();
+    let mut block: Option<String> = None;
+    for line in text.lines().map(str::trim) {
+        match (line, &mut block) {
+            ("-----BEGIN CERTIFICATE-----", None) => block = Some(String::new()),
+            ("-----END CERTIFICATE-----", Some(b64)) => {
+                let der = base64::engine::general_purpose::STANDARD
+                    .decode(b64.as_bytes())
+                    .map_err(|e| format!("a certificate is not valid base64: {e}"))?;
+                let body = base64::engine::general_purpose::STANDARD.encode(der);
+                let lines: Vec<&str> =
+                    body.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).expect("base64")).collect();
+                out.push_str(&format!(
+                    "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+                    lines.join("\n")
+                ));
+                block = None;
+            }
+            ("", None) => {}
+            (l, Some(b64)) if !l.starts_with("-----") => b64.push_str(l),
+            (l, _) => return Err(format!("not a PEM certificate: unexpected line {l:?}")),
+        }
+    }
+    if block.is_some() || out.is_empty() {
+        return Err("no complete PEM certificate".into());
+    }
+    Ok(out)
 }
 
 /// The artifact source the controllers were configured with.
@@ -307,6 +350,24 @@ mod tests {
     }
 
     #[test]
+    fn ca_files_carry_certificates_only() {
+        let pem = "-----BEGIN CERTIFICATE-----\nAAEC\nAw==\n-----END CERTIFICATE-----\n";
+        assert_eq!(
+            certificates_pem(pem).unwrap(),
+            "-----BEGIN CERTIFICATE-----\nAAECAw==\n-----END CERTIFICATE-----\n"
+        );
+        for bad in [
+            "",
+            "-----BEGIN CERTIFICATE-----\nAAEC\n",
+            "-----BEGIN CERTIFICATE-----\n$(reboot)\n-----END CERTIFICATE-----\n",
+            "-----BEGIN PRIVATE KEY-----\nAAEC\n-----END PRIVATE KEY-----\n",
+            "-----BEGIN CERTIFICATE-----\nAAEC\n-----END CERTIFICATE-----\nKSCTL_EOF_7f3a\nreboot\n",
+        ] {
+            assert!(certificates_pem(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn mirror_urls_are_parsed_strictly() {
         assert_eq!(parse_mirror_url("http://10.0.0.1:8080/ksctl/").unwrap(), "http://10.0.0.1:8080/ksctl");
         assert!(parse_mirror_url("https://mirror.example.com/a_b/c-d").is_ok());
@@ -343,6 +404,9 @@ mod tests {
             "r.example.com/a b",
             "-r.example.com",
             "r.example.com/\"x",
+            "registry",
+            "registry/k8s",
+            "999.1.1.1",
             "",
         ] {
             assert!(ImageRegistry::parse(bad, RegistryTls::System).is_err(), "{bad}");

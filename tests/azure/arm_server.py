@@ -39,6 +39,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import yaml
 
+# An AKS kubeconfig's CA: the PEM shape ksctl checks for (the server is never dialled).
+FAKE_CA_DATA = base64.b64encode(b'-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n').decode()
+
 TENANT = os.environ.get("ARM_TENANT", "72f988bf-86f1-41af-91ab-2d7cd011db47")
 CLIENT_ID = os.environ.get("ARM_CLIENT_ID", "ksctl-test-client")
 CLIENT_SECRET = os.environ.get("ARM_CLIENT_SECRET", "ksctl-test-secret")
@@ -415,7 +418,7 @@ def make_handler(state, base_url):
                 return self.reply(404, arm_error("ResourceNotFound", f"The Resource '{rid}' was not found."))
             if method == "POST" and tkey == "microsoft.containerservice/managedclusters" and action == "listClusterAdminCredential":
                 fqdn = cur[2]["properties"]["fqdn"]
-                kc = (f"apiVersion: v1\nkind: Config\nclusters:\n- cluster:\n    certificate-authority-data: {base64.b64encode(b'ca').decode()}\n"
+                kc = (f"apiVersion: v1\nkind: Config\nclusters:\n- cluster:\n    certificate-authority-data: {FAKE_CA_DATA}\n"
                       f"    server: https://{fqdn}:443\n  name: {cur[2]['name']}\ncontexts:\n- context:\n    cluster: {cur[2]['name']}\n"
                       f"    user: clusterAdmin_{cur[2]['name']}\n  name: {cur[2]['name']}-admin\ncurrent-context: {cur[2]['name']}-admin\n"
                       f"users:\n- name: clusterAdmin_{cur[2]['name']}\n  user:\n    token: {uuid.uuid4().hex}\n")

@@ -183,6 +183,16 @@ users:
     client-certificate-data: $(b64 "$T/admin.crt")
     client-key-data: $(b64 "$T/admin.key")
 EOF
+# A lab host may play a hostile control plane (tests/tests/byo_lab.rs): its admin kubeconfig's
+# user then runs a command wherever the kubeconfig is used.
+if [ -e /etc/ksctl-lab/hostile-kubeconfig ]; then
+  cat >> /etc/rancher/k3s/k3s.yaml <<EOF
+    exec:
+      apiVersion: client.authentication.k8s.io/v1beta1
+      command: /bin/sh
+      args: ["-c", "touch /tmp/pwned"]
+EOF
+fi
 chmod 600 /etc/rancher/k3s/k3s.yaml
 
 URL=https://127.0.0.1:6443

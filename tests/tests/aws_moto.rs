@@ -3,10 +3,8 @@
 //! cloud-controller with exactly the expected resources, and delete leaves nothing tagged.
 //! moto's instances are not machines: the SSH bootstrap that follows the cloud phase cannot
 //! connect to them (one short attempt here), so a create ends in `creation_failed` right after
-//! the cloud phase — which is what these tests look at. Managed EKS
-//! reaches ACTIVE for real; moto serves no Kubernetes API, so the k8s phase fails and says so.
-//! To test scaling, a test marks such a cluster `running` in the store, as the phases that
-//! cannot run here would have, and then scales it through the bus.
+//! the cloud phase — which is what these tests look at. Managed EKS reaches `running`: its
+//! endpoint is pointed at a real API server that verifies EKS tokens with a webhook.
 use aws_sdk_ec2::Client;
 use aws_sdk_ec2::types::Filter;
 use ksctl_core::ClusterId;
@@ -15,35 +13,35 @@ use ksctl_core::messages::Command;
 use ksctl_core::records::{ClusterRecord, InfraRecord, OperationRecord};
 use ksctl_core::saga::Phase;
 use ksctl_core::state::{ClusterState, OpKind};
+use ksctl_tests::eks_lab::{EksLab, create_eks, sdk};
+use ksctl_tests::kube_server::KubeServer;
+use ksctl_tests::throttle_proxy::ThrottleProxy;
 use ksctl_tests::{MotoServer, System, SystemOptions, progress_at, wait_event};
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(120);
 const TAG: &str = "tag:ksctl.io/cluster-id";
 
-async fn sdk(moto: &MotoServer) -> aws_config::SdkConfig {
-    aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new("us-east-1"))
-        .endpoint_url(moto.url())
-        .credentials_provider(aws_sdk_ec2::config::Credentials::new("testing", "testing", None, None, "test"))
-        .load()
-        .await
-}
-
 async fn ec2(moto: &MotoServer) -> Client {
     Client::new(&sdk(moto).await)
 }
 
-async fn system(moto: &MotoServer, ec2: &Client) -> System {
+async fn ami(ec2: &Client) -> String {
     let images = ec2.describe_images().send().await.unwrap();
-    let ami = images.images().iter().find_map(|i| i.image_id()).expect("moto ships AMIs").to_string();
-    system_with_ami(moto, &ami).await
+    images.images().iter().find_map(|i| i.image_id()).expect("moto ships AMIs").to_string()
 }
 
+async fn system(moto: &MotoServer, ec2: &Client) -> System {
+    system_with_ami(moto, &ami(ec2).await).await
+}
+
+/// The system on moto alone: EKS endpoints there answer nobody, so the k8s phase gets one
+/// delivery (like the bootstrap's one SSH attempt).
 async fn system_with_ami(moto: &MotoServer, ami: &str) -> System {
     let ami = ami.to_string();
     let mut env: Vec<(String, String, String)> =
         moto.env().into_iter().map(|(k, v)| ("ksctl-cloud-controller".to_string(), k, v)).collect();
+    env.push(("ksctl-k8s-controller".into(), "KSCTL_MAX_DELIVER".into(), "1".into()));
     env.push(("ksctl-cloud-controller".into(), "KSCTL_AWS_AMI".into(), ami));
     env.push(("ksctl-manager".into(), "KSCTL_PROVIDERS".into(), "sim,aws".into()));
     // One short SSH attempt and one delivery: moto's instances never answer.
@@ -81,30 +79,6 @@ async fn census(ec2: &Client, c: &str) -> [usize; 7] {
             .map(|r| r.instances().len())
             .sum(),
     ]
-}
-
-async fn create_eks(sys: &System, name: &str, nodes: u32) {
-    let n = nodes.to_string();
-    let (code, out, err) = sys
-        .ksctl(&[
-            "cluster",
-            "create",
-            "--name",
-            name,
-            "--provider",
-            "aws",
-            "--region",
-            "us-east-1",
-            "--type",
-            "managed",
-            "--managed-nodes",
-            &n,
-            "--version",
-            "1.31",
-            "--no-wait",
-        ])
-        .await;
-    assert_eq!(code, 0, "{out}{err}");
 }
 
 async fn create(sys: &System, name: &str) {
@@ -314,6 +288,9 @@ async fn selfmanaged_scale_changes_exactly_the_right_instances() {
             finished_at_ms: None,
             target_workers: Some(1),
             addon: None,
+            app: None,
+            cluster_addon_generation: None,
+            addon_version: None,
             phases_done: vec![Phase::K8sDrain],
             error: None,
         });
@@ -347,24 +324,42 @@ async fn eks_census(conf: &aws_config::SdkConfig, c: &str) -> (usize, usize, usi
     (has_cluster as usize, groups, roles)
 }
 
-/// Managed EKS through the manager: network, IAM roles with their policies, the cluster and a
-/// node group reach ACTIVE; the k8s phase fails clearly (moto serves no Kubernetes API);
-/// `switch` mints a fresh token; scale changes the node group; delete leaves nothing.
-#[tokio::test(flavor = "multi_thread")]
-async fn managed_eks_create_scale_delete() {
+/// Whether `token` gets a request through the API server (`GET /api/v1/namespaces`).
+async fn accepted(kube: &KubeServer, token: &str) -> Result<(), kube::Error> {
     use base64::Engine;
-    let moto = MotoServer::start();
-    let conf = sdk(&moto).await;
-    let ec2 = Client::new(&conf);
-    let sys = system(&moto, &ec2).await;
-    create_eks(&sys, "eks", 2).await;
-    let rec = sys.wait_state("eks", "creation_failed", T).await;
-    let op = rec.last_operation.unwrap();
-    assert_eq!(op.phases_done, [Phase::CloudCreate], "{op:?}");
-    let e = op.error.unwrap();
-    assert!(e.starts_with("k8s_install:") && e.contains("no Kubernetes API client"), "{e}");
+    let ca = base64::engine::general_purpose::STANDARD.encode(std::fs::read(kube.dir.0.join("ca.crt")).unwrap());
+    let kc = ksctl_core::kubeconfig::with_token("t", &kube.url, &ca, token);
+    let c = ksctl_k8s_controller::kube_api::client_from(&kc).await.unwrap();
+    kube::Api::<k8s_openapi::api::core::v1::Namespace>::all(c).list(&Default::default()).await.map(|_| ())
+}
 
-    let eks = aws_sdk_eks::Client::new(&conf);
+/// Managed EKS through the manager, to `running`: network, IAM roles with their policies, the
+/// cluster and a node group reach ACTIVE in moto; the k8s phase installs ksctl's components
+/// through a real API server (moto's EKS endpoint and CA are pointed at it by a proxy) that
+/// checks every bearer token with a webhook authenticator as EKS does (presigned STS
+/// `GetCallerIdentity`, moto as STS, the caller mapped to a user). Tokens that are expired, signed
+/// with other credentials or forged are refused; `switch` mints a fresh token; scale changes the
+/// node group; delete removes ksctl's objects and leaves nothing in the cloud.
+#[tokio::test(flavor = "multi_thread")]
+async fn managed_eks_reaches_running_through_verified_tokens_scales_and_deletes() {
+    use base64::Engine;
+    let lab = EksLab::start("eks", vec![]).await;
+    let (sys, conf, kube, authenticator) = (&lab.sys, &lab.conf, &lab.kube, &lab.authenticator);
+    let ec2 = Client::new(conf);
+    let ((key, secret), (intruder_key, intruder_secret)) = (lab.operator.clone(), lab.intruder.clone());
+
+    lab.create("eks", 2).await;
+    let rec = sys.wait_state("eks", "running", T).await;
+    let op = rec.last_operation.unwrap();
+    assert_eq!(op.phases_done, [Phase::CloudCreate, Phase::K8sInstall], "{op:?}");
+    // ksctl's components went in as the mapped IAM user, through tokens the webhook verified.
+    let who = authenticator.accepted();
+    assert!(!who.is_empty() && who.iter().all(|u| u == "ksctl-operator"), "{who:?}");
+    let admin = ksctl_k8s_controller::kube_api::client_from(&kube.kubeconfig).await.unwrap();
+    let agent = kube::Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(admin.clone(), "ksctl-system");
+    assert!(agent.get("ksctl-agent").await.is_ok(), "the agent is installed");
+
+    let eks = aws_sdk_eks::Client::new(conf);
     let c = eks.describe_cluster().name("eks").send().await.unwrap();
     let c = c.cluster().unwrap();
     assert_eq!(c.status(), Some(&aws_sdk_eks::types::ClusterStatus::Active));
@@ -377,7 +372,7 @@ async fn managed_eks_create_scale_delete() {
     assert_eq!(ng.status(), Some(&aws_sdk_eks::types::NodegroupStatus::Active));
     assert_eq!(ng.scaling_config().unwrap().desired_size(), Some(2));
     assert_eq!(ng.node_role(), Some(c.role_arn().unwrap().replace("-cp", "-node").as_str()));
-    let iam = aws_sdk_iam::Client::new(&conf);
+    let iam = aws_sdk_iam::Client::new(conf);
     let attached = |role: &'static str| {
         let iam = iam.clone();
         async move {
@@ -393,47 +388,79 @@ async fn managed_eks_create_scale_delete() {
         attached("ksctl-eks-node").await,
         ["AmazonEC2ContainerRegistryReadOnly", "AmazonEKSWorkerNodePolicy", "AmazonEKS_CNI_Policy"]
     );
-    assert_eq!(eks_census(&conf, "eks").await, (1, 1, 2));
+    assert_eq!(eks_census(conf, "eks").await, (1, 1, 2));
     // The network EKS runs in, tagged like the self-managed one; no VMs or key pairs of ours.
     assert_eq!(census(&ec2, "eks").await, [1, 3, 1, 1, 0, 0, 0]);
-    let state = infra(&sys, "eks").await;
+    let state = infra(sys, "eks").await;
     assert_eq!(state.managed_cluster.as_deref(), Some("eks"));
     assert_eq!(state.node_pool_size, 2);
     assert!(state.kubeconfig.is_some(), "kubeconfig sealed in state");
 
-    // `switch` mints a new token each time: a presigned STS URL bound to the cluster.
-    let token_of = |kc: &str| {
-        let t = kc.lines().find_map(|l| l.trim().strip_prefix("token: ")).expect("token line").to_string();
+    // `switch` mints a new token each time: a presigned STS URL bound to the cluster, which
+    // the API server takes.
+    let token_of =
+        |kc: &str| kc.lines().find_map(|l| l.trim().strip_prefix("token: ")).expect("token line").to_string();
+    let url_of = |t: &str| {
         let url =
             base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(t.strip_prefix("k8s-aws-v1.").unwrap()).unwrap();
         String::from_utf8(url).unwrap()
     };
     let (code, kc, err) = sys.ksctl(&["cluster", "switch", "eks", "--print"]).await;
     assert_eq!(code, 0, "{kc}{err}");
-    assert!(kc.contains(c.endpoint().unwrap()) && kc.contains("eks-us-east-1-managed-aws-ksctl"), "{kc}");
-    let url = token_of(&kc);
+    assert!(kc.contains(&kube.url) && kc.contains("eks-us-east-1-managed-aws-ksctl"), "{kc}");
+    let url = url_of(&token_of(&kc));
     assert!(url.starts_with("https://sts.us-east-1.amazonaws.com/?") && url.contains("Action=GetCallerIdentity"));
     assert!(url.contains("X-Amz-SignedHeaders=host%3Bx-k8s-aws-id"), "{url}");
+    accepted(kube, &token_of(&kc)).await.expect("switch's token is accepted");
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let (_, again, _) = sys.ksctl(&["cluster", "switch", "eks", "--print"]).await;
-    assert_ne!(token_of(&again), url, "a fresh token on every switch");
+    assert_ne!(url_of(&token_of(&again)), url, "a fresh token on every switch");
+
+    // Refused by the API server: expired, signed with another IAM user's key, forged with the
+    // right key id but a wrong secret, or minted for another cluster.
+    use ksctl_cloud_controller::aws::token::token;
+    let creds = |k: &str, s: &str| aws_sdk_ec2::config::Credentials::new(k, s, None, None, "test");
+    let now = std::time::SystemTime::now();
+    let twenty_minutes_ago = now - Duration::from_secs(20 * 60);
+    for (what, t) in [
+        ("expired", token(&creds(&key, &secret), "us-east-1", "eks", twenty_minutes_ago).unwrap()),
+        ("another user's", token(&creds(&intruder_key, &intruder_secret), "us-east-1", "eks", now).unwrap()),
+        ("forged", token(&creds(&key, "not-the-secret"), "us-east-1", "eks", now).unwrap()),
+        ("another cluster's", token(&creds(&key, &secret), "us-east-1", "other", now).unwrap()),
+    ] {
+        match accepted(kube, &t).await {
+            Err(kube::Error::Api(s)) if s.code == 401 => {}
+            other => panic!("the {what} token: {other:?}"),
+        }
+    }
+    accepted(kube, &token(&creds(&key, &secret), "us-east-1", "eks", now).unwrap()).await.expect("a good token");
+    let refused: Vec<String> = authenticator.reviews.lock().unwrap().iter().filter_map(|r| r.clone().err()).collect();
+    for why in ["expired", "other credentials", "is not mapped"] {
+        assert!(refused.iter().any(|r| r.contains(why)), "{why}: {refused:?}");
+    }
 
     // Scale the node group up and down through the manager.
-    sys.mark_running("eks").await;
     for n in [3, 1] {
         let (code, out, err) = sys.ksctl(&["cluster", "scale", "eks", "--workers", &n.to_string()]).await;
         assert_eq!(code, 0, "{out}{err}");
         let ng = eks.describe_nodegroup().cluster_name("eks").nodegroup_name("eks-pool").send().await.unwrap();
         let s = ng.nodegroup().unwrap().scaling_config().unwrap();
         assert_eq!((s.min_size(), s.max_size(), s.desired_size()), (Some(n), Some(n), Some(n)));
-        assert_eq!(infra(&sys, "eks").await.node_pool_size, n as u32);
+        assert_eq!(infra(sys, "eks").await.node_pool_size, n as u32);
     }
 
     let (code, out, err) = sys.ksctl(&["cluster", "delete", "eks"]).await;
     assert_eq!(code, 0, "{out}{err}");
     sys.wait_gone("eks", T).await;
-    assert_eq!(eks_census(&conf, "eks").await, (0, 0, 0), "EKS resources left");
+    assert_eq!(eks_census(conf, "eks").await, (0, 0, 0), "EKS resources left");
     assert_eq!(census(&ec2, "eks").await, [0; 7], "network left");
+    // ksctl's objects were removed through the same verified tokens (this API server has no
+    // namespace controller: the namespace is left terminating).
+    let ns =
+        kube::Api::<k8s_openapi::api::core::v1::Namespace>::all(admin.clone()).get_opt("ksctl-system").await.unwrap();
+    assert!(ns.is_none_or(|n| n.metadata.deletion_timestamp.is_some()), "ksctl-system is being removed");
+    let roles = kube::Api::<k8s_openapi::api::rbac::v1::ClusterRole>::all(admin);
+    assert!(roles.get_opt("ksctl-agent").await.unwrap().is_none(), "the agent's ClusterRole is gone");
 }
 
 /// [`census`] and [`eks_census`] of every cluster at once, keyed by cluster tag / name: a few
@@ -511,7 +538,6 @@ async fn census_all(conf: &aws_config::SdkConfig) -> std::collections::HashMap<S
 /// run takes minutes in moto, not in our code.)
 #[tokio::test(flavor = "multi_thread")]
 async fn hundred_concurrent_creates_survive_throttling() {
-    use ksctl_tests::throttle_proxy::ThrottleProxy;
     const N: usize = 100;
     let moto = MotoServer::start();
     let conf = sdk(&moto).await;
@@ -524,6 +550,8 @@ async fn hundred_concurrent_creates_survive_throttling() {
     env.push((cc.clone(), "KSCTL_AWS_RATE_LIMITS".into(), "describe=200/50,mutate=200/50,run=100/12".into()));
     env.push((cc.clone(), "KSCTL_MAX_JOBS".into(), N.to_string()));
     env.push(("ksctl-manager".into(), "KSCTL_PROVIDERS".into(), "sim,aws".into()));
+    // moto's EKS endpoints answer nobody: one k8s delivery each.
+    env.push(("ksctl-k8s-controller".into(), "KSCTL_MAX_DELIVER".into(), "1".into()));
     let sys = System::start(SystemOptions { env, ..Default::default() }).await;
 
     let names: Vec<String> = (0..N).map(|i| format!("t{i}")).collect();

@@ -91,7 +91,7 @@ async fn create(e: &Env, name: &str, spec: String) {
 fn audited_writes(
     lab: &Lab,
     control_planes: std::ops::RangeInclusive<usize>,
-) -> Vec<(String, String, String, String, u64)> {
+) -> Vec<(String, String, String, String, u64, String)> {
     let mut out = Vec::new();
     for i in control_planes {
         for line in lab.read(i, "/var/log/k3s-standin-audit.log").unwrap_or_default().lines() {
@@ -102,7 +102,14 @@ fn audited_writes(
             if s(&v["user"]["username"]) == "system:apiserver" {
                 continue;
             }
-            out.push((s(&v["verb"]), s(&o["resource"]), s(&o["namespace"]), s(&o["name"]), code));
+            // The object's URL path, to look it up afterwards.
+            let (group, version, ns) = (s(&o["apiGroup"]), s(&o["apiVersion"]), s(&o["namespace"]));
+            let root = if group.is_empty() { format!("/api/{version}") } else { format!("/apis/{group}/{version}") };
+            // A namespace's own entry names itself as its namespace.
+            let scoped = !ns.is_empty() && s(&o["resource"]) != "namespaces";
+            let scope = if scoped { format!("/namespaces/{ns}") } else { String::new() };
+            let path = format!("{root}{scope}/{}/{}", s(&o["resource"]), s(&o["name"]));
+            out.push((s(&v["verb"]), s(&o["resource"]), ns, s(&o["name"]), code, path));
         }
     }
     out
@@ -391,19 +398,27 @@ async fn killed_bootstrap_and_k8s_controllers_resume_without_redoing_work() {
     let ours = |ns: &str, name: &str| {
         ns == "ksctl-system" || name == "ksctl-system" || name == "ksctl-agent" || name.ends_with(".ksctl.io")
     };
-    let mut created = BTreeMap::<String, usize>::new();
-    for (verb, resource, ns, name, code) in &writes {
+    // Every write of each of our objects, and how many of them created it (201).
+    let mut created = BTreeMap::<String, (usize, Vec<(String, u64)>, String)>::new();
+    for (verb, resource, ns, name, code, path) in &writes {
         if ours(ns, name) {
             assert_ne!(verb, "delete", "{resource} {ns}/{name} was deleted during the create");
-            if *code == 201 {
-                *created.entry(format!("{resource} {ns}/{name}")).or_default() += 1;
-            }
+            let entry = created.entry(format!("{resource} {ns}/{name}")).or_default();
+            entry.0 += (*code == 201) as usize;
+            entry.1.push((verb.clone(), *code));
+            entry.2 = path.clone();
         }
     }
     // namespace, SA, ClusterRole(+Binding), Role(+Binding), 2 CRDs, ConfigMap, Secret,
     // Deployment, Service, ClusterAddon.
     assert_eq!(created.len(), 13, "{created:#?}");
-    assert!(created.values().all(|n| *n == 1), "created more than once: {created:#?}");
+    assert!(created.values().all(|(n, _, _)| *n <= 1), "created more than once: {created:#?}");
+    // The write in flight at the kill may have created its object without a 201 reaching the
+    // audit log (the client was gone); the restarted install then finds it (200). At most that
+    // one object lacks its 201, and every object exists at the end (checked below).
+    let unconfirmed: Vec<_> = created.iter().filter(|(_, (n, _, _))| *n == 0).collect();
+    assert!(unconfirmed.len() <= 1, "objects never created with a 201: {unconfirmed:#?}");
+    eprintln!("objects whose create was in flight at the kill: {unconfirmed:?}");
 
     let rec = bootstrap_record(&e.sys, "crash").await;
     assert_eq!(rec.steps_done.len(), 8, "{:?}", rec.steps_done);
@@ -424,7 +439,11 @@ async fn killed_bootstrap_and_k8s_controllers_resume_without_redoing_work() {
     eprintln!("steps finished before the kill: {}; in-flight steps run again: {reruns}", done_at_kill.len());
     let (code, kubeconfig, _) = e.sys.ksctl(&["cluster", "switch", "crash", "--print"]).await;
     assert_eq!(code, 0);
-    assert_eq!(Api::new(&kubeconfig).nodes().len(), 4);
+    let api = Api::new(&kubeconfig);
+    assert_eq!(api.nodes().len(), 4);
+    for (object, (_, _, path)) in &created {
+        assert_eq!(api.get(path).0, 200, "{object} ({path}) exists after the create");
+    }
 }
 
 /// `scripts/bench-bootstrap.sh`: the same HA k3s bootstrap of 8 hosts (1 LB, 3 etcd, 3 control

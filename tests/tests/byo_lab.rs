@@ -107,3 +107,77 @@ async fn byo_hosts_are_checked_over_ssh_and_bad_hosts_are_named() {
     let err = failure(&sys, "nokey").await;
     assert!(err.contains("SSH key \"missing\" not found"), "{err}");
 }
+
+/// Peak resident memory of a process, in KiB.
+fn peak_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status.lines().find_map(|l| l.strip_prefix("VmHWM:")).unwrap().trim().trim_end_matches(" kB").parse().unwrap()
+}
+
+/// Hosts that lie: one whose `hostname -I` answers with a shell command, one that prints
+/// without end, a control plane whose admin kubeconfig runs a command. Each create fails with
+/// an error naming the host and what it did; nothing a host said runs anywhere (no `/tmp/pwned`
+/// on the controller or any host); the cloud-controller reads at most its output cap and stays
+/// small.
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_hosts_fail_the_create_and_run_nothing() {
+    let mut lab = Lab::start(8);
+    let mirror = lab.k3s_mirror();
+    let keys_dir = TempDir::new("byo-keys-hostile");
+    std::fs::write(keys_dir.0.join("lab"), &lab.key_pem).unwrap();
+    let cc = "ksctl-cloud-controller".to_string();
+    let sys = System::start(SystemOptions {
+        env: vec![
+            (cc, "KSCTL_BYO_KEYS_DIR".into(), keys_dir.0.display().to_string()),
+            ("ksctl-manager".into(), "KSCTL_PROVIDERS".into(), "sim,byo".into()),
+            ("ksctl-bootstrap-controller".into(), "KSCTL_ARTIFACTS_URL".into(), mirror),
+        ],
+        ..Default::default()
+    })
+    .await;
+    let specs = TempDir::new("byo-specs-hostile");
+    let _ = std::fs::remove_file("/tmp/pwned");
+    let fake_hostname = |i: usize, body: &str| {
+        let script = format!("#!/bin/sh\n{body}\n");
+        let out = lab
+            .exec(i, &format!("cat > /usr/local/bin/hostname <<'EOF'\n{script}EOF\nchmod 755 /usr/local/bin/hostname"));
+        assert!(out.status.success(), "{out:?}");
+    };
+    let pwned = |lab: &Lab| (0..8).any(|i| lab.exec(i, "test -e /tmp/pwned").status.success());
+
+    // An address that is a command: refused as an address, run nowhere.
+    fake_hostname(7, "echo '1.2.3.4;touch /tmp/pwned' 10.0.0.1");
+    create(&sys, &specs, "liar", spec("liar", &lab, "lab", |_| "ubuntu")).await;
+    let err = failure(&sys, "liar").await;
+    assert!(err.contains("liar-vm-wp-0") && err.contains("hostname -I") && err.contains("not an IP address"), "{err}");
+    assert!(!std::path::Path::new("/tmp/pwned").exists() && !pwned(&lab), "a host's answer ran somewhere");
+
+    // Endless output: cut at the cap, reported, and the controller's memory stays bounded.
+    fake_hostname(7, "exec yes 'ksctl-output-flood'");
+    create(&sys, &specs, "flood", spec("flood", &lab, "lab", |_| "ubuntu")).await;
+    let err = failure(&sys, "flood").await;
+    assert!(err.contains("flood-vm-wp-0") && err.contains("printed more than 4194304 bytes"), "{err}");
+    let cc = sys.procs.iter().find(|p| p.bin == "ksctl-cloud-controller").unwrap();
+    let peak = peak_kib(cc.child.as_ref().unwrap().id());
+    assert!(peak < 256 * 1024, "the cloud-controller peaked at {peak} KiB");
+    assert!(!pwned(&lab));
+
+    // A control plane whose kubeconfig would run a command in the k8s-controller (which holds
+    // the seal key) and in the operator's kubectl: the bootstrap refuses it; none is stored.
+    assert!(lab.exec(7, "rm /usr/local/bin/hostname").status.success());
+    assert!(lab.exec(4, "mkdir -p /etc/ksctl-lab && touch /etc/ksctl-lab/hostile-kubeconfig").status.success());
+    create(&sys, &specs, "trap", spec("trap", &lab, "lab", |_| "ubuntu")).await;
+    let err = sys
+        .wait_state("trap", "creation_failed", Duration::from_secs(240))
+        .await
+        .last_operation
+        .unwrap()
+        .error
+        .unwrap();
+    assert!(err.contains("trap-vm-cp-0") && err.contains("`exec`"), "{err}");
+    let id = ClusterId::new("trap").unwrap();
+    let rec: Option<(ksctl_core::records::BootstrapRecord, u64)> =
+        ksctl_store::get_json(sys.store.as_ref(), &keys::bootstrap(&id)).await.unwrap();
+    assert!(rec.is_none_or(|(r, _)| r.kubeconfig.is_none()), "a refused kubeconfig is never stored");
+    assert!(!std::path::Path::new("/tmp/pwned").exists() && !pwned(&lab));
+}

@@ -86,7 +86,7 @@ fn lists_packages_and_images_as_the_cluster_pulls_them() {
     assert!(out.contains("APT REPOSITORY  https://pkgs.k8s.io/core:/stable:/v1.20/deb/"), "{out}");
     assert!(!out.contains("flannel"), "{out}");
     assert!(out.contains("registry.k8s.io/metrics-server/metrics-server:v0.7.2"), "{out}");
-    assert!(out.contains("ksctl-rs:latest"), "{out}");
+    assert!(out.contains(concat!("ksctl-rs:", env!("CARGO_PKG_VERSION"))), "{out}");
 }
 
 #[test]
@@ -111,4 +111,15 @@ fn bad_settings_are_refused_with_the_reason() {
     let (code, out, err) = ksctl(&["artifacts", "list", "--distro", "k3s", "--version", "1.31.2+k3s1"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("https://github.com/k3s-io/k3s/releases/download/v1.31.2+k3s1/k3s"), "{out}");
+    // k3s runs its own flannel; Calico and Cilium are ksctl's, so their images are listed.
+    assert!(!out.contains("flannel"), "{out}");
+    for (cni, image) in [("calico", "quay.io/calico/node:v3.32.1"), ("cilium", "quay.io/cilium/cilium:v1.20.0@")] {
+        let (code, out, err) =
+            ksctl(&["artifacts", "list", "--distro", "k3s", "--version", "1.31.2+k3s1", "--cni", cni]);
+        assert_eq!(code, 0, "{err}");
+        assert!(out.contains(image), "{cni}: {out}");
+    }
+    let (_, out, _) =
+        ksctl(&["artifacts", "list", "--distro", "kubeadm", "--version", "v1.20.2", "--cni", "calico", "-o", "json"]);
+    assert!(out.contains("quay.io/calico/kube-controllers:v3.32.1"), "{out}");
 }

@@ -36,10 +36,6 @@ impl Drop for Project {
     }
 }
 
-fn env_value(env: &str, key: &str) -> String {
-    env.lines().find_map(|l| l.strip_prefix(&format!("{key}="))).unwrap().to_string()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn compose_runs_the_control_plane_with_three_cloud_controllers() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -55,14 +51,17 @@ async fn compose_runs_the_control_plane_with_three_cloud_controllers() {
     std::fs::copy(root.join("deploy/env.example"), dir.0.join("deploy/env.example")).unwrap();
     std::fs::create_dir_all(dir.0.join("scripts")).unwrap();
     std::fs::copy(root.join("scripts/compose-init.sh"), dir.0.join("scripts/compose-init.sh")).unwrap();
-    let init = Command::new("bash").arg(dir.0.join("scripts/compose-init.sh")).output().unwrap();
+    std::fs::copy(root.join("scripts/nats-tls.sh"), dir.0.join("scripts/nats-tls.sh")).unwrap();
+    let init =
+        Command::new("bash").arg(dir.0.join("scripts/compose-init.sh")).env("KSCTL", bin("ksctl")).output().unwrap();
     assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
     let port = free_port();
     let env_path = dir.0.join(".env");
     let env =
         std::fs::read_to_string(&env_path).unwrap().replace("KSCTL_NATS_PORT=4222", &format!("KSCTL_NATS_PORT={port}"));
     std::fs::write(&env_path, &env).unwrap();
-    let nats_password = env_value(&env, "NATS_PASSWORD");
+    let admin = dir.0.join("deploy/nats/auth/admin.creds").display().to_string();
+    let ca = dir.0.join("deploy/nats/auth/tls/ca.crt").display().to_string();
     let name = format!("ksctltest{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let p = Project { dir, name };
 
@@ -87,12 +86,12 @@ async fn compose_runs_the_control_plane_with_three_cloud_controllers() {
     }
     assert_eq!(p.ok(&["ps", "-q", "cloud-controller"]).lines().count(), 3);
 
-    let url = format!("nats://127.0.0.1:{port}");
-    let ksctl = |args: &[&str], password: Option<&str>| {
+    let url = format!("tls://127.0.0.1:{port}");
+    let ksctl = |args: &[&str], creds: Option<&str>| {
         let mut c = Command::new(bin("ksctl"));
-        c.args(args).env("KSCTL_NATS_URL", &url).env_remove("KUBECONFIG");
-        if let Some(pw) = password {
-            c.env("KSCTL_NATS_USER", "ksctl").env("KSCTL_NATS_PASSWORD", pw);
+        c.args(args).env("KSCTL_NATS_URL", &url).env("KSCTL_NATS_CA_FILE", &ca).env_remove("KUBECONFIG");
+        if let Some(f) = creds {
+            c.env("KSCTL_NATS_CREDS_FILE", f);
         }
         c.output().unwrap()
     };
@@ -100,6 +99,20 @@ async fn compose_runs_the_control_plane_with_three_cloud_controllers() {
     let anon = ksctl(&["cluster", "list"], None);
     assert!(!anon.status.success());
     assert!(String::from_utf8_lossy(&anon.stderr).to_lowercase().contains("authorization"), "{anon:?}");
+    // Plain NATS (no TLS) is refused.
+    let plain = Command::new(bin("ksctl"))
+        .args(["cluster", "list"])
+        .env("KSCTL_NATS_URL", format!("nats://127.0.0.1:{port}"))
+        .env("KSCTL_NATS_CREDS_FILE", &admin)
+        .output()
+        .unwrap();
+    assert!(!plain.status.success(), "a client without TLS got in");
+    // Redis is on an internal network only the services join, and wants its password too.
+    let net = Command::new("docker")
+        .args(["network", "inspect", "-f", "{{.Internal}}", &format!("{}_backend", p.name)])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&net.stdout).trim(), "true");
     // Redis wants its password too.
     let noauth = p.ok(&["exec", "-T", "redis", "redis-cli", "ping"]);
     assert!(noauth.contains("NOAUTH"), "{noauth}");
@@ -118,11 +131,11 @@ async fn compose_runs_the_control_plane_with_three_cloud_controllers() {
         "--workers",
         "2",
     ];
-    let out = ksctl(&args, Some(&nats_password));
+    let out = ksctl(&args, Some(&admin));
     assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    let info = ksctl(&["cluster", "get", "composed"], Some(&nats_password));
+    let info = ksctl(&["cluster", "get", "composed"], Some(&admin));
     assert!(String::from_utf8_lossy(&info.stdout).contains("running"), "{info:?}");
-    let out = ksctl(&["cluster", "delete", "composed"], Some(&nats_password));
+    let out = ksctl(&["cluster", "delete", "composed"], Some(&admin));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
     // A stopped controller shuts down gracefully: SIGTERM, drained, exit status 0.
@@ -130,4 +143,21 @@ async fn compose_runs_the_control_plane_with_three_cloud_controllers() {
     let id = p.ok(&["ps", "-q", "bootstrap-controller"]);
     let state = Command::new("docker").args(["inspect", "-f", "{{.State.ExitCode}}", id.trim()]).output().unwrap();
     assert_eq!(String::from_utf8_lossy(&state.stdout).trim(), "0");
+}
+
+/// deploy/env.example's placeholder Redis password is refused at start, with the reason (the
+/// services never run with a password anyone can read in the repository).
+#[test]
+fn the_placeholder_password_is_refused_at_start() {
+    let example = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/env.example")).unwrap();
+    let placeholder = example.lines().find_map(|l| l.strip_prefix("REDIS_PASSWORD=")).unwrap();
+    let out = Command::new(bin("ksctl-manager"))
+        .env("KSCTL_REDIS_URL", format!("redis://:{placeholder}@127.0.0.1:1"))
+        .env("KSCTL_SEAL_KEY", ksctl_core::seal::generate_key())
+        .env("KSCTL_NATS_URL", "nats://127.0.0.1:1")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("placeholder password"), "{err}");
 }

@@ -26,7 +26,8 @@ fn overlaps(trace: &str, kills: &[(String, u128)]) -> (usize, Vec<String>) {
         .collect();
     events.sort();
     let killed_at = |token: &str, since: u128| {
-        let replica = token.rsplit_once('/').map(|(r, _)| r).unwrap_or(token);
+        // `<replica>[@<op>:<phase>]/<random>`: controllers name the phase they hold it for.
+        let replica = token.split(['@', '/']).next().unwrap_or(token);
         kills.iter().filter(|(r, t)| r == replica && *t >= since).map(|(_, t)| *t).min()
     };
     let mut held: BTreeMap<&str, (&str, u128)> = BTreeMap::new();

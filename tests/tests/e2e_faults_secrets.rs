@@ -104,13 +104,15 @@ async fn secrets_are_sealed_in_the_store() {
     let keys: Vec<String> = con.keys(format!("{}:rec:*", sys.namespace)).await.unwrap();
     assert!(keys.len() > 10, "expected records, found {keys:?}");
     let mut sealed_seen = 0;
+    let key_id = ksctl_core::seal::Sealer::from_base64(&sys.seal_key).unwrap().key_id().to_string();
     for k in keys {
         let v: Vec<u8> = con.hget(&k, "v").await.unwrap();
         let text = String::from_utf8_lossy(&v);
         assert!(!text.contains("-----BEGIN"), "{k} holds a PEM block in plain text");
         assert!(!text.contains(&token), "{k} holds the kubeconfig token in plain text");
         assert!(!text.contains("apiVersion"), "{k} holds a kubeconfig in plain text");
-        sealed_seen += text.matches("\"v1:").count();
+        // Sealed values name the key that sealed them (`v2:<key id>:`).
+        sealed_seen += text.matches(&format!("\"v2:{key_id}:")).count();
     }
     // sec1: ssh key, CA cert, CA key, join token, kubeconfig; sec2: kubeconfig.
     assert_eq!(sealed_seen, 6);

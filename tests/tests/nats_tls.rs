@@ -11,6 +11,17 @@ fn sh(dir: &std::path::Path, cmd: &str) {
     assert!(out.status.success(), "{cmd}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
+/// nats-server with the configuration `conf`, once it listens on `port`.
+fn nats_with(conf: &std::path::Path, port: u16) -> Kill {
+    let nats = Kill(Command::new("nats-server").arg("-c").arg(conf).stderr(Stdio::null()).spawn().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nats-server with TLS did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    nats
+}
+
 struct Kill(std::process::Child);
 impl Drop for Kill {
     fn drop(&mut self) {
@@ -46,12 +57,7 @@ fn services_and_cli_talk_to_nats_over_mutual_tls() {
         ),
     )
     .unwrap();
-    let _nats = Kill(Command::new("nats-server").args(["-c", &p("nats.conf")]).stderr(Stdio::null()).spawn().unwrap());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "nats-server with TLS did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let _nats = nats_with(&d.join("nats.conf"), port);
     let redis = RedisServer::start();
     let url = format!("tls://127.0.0.1:{port}");
     let tls = [
@@ -97,4 +103,51 @@ fn services_and_cli_talk_to_nats_over_mutual_tls() {
     // server refuses the client.
     assert!(!ksctl(&[]).status.success());
     assert!(!ksctl(&tls[..1]).status.success());
+}
+
+/// The deployments' TLS: certificates from `scripts/nats-tls.sh` (what the init step runs); an
+/// agent trusts the CA as PEM text from its Secret (`KSCTL_NATS_CA`), without a file. A client
+/// without the CA, or with another CA, cannot connect.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_init_steps_certificates_and_a_ca_given_as_text() {
+    let dir = TempDir::new("nats-tls-init");
+    let d = &dir.0;
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/nats-tls.sh");
+    let made =
+        Command::new("bash").arg(&script).arg(d.join("tls")).args(["nats", "localhost", "127.0.0.1"]).output().unwrap();
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(d.join("tls/nats.key")).unwrap().permissions());
+    assert_eq!(mode & 0o077, 0, "the server key is readable by its owner only");
+    let port = free_port();
+    let p = |f: &str| d.join(f).display().to_string();
+    std::fs::write(
+        d.join("nats.conf"),
+        format!(
+            "listen: 127.0.0.1:{port}\ntls {{ cert_file: {}, key_file: {} }}\n",
+            p("tls/nats.crt"),
+            p("tls/nats.key")
+        ),
+    )
+    .unwrap();
+    let _nats = nats_with(&d.join("nats.conf"), port);
+    let url = format!("tls://127.0.0.1:{port}");
+    let connect = |ca_pem: Option<String>| {
+        let url = url.clone();
+        async move {
+            let opts = ksctl_bus::NatsAuth { ca_pem, ..Default::default() }.options().unwrap();
+            opts.connection_timeout(Duration::from_secs(3)).max_reconnects(1).connect(url).await
+        }
+    };
+    let ca = std::fs::read_to_string(d.join("tls/ca.crt")).unwrap();
+    let client = connect(Some(ca)).await.expect("the CA as text is trusted");
+    client.publish("ksctl.health.x", "ok".into()).await.unwrap();
+    client.flush().await.unwrap();
+    assert!(connect(None).await.is_err(), "plain NATS to a TLS server");
+    let other = TempDir::new("nats-tls-other");
+    let made = Command::new("bash").arg(&script).arg(other.0.join("tls")).arg("localhost").output().unwrap();
+    assert!(made.status.success());
+    let stranger = std::fs::read_to_string(other.0.join("tls/ca.crt")).unwrap();
+    assert!(connect(Some(stranger)).await.is_err(), "another CA is not trusted");
+    assert!(ksctl_bus::NatsAuth { ca_pem: Some("not pem".into()), ..Default::default() }.options().is_err());
 }

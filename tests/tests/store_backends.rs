@@ -1,5 +1,5 @@
 //! The state store against real servers, for both backends: compare-and-swap, leases, listing.
-use ksctl_store::{DynStore, KvStore, Lease, LeaseOptions, RedisStore, StoreError, modify};
+use ksctl_store::{DynStore, Fence, KvStore, Lease, LeaseOptions, RedisStore, StoreError, modify};
 use ksctl_tests::{NatsServer, RedisServer};
 use std::sync::Arc;
 use std::time::Duration;
@@ -71,12 +71,42 @@ async fn lease_excludes_and_expires(store: DynStore) {
     // Another task of the same holder is excluded too: each acquisition has its own token.
     assert!(Lease::acquire(&store, "cluster.x", "a", &opts).await.unwrap().is_none(), "a second task of a");
     assert!(!store.try_lease("cluster.x", "b", opts.ttl).await.unwrap());
-    // A crashed holder (no renewal, no release) blocks only until the TTL.
+    // A crashed holder (no renewal, no release) blocks only until the TTL (NATS KV expires it
+    // by the server's clock, in whole seconds: a little later).
     drop(a);
-    tokio::time::sleep(Duration::from_millis(1700)).await;
-    let b = Lease::acquire(&store, "cluster.x", "b", &opts).await.unwrap().expect("b takes the expired lease");
+    let dropped = std::time::Instant::now();
+    let b = ksctl_tests::eventually(Duration::from_secs(6), "b takes the expired lease", || async {
+        Lease::acquire(&store, "cluster.x", "b", &opts).await.unwrap()
+    })
+    .await;
+    assert!(dropped.elapsed() < opts.ttl + Duration::from_millis(2500), "took {:?}", dropped.elapsed());
     b.release().await;
     assert!(store.lease_holder("cluster.x").await.unwrap().is_none());
+}
+
+/// Writes under a lease land only while their writer holds it: once it expired and another
+/// took it, the old holder's create, update and delete are refused; the new holder's land.
+async fn fenced_writes_of_a_lost_lease_are_refused(store: DynStore) {
+    let ttl = Duration::from_secs(1);
+    assert!(store.try_lease("cluster.f", "old/1", ttl).await.unwrap());
+    let old = Fence { lease: "cluster.f".into(), holder: "old/1".into() };
+    let rev = old.clone().scope(store.create("k8s.f", b"1")).await.unwrap();
+    // The old holder pauses past its TTL; the new one takes the lease.
+    let new = Fence { lease: "cluster.f".into(), holder: "new/2".into() };
+    ksctl_tests::eventually(Duration::from_secs(10), "the lease to expire", || async {
+        store.try_lease("cluster.f", "new/2", Duration::from_secs(30)).await.unwrap().then_some(())
+    })
+    .await;
+    let refused = |r: Result<u64, StoreError>| matches!(r, Err(StoreError::Fenced { .. }));
+    assert!(refused(old.clone().scope(store.update("k8s.f", b"stale", rev)).await));
+    assert!(refused(old.clone().scope(store.create("k8s.g", b"stale")).await));
+    assert!(matches!(old.clone().scope(store.delete("k8s.f")).await, Err(StoreError::Fenced { .. })));
+    assert_eq!(store.get("k8s.f").await.unwrap().unwrap().value, b"1");
+    assert!(store.get("k8s.g").await.unwrap().is_none());
+    new.clone().scope(store.update("k8s.f", b"2", rev)).await.unwrap();
+    assert_eq!(store.get("k8s.f").await.unwrap().unwrap().value, b"2");
+    // Unfenced writes (no lease in scope) are unaffected.
+    store.delete("k8s.f").await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -86,6 +116,7 @@ async fn redis_backend() {
     cas_conflict_detected(s.clone()).await;
     cas_conflicts_are_retried(s.clone()).await;
     children_lists_one_level(s.clone()).await;
+    fenced_writes_of_a_lost_lease_are_refused(s.clone()).await;
     lease_excludes_and_expires(s).await;
 }
 
@@ -96,5 +127,6 @@ async fn nats_kv_backend() {
     cas_conflict_detected(s.clone()).await;
     cas_conflicts_are_retried(s.clone()).await;
     children_lists_one_level(s.clone()).await;
+    fenced_writes_of_a_lost_lease_are_refused(s.clone()).await;
     lease_excludes_and_expires(s).await;
 }

@@ -130,6 +130,16 @@ fn kubelet_extra_args(version: &str, args: &[(&str, &str)]) -> Value {
     }
 }
 
+/// A join token as kubeadm registers it: valid for [`TOKEN_TTL_SECS`], for node bootstrap.
+fn bootstrap_token(token: &str) -> Value {
+    json!({
+        "token": token,
+        "ttl": format!("{TOKEN_TTL_SECS}s"),
+        "groups": ["system:bootstrappers:kubeadm:default-node-token"],
+        "usages": ["signing", "authentication"],
+    })
+}
+
 /// Documents as one multi-document YAML file.
 fn yaml_documents(docs: &[Value]) -> String {
     docs.iter().map(|d| serde_yaml::to_string(d).expect("JSON values serialize")).collect::<Vec<_>>().join("---\n")
@@ -183,12 +193,7 @@ pub fn init_config(c: &ClusterConfig<'_>, artifacts: &Artifacts) -> String {
     let init = json!({
         "apiVersion": api,
         "kind": "InitConfiguration",
-        "bootstrapTokens": [{
-            "token": c.token,
-            "ttl": format!("{TOKEN_TTL_SECS}s"),
-            "groups": ["system:bootstrappers:kubeadm:default-node-token"],
-            "usages": ["signing", "authentication"],
-        }],
+        "bootstrapTokens": [bootstrap_token(c.token)],
         "certificateKey": c.certificate_key,
         "localAPIEndpoint": {"advertiseAddress": c.advertise_ip, "bindPort": 6443},
         "nodeRegistration": node_registration(c.version, c.node_name, c.advertise_ip, true),
@@ -404,14 +409,14 @@ pub fn pki_files(ca: &CertKey, etcd_ca: &str, etcd_client: &CertKey) -> Result<S
 /// which kubeadm can neither resume nor start over on — so it is reset first. A host with
 /// Kubernetes' files and no mark of ksctl's is not touched: the step fails naming them (ksctl
 /// does not wipe a node it did not make). `before` (the files kubeadm reads, which reset
-/// removes) is written after the reset.
-fn kubeadm_once(step: &str, done: &str, before: &str, command: &str) -> String {
+/// removes) is written after the reset; `on_rerun` runs before it, on a host being reset.
+fn kubeadm_once(step: &str, done: &str, before: &str, on_rerun: &str, command: &str) -> String {
     format!(
         "if [ ! -f {done} ]; then
   if [ -f {done}.started ]; then
     pkill -x kubeadm 2>/dev/null || true
     sleep 1
-    kubeadm reset -f >/dev/null 2>&1 || true
+{on_rerun}    kubeadm reset -f >/dev/null 2>&1 || true
   else
     found=$(find /etc/kubernetes/manifests /etc/kubernetes/kubelet.conf /etc/kubernetes/admin.conf /var/lib/kubelet/config.yaml -type f 2>/dev/null | head -n 3)
     if [ -n \"$found\" ]; then
@@ -449,8 +454,13 @@ pub fn init(
     let body = format!(
         "{prep}{PULL_CONTROL_PLANE}{once}",
         prep = prepare_node(c.version, artifacts),
-        once =
-            kubeadm_once("kubeadm-init", INIT_DONE, &before, &format!("kubeadm init --config {CONFIG} --upload-certs")),
+        once = kubeadm_once(
+            "kubeadm-init",
+            INIT_DONE,
+            &before,
+            "",
+            &format!("kubeadm init --config {CONFIG} --upload-certs")
+        ),
     );
     Ok(step_script("kubeadm-init", &body))
 }
@@ -471,10 +481,31 @@ pub fn join(
         "{prep}{pull}{once}",
         prep = prepare_node(j.version, artifacts),
         pull = if control_plane.is_some() { PULL_CONTROL_PLANE } else { "" },
-        once = kubeadm_once(step, JOIN_DONE, &before, &format!("kubeadm join --config {JOIN_CONFIG}")),
+        once = kubeadm_once(
+            step,
+            JOIN_DONE,
+            &before,
+            &forget_own_node(j.node_name),
+            &format!("kubeadm join --config {JOIN_CONFIG}")
+        ),
     );
     let ready = if j.wait_ready { node_ready(j.node_name) } else { String::new() };
     Ok(step_script(step, &(body + &ready)))
+}
+
+/// Before an interrupted join is reset and run again: a join that got as far as registering the
+/// host's Node leaves it `Ready` for the controller manager's grace period (40 s) after the
+/// reset, and kubeadm refuses to join over a Ready Node of the same name ("You must delete the
+/// existing Node"), so each rerun until then fails. The host deletes its own Node with its
+/// kubelet's credentials (a kubelet may delete its own Node); without them there is none.
+fn forget_own_node(name: &str) -> String {
+    format!(
+        "    if [ -f /etc/kubernetes/kubelet.conf ]; then
+      kubectl --kubeconfig /etc/kubernetes/kubelet.conf delete node {} --wait=false >/dev/null 2>&1 || true
+    fi
+",
+        quote(name)
+    )
 }
 
 /// Waits until the node `name` reports `Ready`, asking as the node itself (its kubelet's
@@ -498,17 +529,29 @@ done
     )
 }
 
+/// Where a renewal's token waits (0600) for `kubeadm token create --config`; removed after.
+pub const TOKEN_CONFIG: &str = "/etc/ksctl/kubeadm-token.yaml";
+
 /// Run on the first control plane: registers `token` (a renewal) and re-uploads the
-/// control-plane certificates under `certificate_key` (they expire after two hours).
-pub fn refresh(token: &str, certificate_key: &str) -> String {
+/// control-plane certificates under the certificate key of the init configuration (they expire
+/// after two hours). Neither secret is on a command line: the token is in a 0600 file written
+/// from the script on stdin, the key in the init configuration.
+pub fn refresh(version: &str, token: &str) -> String {
+    let doc = json!({
+        "apiVersion": api_version(version),
+        "kind": "InitConfiguration",
+        "bootstrapTokens": [bootstrap_token(token)],
+    });
     format!(
         "set -eu
-kubeadm token create {t} --ttl {TOKEN_TTL_SECS}s >/dev/null 2>&1 || kubeadm token list | grep -q {id}
-kubeadm init phase upload-certs --upload-certs --certificate-key {k} --config {CONFIG} >/dev/null
+{write}if ! kubeadm token create --config {TOKEN_CONFIG} >/dev/null 2>&1; then
+  kubeadm token list | grep -q {id} || {{ rm -f {TOKEN_CONFIG}; echo 'kubeadm token create failed' >&2; exit 1; }}
+fi
+rm -f {TOKEN_CONFIG}
+kubeadm init phase upload-certs --upload-certs --config {CONFIG} >/dev/null
 ",
-        t = quote(token),
+        write = write_file(TOKEN_CONFIG, &yaml_documents(&[doc]), "0600"),
         id = quote(token.split('.').next().unwrap_or(token)),
-        k = quote(certificate_key),
     )
 }
 
@@ -635,6 +678,10 @@ mod tests {
         let script = join("kubeadm-worker-join", &j, None, &Artifacts::default()).unwrap();
         assert!(script.contains(&format!("kubeadm join --config {JOIN_CONFIG}")));
         assert!(!script.lines().any(|l| l.contains("kubeadm join") && l.contains("abcdef")));
+        // A rerun of an interrupted join first deletes the host's own Node (with its kubelet's
+        // credentials), before the reset removes them.
+        let forget = script.find("delete node 'demo-vm-wp-0'").expect("the rerun forgets its Node");
+        assert!(forget > script.find(".started ]; then").unwrap() && forget < script.find("kubeadm reset").unwrap());
     }
 
     #[test]
@@ -679,7 +726,7 @@ mod tests {
                 &lab_registry(),
             )
             .unwrap(),
-            refresh("abcdef.0123456789abcdef", "k"),
+            refresh("1.20.2", "abcdef.0123456789abcdef"),
         ] {
             let out = std::process::Command::new("sh").arg("-n").arg("-c").arg(&script).output().unwrap();
             assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

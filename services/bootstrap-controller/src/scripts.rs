@@ -234,8 +234,11 @@ pub fn k3s_server(s: &K3sServer<'_>, artifacts: &Artifacts) -> String {
     ];
     args.extend(s.tls_sans.iter().map(|san| format!("--tls-san={san}")));
     if !s.flannel {
+        // ksctl's CNI (or the user's) takes the pod network, on the pod CIDR kubeadm clusters
+        // use too (k3s' own default is 10.42.0.0/16).
         args.push("--flannel-backend=none".into());
         args.push("--disable-network-policy".into());
+        args.push(format!("--cluster-cidr={}", ksctl_core::spec::POD_SUBNET));
     }
     let step = if s.token.is_none() { "k3s-init" } else { "k3s-server-join" };
     let certs = [
@@ -331,6 +334,7 @@ mod tests {
         let join = k3s_server(&s, &Artifacts::default());
         assert!(join.contains("ksctl_step k3s-server-join") && join.contains("K3S_TOKEN='K10abc::server:secret'"));
         assert!(join.contains("--flannel-backend=none"));
+        assert!(join.contains("--cluster-cidr=10.244.0.0/16"));
         valid_sh(&join);
         let agent = k3s_agent("c-vm-wp-0", "1.31", "10.0.0.9", "tok", &Artifacts::default());
         assert!(

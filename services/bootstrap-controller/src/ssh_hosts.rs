@@ -86,6 +86,21 @@ fn host_err(vm: &Vm, addr: &str, e: SshError) -> PhaseError {
     }
 }
 
+/// Every recorded VM's name and addresses are what they claim before any reaches a script:
+/// private addresses are IP addresses, public ones IP addresses or DNS names, names DNS names.
+fn check_addresses(infra: &InfraRecord) -> Result<(), PhaseError> {
+    use ksctl_core::net;
+    for vm in infra.vms.values() {
+        let bad = |what: &str, e: String| PhaseError::Permanent(format!("host {}: its {what} address {e}", vm.name));
+        net::ip(&vm.private_ip).map_err(|e| bad("private", e))?;
+        net::host_address(&vm.public_ip).map_err(|e| bad("public", e))?;
+        if !net::is_dns_name(&vm.name) {
+            return Err(PhaseError::Permanent(format!("host name {} is not a DNS name", net::shown(&vm.name))));
+        }
+    }
+    Ok(())
+}
+
 impl SshHosts {
     pub fn new(store: DynStore, artifacts: Artifacts, settings: Settings) -> Self {
         Self { store, artifacts, settings }
@@ -97,6 +112,7 @@ impl SshHosts {
         if infra.vms.is_empty() {
             return Err(PhaseError::Permanent("the cloud phase recorded no hosts to bootstrap".into()));
         }
+        check_addresses(&infra)?;
         let sealed = infra
             .ssh_private_key
             .as_ref()
@@ -122,9 +138,12 @@ impl SshHosts {
     async fn session(&self, ctx: &PhaseCtx<'_>, run: &Run, vm: &Vm) -> Result<(Session, String), PhaseError> {
         let target = Self::target(ctx, vm);
         let addr = target.host.clone();
-        let known = match run.infra.host_keys.get(&addr) {
-            Some(k) => Some(k.clone()),
-            None => crate::record(&self.store, ctx).await?.host_keys.get(&addr).cloned(),
+        let known = match ksctl_ssh::recorded_host_key(&run.infra.host_keys, &addr, target.port) {
+            Some(k) => Some(k.to_string()),
+            None => {
+                let rec = crate::record(&self.store, ctx).await?;
+                ksctl_ssh::recorded_host_key(&rec.host_keys, &addr, target.port).map(str::to_string)
+            }
         };
         let s = ksctl_ssh::connect_with_retry(
             &target,
@@ -137,7 +156,7 @@ impl SshHosts {
         .map_err(|e| host_err(vm, &addr, e))?;
         if known.is_none() {
             let hk = s.host_key.clone();
-            let a = addr.clone();
+            let a = target.host_key_id();
             crate::checkpoint(&self.store, ctx, |r| {
                 r.host_keys.entry(a.clone()).or_insert_with(|| hk.clone());
             })
@@ -252,7 +271,7 @@ impl SshHosts {
             s.token_expires_ms = now + kubeadm::TOKEN_TTL_SECS * 1000;
         }
         let cp0 = one(&run.infra, Role::ControlPlane)?;
-        self.exec(ctx, run, cp0, "kubeadm token refresh", &kubeadm::refresh(&s.token, &s.certificate_key)).await?;
+        self.exec(ctx, run, cp0, "kubeadm token refresh", &kubeadm::refresh(&run.version, &s.token)).await?;
         s.certs_uploaded_ms = now;
         self.store_kubeadm(ctx, &s, true).await?;
         Ok(s)
@@ -422,40 +441,17 @@ impl SshHosts {
             Distro::Kubeadm => kubeadm::ADMIN_KUBECONFIG,
         };
         let raw = self.exec(ctx, run, cp0, "read kubeconfig", &format!("cat {path}")).await?;
-        let kc = rewrite_kubeconfig(&raw, &format!("https://{}:6443", lb.public_ip), &context_name(ctx.cluster))
-            .map_err(|e| PhaseError::Retryable(format!("host {}: {path}: {e}", cp0.name)))?;
+        let server = format!("https://{}:6443", lb.public_ip);
+        // Only the server's CA and the admin's certificate, as data, survive: nothing the host
+        // wrote can make the k8s-controller or a user's kubectl run or read anything.
+        let kc = ksctl_core::kubeconfig::adopt(&raw, &context_name(ctx.cluster), Some(&server)).map_err(|e| {
+            let text = format!("host {}: {path}: {e}", cp0.name);
+            if e.starts_with("not a kubeconfig") { PhaseError::Retryable(text) } else { PhaseError::Permanent(text) }
+        })?;
         let sealed = ctx.rt.sealer.seal(&format!("kubeconfig/{}", ctx.cluster.id), kc.as_bytes());
         crate::checkpoint(&self.store, ctx, |r| r.kubeconfig = Some(sealed.clone())).await?;
         Ok(())
     }
-}
-
-/// Rewrites a distribution's admin kubeconfig: the one cluster's server becomes `server`, and
-/// the cluster, user and context are named after `context`.
-pub fn rewrite_kubeconfig(raw: &str, server: &str, context: &str) -> Result<String, String> {
-    use serde_yaml::Value;
-    let mut v: Value = serde_yaml::from_str(raw).map_err(|e| format!("not a kubeconfig: {e}"))?;
-    let user = format!("{context}-admin");
-    let first = |v: &mut Value, list: &str| -> Result<(), String> {
-        let items = v.get_mut(list).and_then(Value::as_sequence_mut).ok_or(format!("no {list}"))?;
-        if items.len() != 1 {
-            return Err(format!("expected one entry in {list}, found {}", items.len()));
-        }
-        Ok(())
-    };
-    for list in ["clusters", "users", "contexts"] {
-        first(&mut v, list)?;
-    }
-    let cluster = &mut v["clusters"][0];
-    cluster["name"] = Value::from(context);
-    cluster["cluster"]["server"] = Value::from(server);
-    v["users"][0]["name"] = Value::from(user.as_str());
-    let ctx = &mut v["contexts"][0];
-    ctx["name"] = Value::from(context);
-    ctx["context"]["cluster"] = Value::from(context);
-    ctx["context"]["user"] = Value::from(user.as_str());
-    v["current-context"] = Value::from(context);
-    serde_yaml::to_string(&v).map_err(|e| e.to_string())
 }
 
 #[async_trait::async_trait]
@@ -504,39 +500,27 @@ impl Bootstrapper for SshHosts {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const K3S_YAML: &str = "apiVersion: v1
-clusters:
-- cluster:
-    certificate-authority-data: Q0E=
-    server: https://127.0.0.1:6443
-  name: default
-contexts:
-- context:
-    cluster: default
-    user: default
-  name: default
-current-context: default
-kind: Config
-preferences: {}
-users:
-- name: default
-  user:
-    client-certificate-data: Q0VSVA==
-    client-key-data: S0VZ
-";
+    use ksctl_core::records::Vm;
 
     #[test]
-    fn kubeconfigs_point_at_the_lb_under_ksctls_names() {
-        let out = rewrite_kubeconfig(K3S_YAML, "https://203.0.113.7:6443", "demo-lab-selfmanaged-byo-ksctl").unwrap();
-        let v: serde_yaml::Value = serde_yaml::from_str(&out).unwrap();
-        assert_eq!(v["clusters"][0]["cluster"]["server"], "https://203.0.113.7:6443");
-        assert_eq!(v["clusters"][0]["cluster"]["certificate-authority-data"], "Q0E=");
-        assert_eq!(v["current-context"], "demo-lab-selfmanaged-byo-ksctl");
-        assert_eq!(v["contexts"][0]["context"]["user"], "demo-lab-selfmanaged-byo-ksctl-admin");
-        assert_eq!(v["users"][0]["name"], "demo-lab-selfmanaged-byo-ksctl-admin");
-        assert_eq!(v["users"][0]["user"]["client-key-data"], "S0VZ");
-        assert!(rewrite_kubeconfig("not: [a, kubeconfig", "s", "c").is_err());
-        assert!(rewrite_kubeconfig("clusters: []\nusers: []\ncontexts: []\n", "s", "c").is_err());
+    fn recorded_addresses_are_checked_before_any_script() {
+        let vm = |private: &str, public: &str, name: &str| {
+            let mut infra = InfraRecord::default();
+            let v = Vm {
+                id: "i".into(),
+                name: name.into(),
+                role: Role::ControlPlane,
+                index: 0,
+                public_ip: public.into(),
+                private_ip: private.into(),
+            };
+            infra.vms.insert(name.into(), v);
+            check_addresses(&infra)
+        };
+        assert!(vm("10.0.0.2", "host.example.com", "demo-vm-cp-0").is_ok());
+        let err = vm("1.2.3.4;touch /tmp/pwned", "1.2.3.4", "demo-vm-cp-0").unwrap_err().to_string();
+        assert!(err.contains("private address") && err.contains("not an IP address"), "{err}");
+        assert!(vm("10.0.0.2", "$(reboot)", "demo-vm-cp-0").is_err());
+        assert!(vm("10.0.0.2", "10.0.0.3", "cp;id").is_err());
     }
 }

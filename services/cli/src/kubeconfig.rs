@@ -13,6 +13,9 @@ pub fn default_path() -> String {
 }
 
 pub fn merge(existing: Option<&str>, new: &str, context: &str) -> Result<String> {
+    // What goes into the operator's kubeconfig is checked too: no command, file or TLS bypass.
+    ksctl_core::kubeconfig::Access::parse_foreign(new)
+        .map_err(|e| anyhow::anyhow!("the control plane returned a kubeconfig ksctl will not merge: {e}"))?;
     let new: Value = serde_yaml::from_str(new).context("the control plane returned an unreadable kubeconfig")?;
     let mut base: Value = match existing {
         Some(t) if !t.trim().is_empty() => serde_yaml::from_str(t).context("your kubeconfig is not valid YAML")?,
@@ -59,7 +62,7 @@ pub fn merge_into(path: &str, new: &str, context: &str) -> Result<()> {
 mod tests {
     use super::*;
 
-    const NEW: &str = "apiVersion: v1\nkind: Config\nclusters:\n- name: c1\n  cluster: {server: 'https://new'}\nusers:\n- name: u1\n  user: {token: t}\ncontexts:\n- name: c1\n  context: {cluster: c1, user: u1}\ncurrent-context: c1\n";
+    const NEW: &str = "apiVersion: v1\nkind: Config\nclusters:\n- name: c1\n  cluster: {server: 'https://new', certificate-authority-data: 'LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCkEKLS0tLS1FTkQgQ0VSVElGSUNBVEUtLS0tLQo='}\nusers:\n- name: u1\n  user: {token: t}\ncontexts:\n- name: c1\n  context: {cluster: c1, user: u1}\ncurrent-context: c1\n";
 
     #[test]
     fn merge_replaces_same_names_and_keeps_others() {
@@ -70,6 +73,13 @@ mod tests {
         assert_eq!(clusters.len(), 2);
         assert!(out.contains("https://new") && !out.contains("https://old"));
         assert_eq!(v["current-context"], Value::from("c1"));
+    }
+
+    #[test]
+    fn a_kubeconfig_that_runs_commands_is_not_merged() {
+        let evil = NEW.replace("user: {token: t}", "user: {exec: {command: sh, apiVersion: v1}}");
+        let err = merge(None, &evil, "c1").unwrap_err().to_string();
+        assert!(err.contains("exec"), "{err}");
     }
 
     #[test]

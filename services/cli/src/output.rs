@@ -63,6 +63,7 @@ pub fn info(o: Output, i: &ClusterInfo) {
     println!("\nbootstrap steps done: {}", i.bootstrap_steps_done);
     println!("components: {}", if i.components.is_empty() { "-".into() } else { i.components.join(", ") });
     println!("addons: {}", if i.spec.addons.is_empty() { "-".into() } else { i.spec.addons.join(", ") });
+    println!("apps: {}", if i.apps.is_empty() { "-".into() } else { i.apps.join(", ") });
     if let Some(op) = &i.last_operation {
         println!("last operation: {} {} ({})", op.kind, op.id, op.error.as_deref().unwrap_or("succeeded"));
     }
@@ -76,7 +77,8 @@ pub fn info(o: Output, i: &ClusterInfo) {
             let ready = h.nodes.iter().filter(|n| n.ready).count();
             println!(
                 "agent: heartbeat {} s ago, API server {}, {} nodes ({ready} ready)",
-                now.saturating_sub(h.sent_at_ms) / 1000,
+                // Received, by the control plane's clock (older records: sent, by the agent's).
+                now.saturating_sub(if h.received_at_ms > 0 { h.received_at_ms } else { h.sent_at_ms }) / 1000,
                 h.server_version,
                 h.nodes.len()
             );
@@ -98,15 +100,18 @@ pub fn accepted(o: Output, r: &RequestReply) {
 pub fn addons(o: Output) {
     let rows: Vec<serde_json::Value> = ksctl_core::addons::CATALOG
         .iter()
-        .map(|a| serde_json::json!({"name": a.name, "version": a.version, "description": a.description}))
+        .map(|a| {
+            serde_json::json!({"name": a.name, "version": a.version, "description": a.description,
+                "namespace": a.namespace, "images": a.images, "ready": a.ready, "kubernetes": a.kubernetes})
+        })
         .collect();
     if o == Output::Json {
         println!("{}", serde_json::to_string_pretty(&rows).expect("serialises"));
         return;
     }
-    println!("{:<18} {:<10} DESCRIPTION", "NAME", "VERSION");
+    println!("{:<20} {:<9} {:<14} {:<11} DESCRIPTION", "NAME", "VERSION", "NAMESPACE", "KUBERNETES");
     for a in ksctl_core::addons::CATALOG {
-        println!("{:<18} {:<10} {}", a.name, a.version, a.description);
+        println!("{:<20} {:<9} {:<14} {:<11} {}", a.name, a.version, a.namespace, a.kubernetes, a.description);
     }
 }
 
@@ -146,9 +151,7 @@ pub fn artifacts(o: Output, a: &crate::ArtifactsList) -> Result<(), String> {
                     ksctl_core::spec::KNOWN_CNIS.join(", ")
                 ));
             }
-            if a.cni == "flannel" {
-                upstream.extend(ksctl_core::addons::FLANNEL_IMAGES.iter().map(|s| s.to_string()));
-            }
+            upstream.extend(ksctl_core::addons::cni_images(&a.cni).iter().map(|s| s.to_string()));
         }
         "k3s" => {
             // k3s' installer fetches its binary and checksums from the release download. The
@@ -156,6 +159,10 @@ pub fn artifacts(o: Output, a: &crate::ArtifactsList) -> Result<(), String> {
             let v = format!("v{}", a.version.trim_start_matches('v'));
             if !v.contains("+k3s") {
                 return Err(format!("{:?}: give a k3s release like 1.31.2+k3s1", a.version));
+            }
+            // Its own flannel is in k3s; Calico and Cilium are ksctl's.
+            if a.cni != "flannel" {
+                upstream.extend(ksctl_core::addons::cni_images(&a.cni).iter().map(|s| s.to_string()));
             }
             let base = artifacts.mirror.clone().unwrap_or_else(|| "https://github.com/k3s-io/k3s".into());
             files.push(artifacts.k3s_installer());

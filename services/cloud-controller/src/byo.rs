@@ -96,13 +96,23 @@ impl ByoCloud {
                 async move {
                     let name = role.vm_name(id, index);
                     let who = format!("{name} ({})", host.address);
-                    let s = self.session(key, &host, known.get(&host.address).map(String::as_str), &who).await?;
+                    let s = self
+                        .session(key, &host, ksctl_ssh::recorded_host_key(known, &host.address, host.port), &who)
+                        .await?;
                     s.run("sudo check", "sudo -n true", None, COMMAND_TIMEOUT).await.map_err(|e| host_err(&who, e))?;
                     let ips = s
                         .run("addresses", "hostname -I", None, COMMAND_TIMEOUT)
                         .await
                         .map_err(|e| host_err(&who, e))?;
-                    let private_ip = ips.stdout.split_whitespace().next().unwrap_or(&host.address).to_string();
+                    // Whatever the host prints is checked: only an IP address goes on to scripts.
+                    let private_ip = match ips.stdout.split_whitespace().next() {
+                        None => host.address.clone(),
+                        Some(first) => ksctl_core::net::ip(first)
+                            .map_err(|e| {
+                                PhaseError::Permanent(format!("host {who}: `hostname -I` printed an address that {e}"))
+                            })?
+                            .to_string(),
+                    };
                     let host_key = s.host_key.clone();
                     s.close().await;
                     let vm = Vm {
@@ -116,7 +126,9 @@ impl ByoCloud {
                         private_ip,
                     };
                     checkpoint(&self.store, ctx, |i| {
-                        i.host_keys.entry(host.address.clone()).or_insert_with(|| host_key.clone());
+                        i.host_keys
+                            .entry(ksctl_ssh::host_key_id(&host.address, host.port))
+                            .or_insert_with(|| host_key.clone());
                         i.vms.insert(name.clone(), vm.clone());
                     })
                     .await?;
@@ -146,7 +158,9 @@ impl ByoCloud {
                 continue;
             };
             let who = format!("{} ({})", vm.name, host.address);
-            let s = self.session(&key, host, state.host_keys.get(&host.address).map(String::as_str), &who).await?;
+            let s = self
+                .session(&key, host, ksctl_ssh::recorded_host_key(&state.host_keys, &host.address, host.port), &who)
+                .await?;
             let script = ksctl_ssh::host::uninstall_script();
             s.run("uninstall", "sudo -n sh -s", Some(script.as_bytes()), COMMAND_TIMEOUT)
                 .await

@@ -44,7 +44,13 @@ const fn udp(from_port: u16, to_port: u16, source: Source, description: &'static
 /// The pod-network ports a CNI needs between nodes (`None`: the distro's default, flannel).
 fn cni_rules(cni: Option<&str>) -> Vec<Rule> {
     match cni.unwrap_or("flannel") {
-        "flannel" | "cilium" => vec![udp(8472, 8472, Source::Network, "VXLAN overlay")],
+        "flannel" => vec![udp(8472, 8472, Source::Network, "VXLAN overlay")],
+        "cilium" => vec![
+            udp(8472, 8472, Source::Network, "cilium VXLAN overlay"),
+            tcp(4240, 4240, Source::Network, "cilium health"),
+            tcp(4244, 4244, Source::Network, "hubble server"),
+        ],
+        // ksctl runs Calico's pool in VXLAN mode (no IP-in-IP, which clouds do not pass).
         "calico" => {
             vec![tcp(179, 179, Source::Network, "calico BGP"), udp(4789, 4789, Source::Network, "calico VXLAN")]
         }
@@ -124,6 +130,11 @@ mod tests {
         );
         let calico = ports(&rules(Role::ControlPlane, Some(Distro::Kubeadm), Some("calico")));
         assert!(calico.contains(&(Proto::Tcp, 179, 179, Source::Network)) && !calico.iter().any(|p| p.1 == 8472));
+        assert!(calico.contains(&(Proto::Udp, 4789, 4789, Source::Network)));
+        let cilium = ports(&rules(Role::Worker, Some(Distro::K3s), Some("cilium")));
+        for p in [(Proto::Udp, 8472, 8472, Source::Network), (Proto::Tcp, 4240, 4240, Source::Network)] {
+            assert!(cilium.contains(&p), "{p:?}");
+        }
         let none = ports(&rules(Role::ControlPlane, Some(Distro::Kubeadm), Some("none")));
         assert!(!none.iter().any(|p| p.0 == Proto::Udp));
     }

@@ -75,11 +75,6 @@ pub fn create_args(name: &str, config: &str, image: &str, kubeconfig: &str) -> V
         .collect()
 }
 
-/// kind's kubeconfig names everything `kind-<name>`; ksctl's contexts are named its own way.
-pub fn rename_context(kubeconfig: &str, kind_name: &str, context: &str) -> String {
-    kubeconfig.replace(&format!("kind-{kind_name}"), context)
-}
-
 /// What the user must do when a tool is missing or the engine does not answer.
 fn missing(tool: &str) -> PhaseError {
     PhaseError::Permanent(match tool {
@@ -187,7 +182,9 @@ impl CloudProvider for KindCloud {
             self.create_cluster(&name, nodes, &image).await?;
             kubeconfig = Some(self.kubeconfig(&name).await?);
         }
-        let kc = rename_context(&kubeconfig.expect("set above"), &name, &context_name(ctx.cluster));
+        // kind names everything `kind-<name>`; ksctl's kubeconfig is its own, from kind's data.
+        let kc = ksctl_core::kubeconfig::adopt(&kubeconfig.expect("set above"), &context_name(ctx.cluster), None)
+            .map_err(|e| PhaseError::Permanent(format!("kind's kubeconfig for {name}: {e}")))?;
         let sealed = ctx.rt.sealer.seal(&format!("kubeconfig/{id}"), kc.as_bytes());
         checkpoint(&self.store, ctx, |i| {
             i.managed_cluster = Some(name.clone());
@@ -257,13 +254,5 @@ mod tests {
             a.join(" "),
             "create cluster --name ksctl-demo --config /tmp/k.yaml --image kindest/node:v1.31.0 --kubeconfig /tmp/kc --wait 300s"
         );
-    }
-
-    #[test]
-    fn contexts_get_ksctl_names() {
-        let kc = "contexts:\n- context:\n    cluster: kind-ksctl-demo\n    user: kind-ksctl-demo\n  name: kind-ksctl-demo\ncurrent-context: kind-ksctl-demo\n";
-        let out = rename_context(kc, "ksctl-demo", "demo-local-ksctl");
-        assert!(!out.contains("kind-ksctl-demo"), "{out}");
-        assert_eq!(out.matches("demo-local-ksctl").count(), 4);
     }
 }

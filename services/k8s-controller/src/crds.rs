@@ -24,12 +24,29 @@ pub struct AddonRef {
     pub version: Option<String>,
 }
 
+/// Written by the k8s-controller (never by the agent, which only reads the object).
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ClusterAddonStatus {
-    /// Addon name → `installed`, `installing`, `failed: <why>`.
+    /// Addon name → where it stands.
     #[serde(default)]
-    pub addons: std::collections::BTreeMap<String, String>,
+    pub addons: std::collections::BTreeMap<String, AddonStatus>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AddonStatus {
+    /// `Installing`, `Installed`, `Removing` or `Failed`.
+    pub phase: String,
+    /// The version installed, or being installed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// Why the last change failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// The object's generation that asked for the change, when the object asked for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
 }
 
 /// One application stack and the versions of its parts (ksctl's `Stack`).
@@ -39,6 +56,39 @@ pub struct ClusterAddonStatus {
 pub struct StackSpec {
     pub stack_name: String,
     pub components: Vec<StackComponent>,
+    /// For an addon: every object ksctl may have applied for it and not yet deleted — recorded
+    /// before they are applied, so an upgrade deletes what an older pin had and the new one has
+    /// not, and disable deletes them all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub objects: Vec<StackObject>,
+}
+
+/// One object of a stack (`ksctl_core::apps::ObjectRef` with a schema).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StackObject {
+    pub api_version: String,
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    pub name: String,
+}
+
+impl From<&ksctl_core::apps::ObjectRef> for StackObject {
+    fn from(r: &ksctl_core::apps::ObjectRef) -> Self {
+        Self {
+            api_version: r.api_version.clone(),
+            kind: r.kind.clone(),
+            namespace: r.namespace.clone(),
+            name: r.name.clone(),
+        }
+    }
+}
+
+impl From<StackObject> for ksctl_core::apps::ObjectRef {
+    fn from(o: StackObject) -> Self {
+        Self { api_version: o.api_version, kind: o.kind, namespace: o.namespace, name: o.name }
+    }
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]

@@ -8,7 +8,9 @@
 //! changes), the agent (Secret with its bus settings, Deployment, Service), flannel on kubeadm
 //! clusters, and the enabled addons; then the install waits until the workloads are ready.
 use crate::ClusterApi;
-use crate::crds::{AddonRef, ClusterAddon, ClusterAddonSpec, Stack, StackComponent, StackSpec};
+use crate::cluster_addon::{self, SpecChange};
+use crate::crds::{ClusterAddon, Stack, StackComponent, StackObject, StackSpec};
+use crate::credentials::AgentCredentials;
 use crate::manifests;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -16,10 +18,12 @@ use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, Secret, Servic
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use ksctl_bus::auth::Creds;
+use ksctl_core::apps::{ObjectRef, left_out, with_all};
 use ksctl_core::artifacts::Artifacts;
 use ksctl_core::keys;
-use ksctl_core::records::{BootstrapRecord, InfraRecord, K8sRecord};
-use ksctl_core::spec::{ClusterType, Provider};
+use ksctl_core::records::{BootstrapRecord, ClusterRecord, InfraRecord, K8sRecord};
+use ksctl_core::spec::ClusterType;
 use ksctl_runtime::{PhaseCtx, PhaseError, read_record, update_record};
 use ksctl_store::DynStore;
 use kube::CustomResourceExt;
@@ -27,21 +31,24 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-pub const NAMESPACE: &str = "ksctl-system";
+pub const NAMESPACE: &str = ksctl_core::addons::KSCTL_NAMESPACE;
 pub const FIELD_MANAGER: &str = "ksctl";
 pub const AGENT: &str = "ksctl-agent";
 pub const CLUSTER_CONFIG: &str = "cluster-config";
 pub const AGENT_BUS_SECRET: &str = "ksctl-agent-bus";
 /// The agent's /livez, /readyz and /metrics port.
 pub const AGENT_HTTP_PORT: i32 = 9100;
-/// The one `ClusterAddon` object: the addons the cluster runs.
-pub const CLUSTER_ADDONS: &str = "addons";
+pub use ksctl_core::addons::CLUSTER_ADDON_OBJECT as CLUSTER_ADDONS;
 /// How long a cluster may take to answer before uninstall gives up on it.
 const UNREACHABLE_AFTER: Duration = Duration::from_secs(20);
 
 pub struct KubeApi {
     store: DynStore,
     settings: Settings,
+    /// Mints each agent its own NATS credential (none: the bus has no authentication).
+    credentials: Option<std::sync::Arc<AgentCredentials>>,
+    /// Asks the cloud-controller for fresh tokens (EKS).
+    bus: async_nats::Client,
 }
 
 #[derive(Debug, Clone)]
@@ -57,8 +64,8 @@ pub struct Settings {
 pub struct AgentSettings {
     pub image: String,
     pub nats_url: String,
-    pub nats_user: Option<String>,
-    pub nats_password: Option<String>,
+    /// The CA (PEM) that signed the NATS servers' certificate, for `tls://` URLs.
+    pub nats_ca: Option<String>,
 }
 
 /// What an install applies besides the fixed objects.
@@ -69,9 +76,12 @@ pub struct Install<'a> {
     /// The cluster-config ConfigMap's data.
     pub state: BTreeMap<String, String>,
     pub agent: &'a AgentSettings,
+    /// The agent's own NATS credential, minted for this install (none: a bus without
+    /// authentication, or a test).
+    pub credential: Option<&'a Creds>,
 }
 
-fn labels() -> BTreeMap<String, String> {
+pub(crate) fn labels() -> BTreeMap<String, String> {
     [("app.kubernetes.io/managed-by".to_string(), "ksctl".to_string())].into()
 }
 
@@ -88,14 +98,20 @@ fn meta(name: &str, namespace: Option<&str>) -> ObjectMeta {
 pub(crate) fn api_err(what: &str, e: kube::Error) -> PhaseError {
     let text = format!("{what}: {e}");
     match &e {
+        // A namespace still being deleted (say, an addon's, disabled a moment ago) refuses new
+        // objects until its controller has emptied it: that passes.
+        kube::Error::Api(s) if s.code == 403 && s.message.contains("because it is being terminated") => {
+            PhaseError::Retryable(text)
+        }
         kube::Error::Api(s) if s.code < 500 && s.code != 429 => PhaseError::Permanent(text),
         _ => PhaseError::Retryable(text),
     }
 }
 
 /// The agent's permissions, each rule for one thing it does (documented in the README):
-/// read Nodes (inventory, readiness, version drift), and read our own namespace's ConfigMaps,
-/// Deployments and Pods (the health of ksctl's components). Nothing cluster-wide is writable.
+/// read Nodes (inventory, readiness, version drift), read our own namespace's ConfigMaps,
+/// Deployments and Pods (the health of ksctl's components) and ClusterAddons (the addons the
+/// cluster asks for, put into its heartbeats). Nothing is writable.
 pub fn agent_rules() -> (Vec<PolicyRule>, Vec<PolicyRule>) {
     let read = || vec!["get".to_string(), "list".to_string(), "watch".to_string()];
     let cluster = vec![PolicyRule {
@@ -114,6 +130,12 @@ pub fn agent_rules() -> (Vec<PolicyRule>, Vec<PolicyRule>) {
         PolicyRule {
             api_groups: Some(vec!["apps".into()]),
             resources: Some(vec!["deployments".into()]),
+            verbs: read(),
+            ..Default::default()
+        },
+        PolicyRule {
+            api_groups: Some(vec!["manage.ksctl.io".into()]),
+            resources: Some(vec!["clusteraddons".into()]),
             verbs: read(),
             ..Default::default()
         },
@@ -233,35 +255,41 @@ pub async fn install_component(
         "crd/stacks.app.ksctl.io" => apply_crd(client, Stack::crd()).await,
         "configmap/cluster-config" => import_state(client, install.state.clone()).await,
         "secret/ksctl-agent-bus" => {
-            let secret = agent_secret(install.cluster_id, install.agent);
+            let secret = agent_secret(install.cluster_id, install.agent, install.credential);
             apply(&Api::<Secret>::namespaced(client.clone(), NAMESPACE), AGENT_BUS_SECRET, &secret).await
         }
         "deployment/ksctl-agent" => {
-            let d = agent_deployment(&install.agent.image);
+            let user = match install.credential {
+                Some(c) => Some(c.public_key().map_err(|e| PhaseError::Permanent(e.to_string()))?),
+                None => None,
+            };
+            let d = agent_deployment(&install.agent.image, user.as_deref());
             apply(&Api::<Deployment>::namespaced(client.clone(), NAMESPACE), AGENT, &d).await
         }
         "service/ksctl-agent" => {
             apply(&Api::<Service>::namespaced(client.clone(), NAMESPACE), AGENT, &agent_service()).await
         }
-        "cni/flannel" => manifests::apply(client, &manifests::FLANNEL.through(install.artifacts)).await.map(|_| ()),
-        other => match other.strip_prefix("addon/") {
-            Some(name) => enable_addon(client, name, install.artifacts).await,
-            None => Err(PhaseError::Permanent(format!("unknown component {other}"))),
+        other => match (other.strip_prefix("addon/"), other.strip_prefix("cni/").and_then(manifests::cni)) {
+            (Some(name), _) => enable_addon(client, name, install.artifacts).await,
+            (_, Some(cni)) => manifests::apply(client, &cni.through(install.artifacts)).await.map(|_| ()),
+            _ => Err(PhaseError::Permanent(format!("unknown component {other}"))),
         },
     }
 }
 
 /// The agent's bus settings: the NATS URL as the cluster reaches it, the cluster it reports
-/// for, and its own credentials when the bus requires them.
-pub fn agent_secret(cluster_id: &str, agent: &AgentSettings) -> Secret {
+/// for, and its own credential when the bus requires one.
+pub fn agent_secret(cluster_id: &str, agent: &AgentSettings, credential: Option<&Creds>) -> Secret {
     let mut data: BTreeMap<String, ByteString> = [
         ("KSCTL_NATS_URL".to_string(), ByteString(agent.nats_url.clone().into_bytes())),
         ("KSCTL_CLUSTER_ID".to_string(), ByteString(cluster_id.as_bytes().to_vec())),
     ]
     .into();
-    if let (Some(u), Some(p)) = (&agent.nats_user, &agent.nats_password) {
-        data.insert("KSCTL_NATS_USER".into(), ByteString(u.clone().into_bytes()));
-        data.insert("KSCTL_NATS_PASSWORD".into(), ByteString(p.clone().into_bytes()));
+    if let Some(c) = credential {
+        data.insert("KSCTL_NATS_CREDS".into(), ByteString(c.file_text().into_bytes()));
+    }
+    if let Some(ca) = &agent.nats_ca {
+        data.insert("KSCTL_NATS_CA".into(), ByteString(ca.clone().into_bytes()));
     }
     Secret { metadata: meta(AGENT_BUS_SECRET, Some(NAMESPACE)), data: Some(data), ..Default::default() }
 }
@@ -272,12 +300,14 @@ fn agent_selector() -> serde_json::Value {
 
 /// One agent replica: the agent's service account, its settings from the Secret, non-root with
 /// a read-only root filesystem, probed on its HTTP port. It tolerates the control planes'
-/// `CriticalAddonsOnly` taint so it runs on a cluster without workers too.
-pub fn agent_deployment(image: &str) -> Deployment {
+/// `CriticalAddonsOnly` taint so it runs on a cluster without workers too. `nats_user`, the
+/// public key of the credential in the Secret, is a pod annotation: a new credential restarts
+/// the pod, which reads it at start.
+pub fn agent_deployment(image: &str, nats_user: Option<&str>) -> Deployment {
     let mut pod_labels = agent_selector();
     pod_labels["app.kubernetes.io/managed-by"] = "ksctl".into();
     let probe = |path: &str| serde_json::json!({"httpGet": {"path": path, "port": "http"}, "periodSeconds": 10});
-    let spec = serde_json::json!({
+    let mut spec = serde_json::json!({
         "replicas": 1,
         "selector": {"matchLabels": agent_selector()},
         "template": {
@@ -309,6 +339,11 @@ pub fn agent_deployment(image: &str) -> Deployment {
             }
         }
     });
+    // No empty annotations map: the server stores none, so applying `{}` would differ from
+    // what is stored every time, and a no-op apply in a later second would write the object.
+    if let Some(u) = nats_user {
+        spec["template"]["metadata"]["annotations"] = serde_json::json!({"ksctl.io/nats-user": u});
+    }
     Deployment {
         metadata: meta(AGENT, Some(NAMESPACE)),
         spec: serde_json::from_value(spec).expect("a valid DeploymentSpec"),
@@ -329,26 +364,31 @@ pub fn agent_service() -> Service {
     }
 }
 
-/// Applies an addon's pinned manifests and its `Stack` object.
+/// Applies an addon's pinned manifests, then deletes what an earlier pin of it applied and this
+/// one has not (an upgrade). Its `Stack` (`ksctl-system/<addon>`) carries the inventory: written
+/// with the new objects added before any is applied, so a crash cannot leave an object ksctl
+/// does not know; trimmed to them once the old ones are gone.
 pub async fn enable_addon(client: &kube::Client, name: &str, artifacts: &Artifacts) -> Result<(), PhaseError> {
     let stack = addon_stack(name)?.through(artifacts);
-    manifests::apply(client, &stack).await?;
-    let version = ksctl_core::addons::find(name).map(|a| a.version).unwrap_or_default();
-    let mut obj = Stack::new(
-        name,
-        StackSpec {
-            stack_name: name.into(),
-            components: vec![StackComponent { name: name.into(), version: version.into() }],
-        },
-    );
-    obj.metadata.namespace = Some(NAMESPACE.into());
-    obj.metadata.labels = Some(labels());
-    apply(&Api::<Stack>::namespaced(client.clone(), NAMESPACE), name, &obj).await
+    let objects = stack.objects().map_err(PhaseError::Permanent)?;
+    let wanted: Vec<ObjectRef> = objects.iter().map(object_ref).collect();
+    let before = addon_inventory(client, name).await?;
+    record_addon_stack(client, name, &with_all(&before, &wanted)).await?;
+    manifests::apply_objects(client, &stack, &objects, false).await?;
+    let mut resolver = manifests::Resolver::of(client, &stack);
+    crate::apps::prune(&mut resolver, &left_out(&before, &wanted), name).await?;
+    record_addon_stack(client, name, &wanted).await
 }
 
-/// Removes an addon's objects and its `Stack`.
+/// Deletes every object of the addon — its pinned manifests' and whatever else its inventory
+/// holds — last applied first, then its `Stack`.
 pub async fn disable_addon(client: &kube::Client, name: &str) -> Result<(), PhaseError> {
-    manifests::remove(client, &addon_stack(name)?).await?;
+    let stack = addon_stack(name)?;
+    let inventory = addon_inventory(client, name).await?;
+    let current: Vec<ObjectRef> = stack.objects().map_err(PhaseError::Permanent)?.iter().map(object_ref).collect();
+    let mut resolver = manifests::Resolver::of(client, &stack);
+    crate::apps::prune(&mut resolver, &left_out(&inventory, &current), name).await?;
+    manifests::remove(client, &stack).await?;
     match Api::<Stack>::namespaced(client.clone(), NAMESPACE).delete(name, &DeleteParams::default()).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
@@ -356,20 +396,43 @@ pub async fn disable_addon(client: &kube::Client, name: &str) -> Result<(), Phas
     }
 }
 
-fn addon_stack(name: &str) -> Result<manifests::Stack, PhaseError> {
-    manifests::addon(name).ok_or_else(|| PhaseError::Permanent(format!("no manifests for addon {name}")))
+fn object_ref(obj: &kube::api::DynamicObject) -> ObjectRef {
+    let t = obj.types.clone().unwrap_or_default();
+    ObjectRef {
+        api_version: t.api_version,
+        kind: t.kind,
+        namespace: obj.metadata.namespace.clone(),
+        name: obj.metadata.name.clone().unwrap_or_default(),
+    }
 }
 
-/// The `ClusterAddon` object lists the addons the cluster runs, each with its pinned version.
-pub async fn record_addons(client: &kube::Client, enabled: &[String]) -> Result<(), PhaseError> {
-    let addons = enabled
-        .iter()
-        .map(|n| AddonRef { name: n.clone(), version: ksctl_core::addons::find(n).map(|a| a.version.to_string()) })
-        .collect();
-    let mut obj = ClusterAddon::new(CLUSTER_ADDONS, ClusterAddonSpec { addons });
+/// The objects the addon's `Stack` says ksctl may have applied (none without one, or from a
+/// ksctl that did not record them).
+async fn addon_inventory(client: &kube::Client, name: &str) -> Result<Vec<ObjectRef>, PhaseError> {
+    let cur = Api::<Stack>::namespaced(client.clone(), NAMESPACE)
+        .get_opt(name)
+        .await
+        .map_err(|e| api_err(&format!("reading Stack {name}"), e))?;
+    Ok(cur.map(|s| s.spec.objects.into_iter().map(ObjectRef::from).collect()).unwrap_or_default())
+}
+
+async fn record_addon_stack(client: &kube::Client, name: &str, objects: &[ObjectRef]) -> Result<(), PhaseError> {
+    let version = ksctl_core::addons::find(name).map(|a| a.version).unwrap_or_default();
+    let mut obj = Stack::new(
+        name,
+        StackSpec {
+            stack_name: name.into(),
+            components: vec![StackComponent { name: name.into(), version: version.into() }],
+            objects: objects.iter().map(StackObject::from).collect(),
+        },
+    );
     obj.metadata.namespace = Some(NAMESPACE.into());
     obj.metadata.labels = Some(labels());
-    apply(&Api::<ClusterAddon>::namespaced(client.clone(), NAMESPACE), CLUSTER_ADDONS, &obj).await
+    apply(&Api::<Stack>::namespaced(client.clone(), NAMESPACE), name, &obj).await
+}
+
+fn addon_stack(name: &str) -> Result<manifests::Stack, PhaseError> {
+    manifests::addon(name).ok_or_else(|| PhaseError::Permanent(format!("no manifests for addon {name}")))
 }
 
 /// The workloads of a plan whose readiness the install waits for.
@@ -378,10 +441,11 @@ pub fn plan_workloads(plan: &[String]) -> Result<Vec<(String, String, String)>, 
     for c in plan {
         match c.as_str() {
             "deployment/ksctl-agent" => out.push(("Deployment".into(), NAMESPACE.into(), AGENT.into())),
-            "cni/flannel" => out.extend(manifests::workloads(&manifests::FLANNEL)?),
             other => {
                 if let Some(name) = other.strip_prefix("addon/") {
                     out.extend(manifests::workloads(&addon_stack(name)?)?);
+                } else if let Some(cni) = other.strip_prefix("cni/").and_then(manifests::cni) {
+                    out.extend(manifests::workloads(&cni)?);
                 }
             }
         }
@@ -518,40 +582,136 @@ pub async fn drain_node(client: &kube::Client, node: &str, timeout: Duration) ->
     }
 }
 
-/// A client from a kubeconfig (YAML), with bounded connect and read times.
-pub async fn client_from(kubeconfig: &str) -> Result<kube::Client, PhaseError> {
+/// A client configuration from a kubeconfig (YAML), with bounded connect and read times.
+pub async fn config_from(kubeconfig: &str) -> Result<kube::Config, PhaseError> {
     let unusable = |e: String| PhaseError::Permanent(format!("the stored kubeconfig is unusable: {e}"));
     let kc = kube::config::Kubeconfig::from_yaml(kubeconfig).map_err(|e| unusable(e.to_string()))?;
     let mut config =
         kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.map_err(|e| unusable(e.to_string()))?;
     config.connect_timeout = Some(Duration::from_secs(10));
     config.read_timeout = Some(Duration::from_secs(30));
+    Ok(config)
+}
+
+/// A client from a kubeconfig (YAML), with bounded connect and read times.
+pub async fn client_from(kubeconfig: &str) -> Result<kube::Client, PhaseError> {
+    let config = config_from(kubeconfig).await?;
     kube::Client::try_from(config).map_err(|e| PhaseError::Permanent(format!("Kubernetes client: {e}")))
 }
 
 impl KubeApi {
-    pub fn new(store: DynStore, settings: Settings) -> Self {
-        Self { store, settings }
+    pub fn new(
+        store: DynStore,
+        settings: Settings,
+        credentials: Option<std::sync::Arc<AgentCredentials>>,
+        bus: async_nats::Client,
+    ) -> Self {
+        Self { store, settings, credentials, bus }
     }
 
     async fn client(&self, ctx: &PhaseCtx<'_>) -> Result<kube::Client, PhaseError> {
-        let id = &ctx.cluster.id;
-        let sealed = match ctx.cluster.cluster_type {
+        self.client_for(&ctx.rt.sealer, ctx.cluster).await
+    }
+
+    async fn client_for(
+        &self,
+        sealer: &ksctl_core::seal::Sealer,
+        cluster: &ClusterRecord,
+    ) -> Result<kube::Client, PhaseError> {
+        let id = &cluster.id;
+        let sealed = match cluster.cluster_type {
             ClusterType::Selfmanaged => {
                 read_record::<BootstrapRecord>(&self.store, &keys::bootstrap(id)).await?.kubeconfig
             }
-            // EKS tokens last 15 minutes and are minted per call by the cloud-controller; the
-            // stored kubeconfig's token is long expired by the time this phase could use it.
-            ClusterType::Managed if ctx.cluster.provider == Provider::Aws => {
-                return Err(PhaseError::Permanent(
-                    "provider aws has no Kubernetes API client for managed (EKS) clusters in this k8s-controller"
-                        .into(),
-                ));
+            // EKS tokens last 15 minutes and are minted by the cloud-controller; the stored
+            // kubeconfig's token is long expired by the time this phase could use it.
+            ClusterType::Managed if cluster.provider.kubeconfig_expires(cluster.cluster_type) => {
+                return crate::fresh_token::client(&self.bus, id).await;
             }
             ClusterType::Managed => read_record::<InfraRecord>(&self.store, &keys::cloud(id)).await?.kubeconfig,
         };
         let sealed = sealed.ok_or_else(|| PhaseError::Permanent(format!("cluster {id} has no kubeconfig in state")))?;
-        client_from(&ctx.rt.sealer.open_string(&format!("kubeconfig/{id}"), &sealed)?).await
+        client_from(&sealer.open_string(&format!("kubeconfig/{id}"), &sealed)?).await
+    }
+
+    /// Gives the NATS servers the account JWT with the current revocations (nothing to do on a
+    /// bus without authentication).
+    pub async fn push_revocations(&self) -> Result<(), PhaseError> {
+        match &self.credentials {
+            Some(c) => c.push().await,
+            None => Ok(()),
+        }
+    }
+
+    /// Gives a running cluster's agent a new credential: the Secret, then the Deployment (whose
+    /// pod restarts with it), then the record, which revokes the old one. The caller holds the
+    /// cluster's lease.
+    pub async fn rotate_credential(
+        &self,
+        sealer: &ksctl_core::seal::Sealer,
+        cluster: &ClusterRecord,
+    ) -> Result<(), PhaseError> {
+        let Some(credentials) = &self.credentials else { return Ok(()) };
+        let client = self.client_for(sealer, cluster).await?;
+        let (creds, record) = credentials.mint(&cluster.id)?;
+        let install = Install {
+            cluster_id: cluster.id.as_str(),
+            artifacts: &self.settings.artifacts,
+            state: BTreeMap::new(),
+            agent: &self.settings.agent,
+            credential: Some(&creds),
+        };
+        for component in ["secret/ksctl-agent-bus", "deployment/ksctl-agent"] {
+            install_component(&client, component, &install).await?;
+        }
+        credentials.record(&cluster.id, record).await
+    }
+
+    /// Writes the cluster's `ClusterAddon` spec and records the object's uid and generation
+    /// after it (heartbeats that read an older generation of it are then ignored).
+    async fn write_cluster_addons(
+        &self,
+        client: &kube::Client,
+        cluster: &ClusterRecord,
+        change: SpecChange<'_>,
+    ) -> Result<(), PhaseError> {
+        let written = cluster_addon::write_spec(client, &cluster.spec.addons, change).await?;
+        update_record(&self.store, &keys::k8s(&cluster.id), |r: &mut K8sRecord| {
+            r.cluster_addon_written = written.clone()
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Enables (applies, waits for ready) or disables one addon; `version` is the one a
+    /// `ClusterAddon` object pins, refused when ksctl does not ship it.
+    async fn change_addon(
+        &self,
+        ctx: &PhaseCtx<'_>,
+        client: &kube::Client,
+        name: &str,
+        enable: bool,
+        version: Option<&str>,
+    ) -> Result<(), PhaseError> {
+        let Some(addon) = ksctl_core::addons::find(name) else {
+            return Err(PhaseError::Permanent(format!(
+                "unknown addon {name:?}; available: {}",
+                ksctl_core::addons::names()
+            )));
+        };
+        if let Some(v) = version.filter(|v| *v != addon.version) {
+            return Err(PhaseError::Permanent(format!(
+                "addon {name} {v} is not available: this ksctl ships {name} {}",
+                addon.version
+            )));
+        }
+        if !enable {
+            return disable_addon(client, name).await;
+        }
+        enable_addon(client, name, &self.settings.artifacts).await?;
+        ctx.progress(format!("applied addon {name}"), 1, 2).await;
+        let workloads = manifests::workloads(&addon_stack(name)?)?;
+        manifests::wait_ready(client, &workloads, self.settings.ready_timeout).await
     }
 }
 
@@ -561,11 +721,15 @@ impl ClusterApi for KubeApi {
         let client = self.client(ctx).await?;
         let id = &ctx.cluster.id;
         let infra: InfraRecord = read_record(&self.store, &keys::cloud(id)).await?;
+        // Every run mints anew: a run that stopped after applying the Secret left a credential
+        // this record may not name, which expires on its own.
+        let minted = self.credentials.as_ref().map(|c| c.mint(id)).transpose()?;
         let install = Install {
             cluster_id: id.as_str(),
             artifacts: &self.settings.artifacts,
             state: cluster_config(ctx, &infra),
             agent: &self.settings.agent,
+            credential: minted.as_ref().map(|(c, _)| c),
         };
         let plan = crate::install_plan(ctx.cluster);
         let total = plan.len() as u32 + 1;
@@ -577,36 +741,79 @@ impl ClusterApi for KubeApi {
                 r.installed.insert(component.to_string());
             })
             .await?;
+            if let (Some(credentials), Some((_, record)), "secret/ksctl-agent-bus") =
+                (&self.credentials, &minted, component.as_str())
+            {
+                credentials.record(id, record.clone()).await?;
+            }
             ctx.progress(format!("applied {component}"), n as u32 + 1, total).await;
         }
-        record_addons(&client, &ctx.cluster.spec.addons).await?;
+        let addons = &ctx.cluster.spec.addons;
+        self.write_cluster_addons(&client, ctx.cluster, SpecChange::Set(addons)).await?;
         let workloads = plan_workloads(&plan)?;
         manifests::wait_ready(&client, &workloads, self.settings.ready_timeout).await?;
+        for a in addons {
+            let version = ksctl_core::addons::find(a).map(|a| a.version);
+            cluster_addon::report(&client, a, Some(cluster_addon::status("Installed", version, None, None))).await;
+        }
         let names: Vec<String> = workloads.iter().map(|(_, ns, n)| format!("{ns}/{n}")).collect();
         ctx.progress(format!("ready: {}", names.join(", ")), total, total).await;
         Ok(())
     }
 
+    /// Changes one addon and reports it in the `ClusterAddon` status; a change a request asked
+    /// for is written into the object's spec too (one the object asked for is there already).
+    /// ksctl's CRDs and the agent's RBAC are applied again first: a cluster installed by an
+    /// older ksctl gets the current ones (the Stack inventory, the status, the agent's right to
+    /// read the object).
     async fn addon(&self, ctx: &PhaseCtx<'_>) -> Result<(), PhaseError> {
         let (name, enable) = crate::addon_change(ctx)?;
+        let op = ctx.cluster.operation.as_ref().expect("addon_change found the operation");
+        let asked_at = op.cluster_addon_generation;
         let client = self.client(ctx).await?;
-        let mut enabled = ctx.cluster.spec.addons.clone();
-        if enable {
-            enable_addon(&client, &name, &self.settings.artifacts).await?;
-            ctx.progress(format!("applied addon {name}"), 1, 2).await;
-            let workloads = manifests::workloads(&addon_stack(&name)?)?;
-            manifests::wait_ready(&client, &workloads, self.settings.ready_timeout).await?;
-            if !enabled.contains(&name) {
-                enabled.push(name.clone());
-            }
-        } else {
-            disable_addon(&client, &name).await?;
-            enabled.retain(|a| *a != name);
+        let install = Install {
+            cluster_id: ctx.cluster.id.as_str(),
+            artifacts: &self.settings.artifacts,
+            state: BTreeMap::new(),
+            agent: &self.settings.agent,
+            credential: None,
+        };
+        for component in ["rbac/ksctl-agent", "crd/clusteraddons.manage.ksctl.io", "crd/stacks.app.ksctl.io"] {
+            install_component(&client, component, &install).await?;
         }
-        record_addons(&client, &enabled).await?;
+        let version = ksctl_core::addons::find(&name).map(|a| a.version);
+        let now = if enable { "Installing" } else { "Removing" };
+        cluster_addon::report(&client, &name, Some(cluster_addon::status(now, version, None, asked_at))).await;
+        let changed = self.change_addon(ctx, &client, &name, enable, op.addon_version.as_deref()).await;
+        let after = match &changed {
+            Ok(()) if enable => Some(cluster_addon::status("Installed", version, None, asked_at)),
+            Ok(()) => None,
+            Err(e @ PhaseError::Permanent(_)) => {
+                Some(cluster_addon::status("Failed", version, Some(e.to_string()), asked_at))
+            }
+            // Tried again: still under way, with why the last try did not get there.
+            Err(e) => Some(cluster_addon::status(now, version, Some(e.to_string()), asked_at)),
+        };
+        cluster_addon::report(&client, &name, after).await;
+        changed?;
+        if asked_at.is_none() {
+            let change = if enable { SpecChange::Enable(&name) } else { SpecChange::Disable(&name) };
+            self.write_cluster_addons(&client, ctx.cluster, change).await?;
+        }
         let verb = if enable { "enabled and ready" } else { "removed" };
         ctx.progress(format!("addon {name} {verb}"), 2, 2).await;
         Ok(())
+    }
+
+    async fn apps(&self, ctx: &PhaseCtx<'_>) -> Result<(), PhaseError> {
+        let (stack, manifests) = crate::apps::change(&self.store, ctx).await?;
+        let client = self.client(ctx).await?;
+        match manifests {
+            Some(yaml) => {
+                crate::apps::apply(&client, &self.store, ctx, &stack, &yaml, self.settings.ready_timeout).await
+            }
+            None => crate::apps::delete(&client, &self.store, ctx, &stack).await,
+        }
     }
 
     async fn uninstall(&self, ctx: &PhaseCtx<'_>) -> Result<(), PhaseError> {
@@ -617,9 +824,7 @@ impl ClusterApi for KubeApi {
         }
         let mut stacks: Vec<manifests::Stack> =
             ctx.cluster.spec.addons.iter().filter_map(|a| manifests::addon(a)).collect();
-        if crate::cni(ctx.cluster).is_some() {
-            stacks.push(manifests::FLANNEL);
-        }
+        stacks.extend(crate::cni(ctx.cluster).and_then(|c| c.strip_prefix("cni/")).and_then(manifests::cni));
         let work = async { uninstall_objects(&self.client(ctx).await?, &stacks).await };
         // A cluster that does not answer must not block deleting its infrastructure.
         let msg = match tokio::time::timeout(UNREACHABLE_AFTER, work).await {

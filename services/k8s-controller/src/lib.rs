@@ -2,9 +2,14 @@
 //! uninstalls on delete. The Kubernetes API sits behind [`ClusterApi`]: the real API with `kube`
 //! for clusters bootstrapped over SSH, the simulated one for `sim`.
 
+pub mod apps;
+pub mod cluster_addon;
 pub mod crds;
+pub mod credentials;
+pub mod fresh_token;
 pub mod kube_api;
 pub mod manifests;
+pub mod rotation;
 pub mod sim_kube;
 
 use clap::Parser;
@@ -26,22 +31,28 @@ pub struct Config {
     /// How long a scale-down waits for evicted pods to leave a node before it retries.
     #[arg(long, env = "KSCTL_DRAIN_TIMEOUT_SECS", default_value_t = 300)]
     pub drain_timeout_secs: u64,
-    /// How long an install or addon waits for its Deployments and DaemonSets to be ready.
+    /// How long an install or addon waits for its Deployments, DaemonSets and StatefulSets.
     #[arg(long, env = "KSCTL_READY_TIMEOUT_SECS", default_value_t = 300)]
     pub ready_timeout_secs: u64,
     /// The image of the in-cluster agent (the ksctl-rs image holds `ksctl-agent`); pulled
     /// through KSCTL_IMAGE_REGISTRY when that is set.
-    #[arg(long, env = "KSCTL_AGENT_IMAGE", default_value = "ksctl-rs:latest")]
+    #[arg(long, env = "KSCTL_AGENT_IMAGE", default_value = concat!("ksctl-rs:", env!("CARGO_PKG_VERSION")))]
     pub agent_image: String,
     /// The NATS URL as the clusters reach it (default: this controller's --nats-url).
     #[arg(long, env = "KSCTL_AGENT_NATS_URL")]
     pub agent_nats_url: Option<String>,
-    /// The agent's own NATS credentials, put into the cluster's `ksctl-agent-bus` Secret. Give
-    /// the agent a user that may only publish `ksctl.events.*.health`; never this controller's.
-    #[arg(long, env = "KSCTL_AGENT_NATS_USER")]
-    pub agent_nats_user: Option<String>,
-    #[arg(long, env = "KSCTL_AGENT_NATS_PASSWORD", hide_env_values = true)]
-    pub agent_nats_password: Option<String>,
+    /// The CA (PEM file) that signed the NATS servers' certificate, put into each agent's
+    /// Secret (default: this controller's KSCTL_NATS_CA_FILE).
+    #[arg(long, env = "KSCTL_AGENT_NATS_CA_FILE")]
+    pub agent_nats_ca_file: Option<String>,
+    /// The bus's authority file (`ksctl auth init` writes `authority.json`): with it, every
+    /// cluster's agent gets its own NATS credential, rotated and revoked here. Without it the
+    /// agent connects without credentials (a bus without authentication).
+    #[arg(long, env = "KSCTL_NATS_AUTHORITY_FILE")]
+    pub nats_authority_file: Option<String>,
+    /// How long an agent credential lives; it is replaced when a third of that is left.
+    #[arg(long, env = "KSCTL_AGENT_CREDENTIAL_TTL_SECS", default_value_t = 86_400)]
+    pub agent_credential_ttl_secs: u64,
 }
 
 /// The workers a scale-down removes: those beyond the target, highest index first (only
@@ -108,11 +119,19 @@ pub const COMPONENTS: [&str; 9] = [
     "service/ksctl-agent",
 ];
 
-/// The CNI ksctl installs: flannel on kubeadm clusters unless the spec says otherwise (k3s
-/// brings its own flannel; managed clusters get the cloud's CNI).
+/// The CNI ksctl installs, as a component: flannel on kubeadm clusters unless the spec says
+/// otherwise, Calico or Cilium on any self-managed cluster that asks for it (k3s brings its own
+/// flannel, started without it then; managed clusters get the cloud's CNI).
 pub fn cni(cluster: &ClusterRecord) -> Option<&'static str> {
-    let flannel = matches!(cluster.spec.cni.as_deref(), None | Some("flannel"));
-    (cluster.distro == Some(Distro::Kubeadm) && flannel).then_some("cni/flannel")
+    if cluster.cluster_type != ksctl_core::spec::ClusterType::Selfmanaged {
+        return None;
+    }
+    match (cluster.distro, cluster.spec.cni.as_deref()) {
+        (Some(Distro::Kubeadm), None | Some("flannel")) => Some("cni/flannel"),
+        (_, Some("calico")) => Some("cni/calico"),
+        (_, Some("cilium")) => Some("cni/cilium"),
+        _ => None,
+    }
 }
 
 /// Everything an install applies, in order: our components, the CNI, the enabled addons.
@@ -143,22 +162,30 @@ pub trait ClusterApi: Send + Sync {
     async fn drain(&self, ctx: &PhaseCtx<'_>) -> Result<(), PhaseError>;
     /// Enables or disables the addon of the operation ([`addon_change`]).
     async fn addon(&self, ctx: &PhaseCtx<'_>) -> Result<(), PhaseError>;
+    /// Applies or deletes the user's application stack of the operation ([`apps::change`]).
+    async fn apps(&self, ctx: &PhaseCtx<'_>) -> Result<(), PhaseError>;
 }
 
 struct K8sWorker {
     providers: HashMap<Provider, Arc<dyn ClusterApi>>,
+    credentials: Option<Arc<credentials::AgentCredentials>>,
 }
 
 #[async_trait::async_trait]
 impl PhaseWorker for K8sWorker {
     async fn run(&self, ctx: &PhaseCtx<'_>) -> Result<(), PhaseError> {
+        // First, whatever the provider and whether or not the cluster answers: the agent's
+        // credential dies with its cluster.
+        if let (Phase::K8sUninstall, Some(c)) = (ctx.cmd.phase, &self.credentials) {
+            c.revoke_cluster(&ctx.cluster.id).await?;
+        }
         let provider = ctx.cluster.provider;
         let Some(api) = self.providers.get(&provider) else {
             // Deleting the infrastructure deletes whatever runs on it: a cluster we cannot talk
             // to must not block its own deletion.
             if ctx.cmd.phase == Phase::K8sUninstall {
                 ctx.progress(format!("no Kubernetes API client for provider {provider}; in-cluster objects go with the infrastructure"), 1, 1).await;
-                return Ok(());
+                return forget_apps(ctx).await;
             }
             return Err(PhaseError::Permanent(format!(
                 "provider {provider} has no Kubernetes API client in this k8s-controller"
@@ -166,12 +193,25 @@ impl PhaseWorker for K8sWorker {
         };
         match ctx.cmd.phase {
             Phase::K8sInstall => api.install(ctx).await,
-            Phase::K8sUninstall => api.uninstall(ctx).await,
+            Phase::K8sUninstall => {
+                api.uninstall(ctx).await?;
+                forget_apps(ctx).await
+            }
             Phase::K8sDrain => api.drain(ctx).await,
             Phase::K8sAddon => api.addon(ctx).await,
+            Phase::K8sApps => api.apps(ctx).await,
             other => Err(PhaseError::Permanent(format!("k8s-controller does not run phase {other}"))),
         }
     }
+}
+
+/// The application stacks' records go with their cluster (their objects with its machines).
+async fn forget_apps(ctx: &PhaseCtx<'_>) -> Result<(), PhaseError> {
+    let store = &ctx.rt.store;
+    for (key, _) in store.children(&format!("app.{}", ctx.cluster.id)).await? {
+        store.delete(&key).await?;
+    }
+    Ok(())
 }
 
 pub async fn run(config: Config, shutdown: tokio::sync::watch::Receiver<bool>) -> Result<(), RuntimeError> {
@@ -188,18 +228,50 @@ pub async fn run(config: Config, shutdown: tokio::sync::watch::Receiver<bool>) -
         agent: kube_api::AgentSettings {
             image: artifacts.image(&config.agent_image),
             nats_url: config.agent_nats_url.clone().unwrap_or_else(|| config.common.nats_url.clone()),
-            nats_user: config.agent_nats_user.clone(),
-            nats_password: config.agent_nats_password.clone(),
+            nats_ca: match config.agent_nats_ca_file.as_ref().or(config.common.nats_ca_file.as_ref()) {
+                Some(f) => Some(
+                    std::fs::read_to_string(f)
+                        .map_err(|e| RuntimeError::Config(format!("reading the agents' NATS CA {f}: {e}")))?,
+                ),
+                None => None,
+            },
         },
         artifacts,
     };
+    let credentials = match &config.nats_authority_file {
+        Some(file) => {
+            let text = std::fs::read_to_string(file)
+                .map_err(|e| RuntimeError::Config(format!("reading the NATS authority file {file}: {e}")))?;
+            let authority =
+                ksctl_bus::auth::Authority::from_json(&text).map_err(|e| RuntimeError::Config(e.to_string()))?;
+            let c = credentials::AgentCredentials::new(
+                authority,
+                std::time::Duration::from_secs(config.agent_credential_ttl_secs.max(3)),
+                config.common.nats_url.clone(),
+                config.common.nats_auth(),
+                rt.store.clone(),
+            );
+            // Servers that lost their resolver directory learn the revocations again.
+            if let Err(e) = c.push().await {
+                tracing::warn!(error = %e, "could not give the servers the current account JWT");
+            }
+            Some(Arc::new(c))
+        }
+        None => None,
+    };
     // Self-managed clusters on any cloud are reached the same way: the kubeconfig the
     // bootstrap sealed, through their load balancer.
-    let kube: Arc<dyn ClusterApi> = Arc::new(kube_api::KubeApi::new(rt.store.clone(), settings));
+    let kube_api =
+        Arc::new(kube_api::KubeApi::new(rt.store.clone(), settings, credentials.clone(), rt.publisher.client.clone()));
+    if credentials.is_some() {
+        let every = std::time::Duration::from_secs((config.agent_credential_ttl_secs / 6).clamp(1, 300));
+        tokio::spawn(rotation::run(rt.clone(), kube_api.clone(), every, shutdown.clone()));
+    }
+    let kube: Arc<dyn ClusterApi> = kube_api;
     providers.insert(Provider::Byo, kube.clone());
     // kind clusters: the kubeconfig the cloud-controller sealed (an API server on this host).
     providers.insert(Provider::Local, kube.clone());
     providers.insert(Provider::Azure, kube.clone());
     providers.insert(Provider::Aws, kube);
-    ksctl_runtime::run_controller(rt, Service::K8s, Arc::new(K8sWorker { providers }), shutdown).await
+    ksctl_runtime::run_controller(rt, Service::K8s, Arc::new(K8sWorker { providers, credentials }), shutdown).await
 }

@@ -95,6 +95,34 @@ impl ClusterApi for SimKube {
         Ok(())
     }
 
+    async fn apps(&self, ctx: &PhaseCtx<'_>) -> Result<(), PhaseError> {
+        let id = &ctx.cluster.id;
+        let (stack, manifests) = crate::apps::change(&self.store, ctx).await?;
+        let object = format!("app/{stack}");
+        self.sim
+            .run("k8s.apps", async {
+                match &manifests {
+                    Some(yaml) => {
+                        ksctl_core::apps::parse(yaml).map_err(PhaseError::Permanent)?;
+                        self.sim.ensure(id, "k8s_object", &object, None, 0, 0).await?;
+                    }
+                    None => {
+                        if let Some(o) =
+                            self.sim.list(id).await?.into_iter().find(|r| r.kind == "k8s_object" && r.name == object)
+                        {
+                            self.sim.delete(id, &o.id).await?;
+                        }
+                        self.store.delete(&keys::app(id, &stack)).await?;
+                    }
+                }
+                Ok(())
+            })
+            .await?;
+        let verb = if manifests.is_some() { "applied" } else { "deleted" };
+        ctx.progress(format!("{verb} {object}"), 1, 1).await;
+        Ok(())
+    }
+
     async fn drain(&self, ctx: &PhaseCtx<'_>) -> Result<(), PhaseError> {
         crate::drain_workers(&self.store, ctx, |vm| async move {
             self.sim.run("k8s.drain", self.sim.apply_on_host(&ctx.cluster.id, &vm.id, "drain")).await

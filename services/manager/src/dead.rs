@@ -23,7 +23,8 @@ impl Handler for DeadHandler {
         let original = env.subject().strip_prefix(DEAD_PREFIX).unwrap_or_default().to_string();
         let why = reason(env);
         let kind = original.split('.').nth(1).unwrap_or_default();
-        m.rt.metrics.inc("dead_letters_total", &[("kind", kind)]);
+        let label = ksctl_bus::metrics::known_label(kind, &["request", "result", "cloud", "bootstrap", "k8s"]);
+        m.rt.metrics.inc("dead_letters_total", &[("kind", label)]);
         let failed = match kind {
             "result" => serde_json::from_slice::<PhaseResult>(env.payload()).ok().map(|mut r| {
                 r.error = Some(why.clone());

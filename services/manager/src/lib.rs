@@ -7,6 +7,7 @@ mod ops;
 mod queries;
 mod reconciler;
 mod requests;
+pub mod reseal;
 mod results;
 
 use clap::Parser;
@@ -38,6 +39,27 @@ pub struct Config {
     /// Re-dispatches of a silent phase before the operation fails with the reason.
     #[arg(long, env = "KSCTL_MAX_REDISPATCH", default_value_t = 5)]
     pub max_redispatch: u32,
+    /// Queries (and heartbeats) this replica answers at once; more wait their turn.
+    #[arg(long, env = "KSCTL_MAX_QUERIES", default_value_t = 64)]
+    pub max_queries: usize,
+    #[command(subcommand)]
+    pub cmd: Option<Cmd>,
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Cmd {
+    /// After a seal-key rotation (the new key first in KSCTL_SEAL_KEY_FILE, the old ones after
+    /// it): seal every stored secret again under the new key, then exit. Safe to run while the
+    /// services work, and again.
+    Reseal,
+}
+
+/// `ksctl-manager reseal`.
+pub async fn reseal(config: Config) -> Result<crate::reseal::Resealed, RuntimeError> {
+    let rt = config.common.connect("manager").await?;
+    let done = crate::reseal::run(&rt.store, &rt.sealer).await?;
+    tracing::info!(moved = done.moved, current = done.current, key = %rt.sealer.key_id(), "secrets sealed under the first key");
+    Ok(done)
 }
 
 /// What the manager's handlers share.
@@ -47,6 +69,8 @@ pub struct Manager {
     pub providers: Vec<Provider>,
     pub phase_timeout: Duration,
     pub max_redispatch: u32,
+    /// Bounds the queries and heartbeats handled at once.
+    pub in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 pub async fn run(config: Config, shutdown: tokio::sync::watch::Receiver<bool>) -> Result<(), RuntimeError> {
@@ -69,6 +93,7 @@ pub async fn run(config: Config, shutdown: tokio::sync::watch::Receiver<bool>) -
         providers,
         phase_timeout: Duration::from_secs(config.phase_timeout_secs),
         max_redispatch: config.max_redispatch,
+        in_flight: Arc::new(tokio::sync::Semaphore::new(config.max_queries.max(1))),
     };
     let requests =
         durable_consumer(&rt.publisher.js, REQUESTS_STREAM, MANAGER_REQUESTS_CONSUMER, &rt.bus, 10_000).await?;

@@ -4,6 +4,11 @@ use clap::Parser;
 async fn main() -> anyhow::Result<()> {
     let config = ksctl_manager::Config::parse();
     ksctl_runtime::init_tracing(config.common.log_json);
+    if let Some(ksctl_manager::Cmd::Reseal) = config.cmd {
+        let done = ksctl_manager::reseal(config).await?;
+        println!("{} secrets sealed again under the first key; {} already were", done.moved, done.current);
+        return Ok(());
+    }
     ksctl_manager::run(config, ksctl_runtime::shutdown_signal()).await?;
     Ok(())
 }

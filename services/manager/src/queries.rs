@@ -2,7 +2,7 @@
 //! manager replica, answered from the store.
 use crate::Manager;
 use futures::StreamExt;
-use ksctl_bus::subjects::{KUBECONFIG_QUERY_SUBJECT, QUERY_GROUP, QUERY_SUBJECTS};
+use ksctl_bus::subjects::{QUERY_GROUP, QUERY_SUBJECTS};
 use ksctl_core::ClusterId;
 use ksctl_core::keys;
 use ksctl_core::messages::{
@@ -23,12 +23,17 @@ pub async fn start(m: Manager) -> Result<tokio::task::JoinHandle<()>, RuntimeErr
     Ok(tokio::spawn(async move {
         while let Some(msg) = sub.next().await {
             let m = m.clone();
+            // At most `KSCTL_MAX_QUERIES` at once: a flood waits here (and the client library
+            // drops what it cannot buffer) instead of spawning without bound.
+            let Ok(permit) = m.in_flight.clone().acquire_owned().await else { return };
             tokio::spawn(async move {
+                let _permit = permit;
                 let Some(reply) = msg.reply.clone() else {
                     return;
                 };
                 let verb = msg.subject.as_str().rsplit('.').next().unwrap_or_default().to_string();
-                m.rt.metrics.inc("queries_total", &[("query", &verb)]);
+                let label = ksctl_bus::metrics::known_label(&verb, &["get", "list", "info", "switch", "ops"]);
+                m.rt.metrics.inc("queries_total", &[("query", label)]);
                 let body = answer(&m, &verb, &msg.payload).await;
                 if let Err(e) = m.rt.publisher.client.publish(reply, body.into()).await {
                     tracing::warn!(error = %e, "query reply not sent");
@@ -161,12 +166,16 @@ async fn info(m: &Manager, rec: &ClusterRecord) -> Result<ClusterInfo, String> {
         last_operation: rec.last_operation.as_ref().map(OperationView::from),
         health,
         drift,
+        apps: rec.apps.clone(),
     })
 }
 
 async fn switch(m: &Manager, rec: &ClusterRecord) -> Result<SwitchData, String> {
     if rec.provider.kubeconfig_expires(rec.cluster_type) {
-        return Ok(SwitchData { context: context_name(rec), kubeconfig: fresh_kubeconfig(m, rec).await? });
+        return Ok(SwitchData {
+            context: context_name(rec),
+            kubeconfig: ksctl_bus::cloudquery::fresh_kubeconfig(&m.rt.publisher.client, &rec.id).await?,
+        });
     }
     let s = &m.rt.store;
     let e = |e: ksctl_runtime::PhaseError| e.to_string();
@@ -179,20 +188,4 @@ async fn switch(m: &Manager, rec: &ClusterRecord) -> Result<SwitchData, String> 
     let sealed = sealed.ok_or_else(|| format!("cluster {} has no kubeconfig yet (state {})", rec.id, rec.state))?;
     let kubeconfig = m.rt.sealer.open_string(&format!("kubeconfig/{}", rec.id), &sealed).map_err(|e| e.to_string())?;
     Ok(SwitchData { context: context_name(rec), kubeconfig })
-}
-
-/// Asks a cloud-controller for a kubeconfig with fresh credentials (EKS tokens last 15 minutes).
-async fn fresh_kubeconfig(m: &Manager, rec: &ClusterRecord) -> Result<String, String> {
-    let q = serde_json::to_vec(&NameQuery { cluster_name: rec.id.to_string() }).expect("queries serialise");
-    let ask = m.rt.publisher.client.request(KUBECONFIG_QUERY_SUBJECT, q.into());
-    let msg = tokio::time::timeout(std::time::Duration::from_secs(30), ask)
-        .await
-        .map_err(|_| "no cloud-controller answered for fresh credentials within 30 s".to_string())?
-        .map_err(|e| format!("asking a cloud-controller for fresh credentials: {e}"))?;
-    let reply: QueryReply<String> =
-        serde_json::from_slice(&msg.payload).map_err(|e| format!("unreadable credentials reply: {e}"))?;
-    match reply {
-        QueryReply { ok: true, data: Some(kc), .. } => Ok(kc),
-        QueryReply { error, .. } => Err(format!("refreshing credentials: {}", error.unwrap_or_default())),
-    }
 }

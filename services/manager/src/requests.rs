@@ -3,11 +3,13 @@
 use crate::Manager;
 use crate::ops::touch;
 use ksctl_bus::{Envelope, Handler, HandlerError};
+use ksctl_core::addons::{DesiredAddons, Followed, ObjectGeneration, is_news, steps_towards};
 use ksctl_core::ids::validate_request_id;
 use ksctl_core::messages::{
-    API_VERSION, AddonRequest, CreateRequest, DeleteRequest, Event, EventKind, REPLY_HEADER, RequestReply, ScaleRequest,
+    API_VERSION, AddonRequest, AppsRequest, CreateRequest, DeleteRequest, Event, EventKind, REPLY_HEADER, RequestReply,
+    ScaleRequest,
 };
-use ksctl_core::records::{ClusterRecord, OperationRecord};
+use ksctl_core::records::{AppRecord, ClusterRecord, K8sRecord, OperationRecord};
 use ksctl_core::saga::first_phase;
 use ksctl_core::spec::{ClusterType, FieldError, LOCAL_NO_SCALE, MAX_NODES_PER_ROLE, Provider};
 use ksctl_core::state::{OpKind, check_transition};
@@ -85,11 +87,16 @@ struct Plan {
     kind: OpKind,
     target_workers: Option<u32>,
     addon: Option<String>,
+    /// An application stack's name, and for an apply the manifests it asks for.
+    app: Option<(String, Option<String>)>,
+    /// For an addon change the cluster's `ClusterAddon` object asked for: the object's
+    /// generation and the version it pins.
+    cluster_addon: Option<(ObjectGeneration, Option<String>)>,
 }
 
 impl Plan {
     fn of(kind: OpKind) -> Self {
-        Self { kind, target_workers: None, addon: None }
+        Self { kind, target_workers: None, addon: None, app: None, cluster_addon: None }
     }
 }
 
@@ -106,9 +113,17 @@ fn new_operation(id: &str, rec: &ClusterRecord, plan: Plan) -> OperationRecord {
         finished_at_ms: None,
         target_workers: plan.target_workers,
         addon: plan.addon,
+        app: plan.app.map(|(stack, _)| stack),
+        cluster_addon_generation: plan.cluster_addon.as_ref().map(|(g, _)| g.generation),
+        addon_version: plan.cluster_addon.and_then(|(_, v)| v),
         phases_done: vec![],
         error: None,
     }
+}
+
+/// The request kinds, as metric labels (anything else a sender invents is `unknown`).
+fn request_label(verb: &str) -> &'static str {
+    ksctl_bus::metrics::known_label(verb, &["create", "delete", "scale", "addon", "apps"])
 }
 
 #[async_trait::async_trait]
@@ -121,15 +136,18 @@ impl Handler for RequestHandler {
             "delete" => self.delete(env.payload()).await?,
             "scale" => self.scale(env.payload()).await?,
             "addon" => self.addon(env.payload()).await?,
-            other => reject(None, None, format!("unknown request {other:?}; expected create, delete, scale or addon")),
+            "apps" => self.apps(env.payload()).await?,
+            other => {
+                reject(None, None, format!("unknown request {other:?}; expected create, delete, scale, addon or apps"))
+            }
         };
         let reply = match outcome {
             Outcome::Accepted(r) => {
-                m.rt.metrics.inc("requests_total", &[("request", &verb), ("outcome", "accepted")]);
+                m.rt.metrics.inc("requests_total", &[("request", request_label(&verb)), ("outcome", "accepted")]);
                 *r
             }
             Outcome::Rejected { cluster, request_id, message, errors } => {
-                m.rt.metrics.inc("requests_total", &[("request", &verb), ("outcome", "rejected")]);
+                m.rt.metrics.inc("requests_total", &[("request", request_label(&verb)), ("outcome", "rejected")]);
                 tracing::info!(request = %verb, %message, "request rejected");
                 let mut ev = Event::new(cluster.as_deref().unwrap_or("_"), EventKind::Rejected, message.clone());
                 ev.request_id = request_id.clone();
@@ -175,7 +193,8 @@ impl RequestHandler {
         }
         let lease = m.lease(&id).await?;
         let existing = m.load(&id).await?;
-        let result = async {
+        // Every write under the lease is fenced: a replica that lost it writes nothing.
+        let result = lease.fence().scope(async {
             if let Some(o) = self.same_operation(&existing, &op_id, &id, &req.request_id).await? {
                 return Ok(o);
             }
@@ -204,10 +223,12 @@ impl RequestHandler {
                 updated_at_ms: now,
                 operation: None,
                 last_operation: existing.as_ref().and_then(|(r, _)| r.last_operation.clone()),
+                apps: vec![],
+                cluster_addon: None,
             };
             rec.operation = Some(new_operation(&req.request_id, &rec, Plan::of(OpKind::Create)));
             self.start(rec, existing.map(|(_, rev)| rev), &req.request_id).await
-        }
+        })
         .await;
         lease.release().await;
         result
@@ -272,7 +293,7 @@ impl RequestHandler {
                 std::cmp::Ordering::Greater => OpKind::ScaleUp,
                 std::cmp::Ordering::Less => OpKind::ScaleDown,
             };
-            Ok(Decision::Run(Plan { kind, target_workers: Some(target), addon: None }))
+            Ok(Decision::Run(Plan { target_workers: Some(target), ..Plan::of(kind) }))
         })
         .await
     }
@@ -304,9 +325,109 @@ impl RequestHandler {
                     rec.id
                 )));
             }
-            Ok(Decision::Run(Plan { kind, target_workers: None, addon: Some(addon.clone()) }))
+            Ok(Decision::Run(Plan { addon: Some(addon.clone()), ..Plan::of(kind) }))
         })
         .await
+    }
+
+    /// Follows the cluster's `ClusterAddon` object, as a heartbeat read it: when the reading is
+    /// news ([`ksctl_core::addons::is_news`]) and the cluster is idle (running, or its last
+    /// change failed), starts the first addon change the object asks for
+    /// ([`ksctl_core::addons::steps_towards`]) like a request would, under a request id made
+    /// from the object's uid and generation (two replicas start it once). The decision is made
+    /// again under the cluster's lease, from the record read there. Nobody waits for an answer;
+    /// the events tell.
+    pub async fn follow_cluster_addon(&self, rec: &ClusterRecord, desired: &DesiredAddons) -> Result<(), HandlerError> {
+        let m = &self.0;
+        let id = &rec.id;
+        let idle =
+            |r: &ClusterRecord| r.operation.is_none() && check_transition(Some(r.state), OpKind::AddonEnable).is_ok();
+        // Every heartbeat comes here: a cluster that is busy, or in step with its object, costs
+        // no further read.
+        if !idle(rec) || steps_towards(&rec.spec.addons, desired).is_empty() {
+            return Ok(());
+        }
+        let written = ksctl_store::get_json::<K8sRecord>(m.rt.store.as_ref(), &ksctl_core::keys::k8s(id))
+            .await
+            .map_err(crate::ops::store_retry)?
+            .map(|(r, _)| r.cluster_addon_written)
+            .unwrap_or_default();
+        let next = |r: &ClusterRecord| {
+            let news = idle(r) && is_news(desired, &written, r.cluster_addon.as_ref());
+            news.then(|| steps_towards(&r.spec.addons, desired).into_iter().next()).flatten()
+        };
+        let Some(step) = next(rec) else { return Ok(()) };
+        let kind = if step.enable { OpKind::AddonEnable } else { OpKind::AddonDisable };
+        let object = ObjectGeneration { uid: desired.uid.clone(), generation: desired.generation };
+        let outcome = self
+            .transition(id, &step.request_id, kind, |fresh| {
+                if next(fresh).as_ref() != Some(&step) {
+                    return Ok(Decision::Nothing("the ClusterAddon change was decided otherwise meanwhile".into()));
+                }
+                Ok(Decision::Run(Plan {
+                    addon: Some(step.addon.clone()),
+                    cluster_addon: Some((object.clone(), step.version.clone())),
+                    ..Plan::of(kind)
+                }))
+            })
+            .await?;
+        match outcome {
+            Outcome::Accepted(r) => {
+                tracing::info!(cluster_id = %id, addon = %step.addon, generation = desired.generation, message = %r.message, "ClusterAddon change")
+            }
+            Outcome::Rejected { message, .. } => {
+                tracing::info!(cluster_id = %id, addon = %step.addon, %message, "ClusterAddon change not started")
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies a user's application stack (again: prunes what left the file) or deletes it.
+    /// The manifests are checked here (parse, size, names); the server checks them again
+    /// (dry-run) before anything is applied.
+    async fn apps(&self, payload: &[u8]) -> Result<Outcome, HandlerError> {
+        let req: AppsRequest = match parse(payload) {
+            Ok(r) => r,
+            Err(o) => return Ok(o),
+        };
+        let id = match check_common(&req.api_version, &req.request_id, &req.cluster_name) {
+            Ok(id) => id,
+            Err(o) => return Ok(o),
+        };
+        let mut errors = vec![];
+        if let Err(m) = ksctl_core::apps::validate_stack_name(&req.stack) {
+            errors.push(FieldError { field: "stack".into(), message: m });
+        }
+        if let Some(Err(m)) = req.manifests.as_deref().map(ksctl_core::apps::parse) {
+            errors.push(FieldError { field: "manifests".into(), message: m });
+        }
+        if !errors.is_empty() {
+            return Ok(invalid(&req.cluster_name, &req.request_id, errors));
+        }
+        let kind = if req.manifests.is_some() { OpKind::AppsApply } else { OpKind::AppsDelete };
+        self.transition(&id, &req.request_id, kind, move |rec| {
+            if kind == OpKind::AppsDelete && !rec.apps.contains(&req.stack) {
+                return Ok(Decision::Nothing(format!("cluster {} has no stack {}; nothing to do", rec.id, req.stack)));
+            }
+            Ok(Decision::Run(Plan { app: Some((req.stack.clone(), req.manifests.clone())), ..Plan::of(kind) }))
+        })
+        .await
+    }
+
+    /// Records what an accepted apply asks for (sealed: manifests may hold Secrets), keeping
+    /// the inventory of what earlier applies put into the cluster.
+    async fn record_app(&self, id: &ClusterId, stack: &str, manifests: &str) -> Result<(), HandlerError> {
+        let m = &self.0;
+        let sealed = m.rt.sealer.seal(&AppRecord::purpose(id, stack), manifests.as_bytes());
+        let out =
+            ksctl_store::modify(m.rt.store.as_ref(), &ksctl_core::keys::app(id, stack), |cur: Option<AppRecord>| {
+                let mut rec = cur.unwrap_or_else(|| AppRecord { stack: stack.to_string(), ..Default::default() });
+                rec.manifests = Some(sealed.clone());
+                Ok::<_, std::convert::Infallible>(Some(rec))
+            })
+            .await
+            .map_err(|e| HandlerError::retry(format!("recording stack {stack}: {e}")))?;
+        out.map(|_| ()).map_err(|e| match e {})
     }
 
     /// Starts delete, scale or an addon change on an existing cluster. `decide` turns the
@@ -325,28 +446,46 @@ impl RequestHandler {
         }
         let lease = m.lease(id).await?;
         let existing = m.load(id).await?;
-        let result = async {
-            if let Some(o) = self.same_operation(&existing, &op_id, id, request_id).await? {
-                return Ok(o);
-            }
-            let Some((mut rec, rev)) = existing else {
-                return Ok(reject(Some(id.as_str()), Some(request_id), format!("no cluster named {id}")));
-            };
-            let plan = match decide(&rec) {
-                Err(why) => return Ok(reject(Some(id.as_str()), Some(request_id), why)),
-                Ok(Decision::Nothing(why)) => return Ok(accepted(id, request_id, None, why)),
-                Ok(Decision::Run(plan)) => plan,
-            };
-            let kind = plan.kind;
-            if let Err(why) = check_transition(Some(rec.state), kind) {
-                return Ok(reject(Some(id.as_str()), Some(request_id), format!("cannot {kind} cluster {id}: {why}")));
-            }
-            rec.state = kind.busy_state();
-            rec.operation = Some(new_operation(request_id, &rec, plan));
-            touch(&mut rec);
-            self.start(rec, Some(rev), request_id).await
-        }
-        .await;
+        // Every write under the lease is fenced: a replica that lost it writes nothing.
+        let result = lease
+            .fence()
+            .scope(async {
+                if let Some(o) = self.same_operation(&existing, &op_id, id, request_id).await? {
+                    return Ok(o);
+                }
+                let Some((mut rec, rev)) = existing else {
+                    return Ok(reject(Some(id.as_str()), Some(request_id), format!("no cluster named {id}")));
+                };
+                let plan = match decide(&rec) {
+                    Err(why) => return Ok(reject(Some(id.as_str()), Some(request_id), why)),
+                    Ok(Decision::Nothing(why)) => return Ok(accepted(id, request_id, None, why)),
+                    Ok(Decision::Run(plan)) => plan,
+                };
+                let kind = plan.kind;
+                if let Err(why) = check_transition(Some(rec.state), kind) {
+                    return Ok(reject(
+                        Some(id.as_str()),
+                        Some(request_id),
+                        format!("cannot {kind} cluster {id}: {why}"),
+                    ));
+                }
+                // A stack exists from its first accepted apply until a delete of it succeeds
+                // (one that failed halfway may have objects in the cluster).
+                if let Some((stack, Some(manifests))) = &plan.app {
+                    self.record_app(id, stack, manifests).await?;
+                    if !rec.apps.contains(stack) {
+                        rec.apps.push(stack.clone());
+                    }
+                }
+                rec.state = kind.busy_state();
+                if let Some((object, _)) = &plan.cluster_addon {
+                    rec.cluster_addon = Some(Followed { object: object.clone(), failed: false });
+                }
+                rec.operation = Some(new_operation(request_id, &rec, plan));
+                touch(&mut rec);
+                self.start(rec, Some(rev), request_id).await
+            })
+            .await;
         lease.release().await;
         result
     }

@@ -30,7 +30,7 @@ impl ResultHandler {
         let span = tracing::info_span!("result", cluster_id = %res.cluster_id, op_id = %res.op_id, phase = %res.phase);
         async {
             let lease = self.0.lease(&res.cluster_id).await?;
-            let out = self.advance(res).await;
+            let out = lease.fence().scope(self.advance(res)).await;
             lease.release().await;
             out
         }
@@ -62,6 +62,11 @@ impl ResultHandler {
             op.error = Some(format!("{}: {error}", res.phase));
             op.finished_at_ms = Some(now);
             rec.state = op.kind.failed_state();
+            // A change the ClusterAddon object asked for is not tried again for the same
+            // generation of it (the object's status says why).
+            if let (Some(f), Some(_)) = (rec.cluster_addon.as_mut(), op.cluster_addon_generation) {
+                f.failed = true;
+            }
             rec.operation = None;
             rec.last_operation = Some(op.clone());
             touch(&mut rec);
@@ -131,6 +136,10 @@ impl ResultHandler {
             (OpKind::AddonEnable, Some(a)) if !rec.spec.addons.contains(a) => rec.spec.addons.push(a.clone()),
             (OpKind::AddonDisable, Some(a)) => rec.spec.addons.retain(|x| x != a),
             _ => {}
+        }
+        // A stack is listed from its first accepted apply until it is deleted.
+        if let (OpKind::AppsDelete, Some(stack)) = (op.kind, &op.app) {
+            rec.apps.retain(|x| x != stack);
         }
         rec.state = ClusterState::Running;
         rec.operation = None;

@@ -4,6 +4,9 @@ use std::time::Duration;
 pub enum BusError {
     #[error("connecting to NATS at {url}: {source}")]
     Connect { url: String, source: async_nats::ConnectError },
+    /// Credentials that cannot be read or parsed: fix the configuration.
+    #[error("{0}")]
+    Auth(String),
     #[error("setting up stream {stream}: {message}")]
     Setup { stream: String, message: String },
     #[error("publishing to {subject}: {message}")]
@@ -15,7 +18,7 @@ pub enum BusError {
 impl BusError {
     /// Bus errors are transient from a handler's point of view: the message is retried later.
     pub fn retryable(&self) -> bool {
-        !matches!(self, Self::Setup { .. })
+        !matches!(self, Self::Setup { .. } | Self::Auth(_))
     }
 }
 

@@ -2,6 +2,8 @@
 //! ack-owning envelope, durable publishing with deterministic message ids, events, and the worker
 //! loop every service runs its consumers with.
 
+pub mod auth;
+pub mod cloudquery;
 pub mod connect;
 pub mod envelope;
 pub mod error;

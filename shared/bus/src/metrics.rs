@@ -69,6 +69,12 @@ impl Metrics {
     }
 }
 
+/// A label value from outside (a subject's token): itself if it is one of `allowed`, else
+/// `unknown`, so no sender can make a series per value it invents.
+pub fn known_label(value: &str, allowed: &[&'static str]) -> &'static str {
+    allowed.iter().find(|a| **a == value).copied().unwrap_or("unknown")
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -87,6 +87,12 @@ pub struct BusSettings {
     pub duplicate_window: Duration,
     /// How long events are kept.
     pub events_max_age: Duration,
+    /// The most the events stream holds; the oldest go first.
+    pub events_max_bytes: i64,
+    /// The largest event accepted.
+    pub events_max_msg_size: i32,
+    /// Copies of every stream (and KV bucket) across a NATS cluster: 3 on a 3-node cluster.
+    pub replicas: usize,
 }
 
 impl Default for BusSettings {
@@ -96,6 +102,9 @@ impl Default for BusSettings {
             max_deliver: 20,
             duplicate_window: Duration::from_secs(3600),
             events_max_age: Duration::from_secs(7 * 24 * 3600),
+            events_max_bytes: 1 << 30,
+            events_max_msg_size: 64 << 10,
+            replicas: 1,
         }
     }
 }
@@ -107,6 +116,7 @@ fn work_queue(name: &str, subjects: &str, s: &BusSettings) -> stream::Config {
         retention: stream::RetentionPolicy::WorkQueue,
         storage: stream::StorageType::File,
         duplicate_window: s.duplicate_window,
+        num_replicas: s.replicas,
         ..Default::default()
     }
 }
@@ -119,7 +129,18 @@ fn kept(name: &str, subjects: &str, s: &BusSettings) -> stream::Config {
         retention: stream::RetentionPolicy::Limits,
         max_age: s.events_max_age,
         storage: stream::StorageType::File,
+        num_replicas: s.replicas,
         ..Default::default()
+    }
+}
+
+/// Events: kept by age, and bounded by bytes and message size, dropping the oldest.
+fn events(s: &BusSettings) -> stream::Config {
+    stream::Config {
+        max_bytes: s.events_max_bytes,
+        max_message_size: s.events_max_msg_size,
+        discard: stream::DiscardPolicy::Old,
+        ..kept(EVENTS_STREAM, EVENT_SUBJECTS, s)
     }
 }
 
@@ -132,7 +153,7 @@ pub async fn ensure_streams(js: &jetstream::Context, s: &BusSettings) -> Result<
         configs.push(work_queue(service_stream(svc), &format!("ksctl.{}.>", svc.as_str()), s));
     }
     configs.push(kept(DEAD_STREAM, DEAD_SUBJECTS, s));
-    configs.push(kept(EVENTS_STREAM, EVENT_SUBJECTS, s));
+    configs.push(events(s));
     for cfg in configs {
         let name = cfg.name.clone();
         js.get_or_create_stream(cfg).await.map_err(|e| BusError::Setup { stream: name, message: e.to_string() })?;

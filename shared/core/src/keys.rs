@@ -19,6 +19,11 @@ pub fn bootstrap(id: &ClusterId) -> String {
 pub fn k8s(id: &ClusterId) -> String {
     format!("k8s.{id}")
 }
+/// One application stack of a cluster ([`crate::records::AppRecord`]): written by the manager
+/// when an apply is accepted (the desired manifests, sealed), its inventory by the k8s-controller.
+pub fn app(id: &ClusterId, stack: &str) -> String {
+    format!("app.{id}.{stack}")
+}
 /// The outcome of the last phase a controller finished for the cluster (a `PhaseResult`),
 /// written before the result is published: a command repeated for a finished phase (the
 /// reconciler re-dispatched it while the result waited in the queue) re-publishes that outcome
@@ -30,6 +35,9 @@ pub fn outcome(id: &ClusterId) -> String {
 pub fn health(id: &ClusterId) -> String {
     format!("health.{id}")
 }
+/// NATS users revoked before they expire ([`crate::records::Revocations`]), one record for the
+/// whole bus: every account JWT is made from it.
+pub const NATS_REVOCATIONS: &str = "nats.revocations";
 /// The per-cluster lease every worker holds while it acts on the cluster.
 pub fn cluster_lease(id: &ClusterId) -> String {
     format!("cluster.{id}")

@@ -2,11 +2,13 @@
 //! state machine, the saga plan, bus messages, store records and sealed secrets. Pure: no I/O.
 
 pub mod addons;
+pub mod apps;
 pub mod artifacts;
 pub mod ids;
 pub mod keys;
 pub mod kubeconfig;
 pub mod messages;
+pub mod net;
 pub mod records;
 pub mod saga;
 pub mod seal;

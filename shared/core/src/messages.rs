@@ -53,6 +53,19 @@ pub struct AddonRequest {
     pub enable: bool,
 }
 
+/// `ksctl.request.apps`: apply a user's application stack (`manifests`: the whole file, at most
+/// `ksctl_core::apps::MAX_MANIFEST_BYTES`), or delete it (`manifests` absent).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppsRequest {
+    pub api_version: String,
+    pub request_id: String,
+    pub cluster_name: String,
+    pub stack: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifests: Option<String>,
+}
+
 /// The manager's answer to a request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RequestReply {
@@ -80,8 +93,10 @@ pub struct Command {
 
 impl Command {
     /// Deterministic `Nats-Msg-Id`: a redelivered handler that publishes again is deduplicated.
+    /// The cluster is part of it: operation ids come from request ids, which are unique per
+    /// cluster only (two clusters' `ClusterAddon` objects make the same ones).
     pub fn msg_id(&self) -> String {
-        format!("{}:{}:cmd:{}", self.op_id, self.phase, self.dispatch)
+        format!("{}:{}:{}:cmd:{}", self.cluster_id, self.op_id, self.phase, self.dispatch)
     }
 }
 
@@ -97,7 +112,7 @@ pub struct PhaseResult {
 
 impl PhaseResult {
     pub fn msg_id(&self) -> String {
-        format!("{}:{}:result", self.op_id, self.phase)
+        format!("{}:{}:{}:result", self.cluster_id, self.op_id, self.phase)
     }
 }
 
@@ -114,7 +129,6 @@ pub enum EventKind {
     Retrying,
     OperationSucceeded,
     OperationFailed,
-    Health,
 }
 
 impl EventKind {
@@ -129,7 +143,6 @@ impl EventKind {
             Self::Retrying => "retrying",
             Self::OperationSucceeded => "operation_succeeded",
             Self::OperationFailed => "operation_failed",
-            Self::Health => "health",
         }
     }
 }
@@ -308,6 +321,9 @@ pub struct ClusterInfo {
     pub health: Option<Heartbeat>,
     #[serde(default)]
     pub drift: Vec<String>,
+    /// The user's application stacks (`ksctl cluster apps`).
+    #[serde(default)]
+    pub apps: Vec<String>,
 }
 
 /// The agent's heartbeat, published to [`health_subject`] from inside (or next to) a cluster.
@@ -321,6 +337,13 @@ pub struct Heartbeat {
     /// The host name of the agent that sent it (in a cluster: its pod's name).
     #[serde(default)]
     pub reporter: String,
+    /// When the manager received it, by the manager's clock (set by the manager; whatever a
+    /// sender puts here is replaced).
+    #[serde(default)]
+    pub received_at_ms: u64,
+    /// What the cluster's `ClusterAddon` object asks for (absent: no object, or unreadable).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addons: Option<crate::addons::DesiredAddons>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -331,13 +354,13 @@ pub struct NodeHealth {
     pub kubelet_version: String,
 }
 
-/// `ksctl.events.<cluster_id>.health`.
+/// `ksctl.health.<cluster_id>`.
 pub fn health_subject(cluster_id: &str) -> String {
-    format!("ksctl.events.{cluster_id}.health")
+    format!("ksctl.health.{cluster_id}")
 }
 
 /// Every cluster's [`health_subject`].
-pub const HEALTH_SUBJECTS: &str = "ksctl.events.*.health";
+pub const HEALTH_SUBJECTS: &str = "ksctl.health.*";
 
 /// Where the cluster differs from what ksctl expects, judged from a heartbeat: node count and
 /// Kubernetes minor version. Empty when they agree.

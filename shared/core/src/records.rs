@@ -22,6 +22,13 @@ pub struct ClusterRecord {
     pub operation: Option<OperationRecord>,
     /// The most recent finished operation, kept for `info`.
     pub last_operation: Option<OperationRecord>,
+    /// The user's application stacks applied to the cluster (`ksctl cluster apps`), by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub apps: Vec<String>,
+    /// The `ClusterAddon` generation whose change the manager last started, and whether it
+    /// failed (`ksctl_core::addons::is_news`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_addon: Option<crate::addons::Followed>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -41,6 +48,16 @@ pub struct OperationRecord {
     /// For addon operations: the addon enabled or disabled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub addon: Option<String>,
+    /// For application-stack operations: the stack applied or deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
+    /// For addon operations the cluster's `ClusterAddon` object asked for: the object's
+    /// generation (absent: asked for by a request, whose change is written into the object).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_addon_generation: Option<i64>,
+    /// For such operations: the version the object pins, if it names one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addon_version: Option<String>,
     pub phases_done: Vec<Phase>,
     pub error: Option<String>,
 }
@@ -112,9 +129,34 @@ pub struct InfraRecord {
     pub kubeconfig: Option<Sealed>,
 }
 
+/// A record holding sealed secrets: each field with the purpose it is sealed for (see
+/// [`crate::seal`]), so they can be sealed again under a new key.
+pub trait SealedFields {
+    fn sealed_mut(&mut self, id: &crate::ClusterId) -> Vec<(String, &mut Option<Sealed>)>;
+}
+
+impl SealedFields for InfraRecord {
+    fn sealed_mut(&mut self, id: &crate::ClusterId) -> Vec<(String, &mut Option<Sealed>)> {
+        vec![(format!("ssh/{id}"), &mut self.ssh_private_key), (format!("kubeconfig/{id}"), &mut self.kubeconfig)]
+    }
+}
+
 impl InfraRecord {
     pub fn vms_of(&self, role: Role) -> impl Iterator<Item = &Vm> {
         self.vms.values().filter(move |v| v.role == role)
+    }
+}
+
+impl SealedFields for BootstrapRecord {
+    fn sealed_mut(&mut self, id: &crate::ClusterId) -> Vec<(String, &mut Option<Sealed>)> {
+        vec![
+            (format!("ca-cert/{id}"), &mut self.ca_cert),
+            (format!("ca-key/{id}"), &mut self.ca_key),
+            (format!("join-token/{id}"), &mut self.join_token),
+            (format!("kubeconfig/{id}"), &mut self.kubeconfig),
+            (format!("etcd-pki/{id}"), &mut self.etcd_pki),
+            (format!("kubeadm/{id}"), &mut self.kubeadm),
+        ]
     }
 }
 
@@ -144,4 +186,64 @@ pub struct BootstrapRecord {
 pub struct K8sRecord {
     pub installed: BTreeSet<String>,
     pub drained: BTreeSet<String>,
+    /// The NATS credential the cluster's agent holds now (its seed lives only in the cluster's
+    /// Secret): rotated before `expires_at`, revoked when the cluster is deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_credential: Option<AgentCredential>,
+    /// The `ClusterAddon` object (uid, generation) after ksctl last wrote its spec: heartbeats
+    /// that read an older generation of it are not acted on.
+    #[serde(default)]
+    pub cluster_addon_written: crate::addons::ObjectGeneration,
+}
+
+/// One of a cluster's application stacks (key `app.<id>.<stack>`): the manager writes what an
+/// accepted apply asks for, the k8s-controller what it may have applied.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AppRecord {
+    pub stack: String,
+    /// The manifests of the latest accepted apply, sealed (they may hold Secrets).
+    pub manifests: Option<Sealed>,
+    /// Every object ksctl may have applied for the stack and not yet removed, in apply order.
+    /// Written before objects are applied, so a crash cannot leave one ksctl does not know of.
+    #[serde(default)]
+    pub inventory: Vec<crate::apps::ObjectRef>,
+}
+
+impl AppRecord {
+    /// What the manifests are sealed for.
+    pub fn purpose(id: &crate::ClusterId, stack: &str) -> String {
+        format!("app/{id}/{stack}")
+    }
+}
+
+impl SealedFields for AppRecord {
+    fn sealed_mut(&mut self, id: &crate::ClusterId) -> Vec<(String, &mut Option<Sealed>)> {
+        vec![(Self::purpose(id, &self.stack), &mut self.manifests)]
+    }
+}
+
+/// Which NATS user a cluster's agent is, and for how long (unix seconds).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentCredential {
+    pub user: String,
+    pub issued_at: u64,
+    pub expires_at: u64,
+}
+
+/// NATS users whose credentials were revoked before they expire (user public key → when),
+/// written into the account JWT the servers are given; dropped once they have expired.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revocations {
+    pub users: std::collections::BTreeMap<String, Revoked>,
+    /// Raised with every change (at least to the unix second): the account JWT is issued at
+    /// it, so the servers — which keep the newest JWT and ignore older ones — end with the JWT
+    /// of the newest record, whichever replica pushed last and whatever its clock said.
+    #[serde(default)]
+    pub version: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revoked {
+    pub at: u64,
+    pub expires_at: u64,
 }

@@ -18,6 +18,8 @@ pub enum Phase {
     K8sDrain,
     CloudScaleDown,
     K8sAddon,
+    /// Applies or deletes a user's application stack (`ksctl cluster apps`).
+    K8sApps,
 }
 
 /// The controller (and work-queue stream) that runs a phase.
@@ -39,7 +41,7 @@ impl Service {
 }
 
 impl Phase {
-    pub const ALL: [Phase; 10] = [
+    pub const ALL: [Phase; 11] = [
         Self::CloudCreate,
         Self::Bootstrap,
         Self::K8sInstall,
@@ -50,12 +52,13 @@ impl Phase {
         Self::K8sDrain,
         Self::CloudScaleDown,
         Self::K8sAddon,
+        Self::K8sApps,
     ];
     pub fn service(self) -> Service {
         match self {
             Self::CloudCreate | Self::CloudDelete | Self::CloudScaleUp | Self::CloudScaleDown => Service::Cloud,
             Self::Bootstrap | Self::BootstrapJoin => Service::Bootstrap,
-            Self::K8sInstall | Self::K8sUninstall | Self::K8sDrain | Self::K8sAddon => Service::K8s,
+            Self::K8sInstall | Self::K8sUninstall | Self::K8sDrain | Self::K8sAddon | Self::K8sApps => Service::K8s,
         }
     }
     /// The last token of the command subject, `ksctl.<service>.<verb>`.
@@ -71,6 +74,7 @@ impl Phase {
             Self::K8sUninstall => "uninstall",
             Self::K8sDrain => "drain",
             Self::K8sAddon => "addon",
+            Self::K8sApps => "apps",
         }
     }
     pub fn as_str(self) -> &'static str {
@@ -85,6 +89,7 @@ impl Phase {
             Self::K8sDrain => "k8s_drain",
             Self::CloudScaleDown => "cloud_scale_down",
             Self::K8sAddon => "k8s_addon",
+            Self::K8sApps => "k8s_apps",
         }
     }
     pub fn from_subject(service: &str, verb: &str) -> Option<Self> {
@@ -112,6 +117,7 @@ pub fn phases(kind: OpKind, cluster_type: ClusterType) -> &'static [Phase] {
         (OpKind::ScaleDown, Managed) => &[CloudScaleDown],
         (OpKind::ScaleDown, Selfmanaged) => &[K8sDrain, CloudScaleDown],
         (OpKind::AddonEnable | OpKind::AddonDisable, _) => &[K8sAddon],
+        (OpKind::AppsApply | OpKind::AppsDelete, _) => &[K8sApps],
     }
 }
 

@@ -315,16 +315,13 @@ impl ClusterSpec {
                 }
                 let mut seen = std::collections::BTreeSet::new();
                 for (_, _, host) in h.all() {
-                    if host.address.is_empty() || host.address.len() > 253 || host.address.contains(char::is_whitespace)
-                    {
-                        err("hosts", format!("{:?} is not a host address", host.address));
+                    if let Err(e) = crate::net::host_address(&host.address) {
+                        err("hosts", format!("address {e}"));
                     } else if !seen.insert((host.address.as_str(), host.port)) {
                         err("hosts", format!("{}:{} is listed twice", host.address, host.port));
                     }
-                    if host.user.is_empty()
-                        || !host.user.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
-                    {
-                        err("hosts", format!("{:?} is not a user name", host.user));
+                    if !crate::net::is_login_name(&host.user) {
+                        err("hosts", format!("{} is not a user name", crate::net::shown(&host.user)));
                     }
                 }
             }
@@ -343,16 +340,8 @@ impl ClusterSpec {
                 if provider == Some(Provider::Local) {
                     err("cluster_type", "provider local supports only managed clusters".into());
                 }
-                // Self-managed clusters get their CNI from ksctl: flannel is embedded (k3s has it
-                // built in); "none" leaves the choice to the user. Others are not embedded yet.
-                if let Some(cni @ ("calico" | "cilium")) = self.cni.as_deref() {
-                    err(
-                        "cni",
-                        format!(
-                            "{cni} is not embedded for self-managed clusters yet; use flannel, or none and install your own"
-                        ),
-                    );
-                }
+                // Self-managed clusters get their CNI from ksctl: flannel, Calico and Cilium are
+                // embedded (k3s has flannel built in); "none" leaves the choice to the user.
                 if self.kubernetes_distro.as_deref().unwrap_or("").is_empty() {
                     err("kubernetes_distro", "required for selfmanaged clusters (k3s or kubeadm)".into());
                 }
@@ -451,7 +440,7 @@ mod tests {
     }
 
     #[test]
-    fn addons_from_the_catalog_and_embedded_cnis_only() {
+    fn addons_from_the_catalog_and_known_cnis_only() {
         let mut s = selfmanaged();
         s.addons = vec!["metrics-server".into()];
         assert!(s.validate(&[Provider::Sim]).is_ok());
@@ -461,10 +450,13 @@ mod tests {
         let e = s.validate(&[Provider::Sim]).unwrap_err();
         assert!(e[0].message.contains("available: metrics-server"), "{e:?}");
         let mut s = selfmanaged();
-        s.cni = Some("cilium".into());
+        for cni in ["cilium", "calico", "flannel", "none"] {
+            s.cni = Some(cni.into());
+            assert!(s.validate(&[Provider::Sim]).is_ok(), "{cni}");
+        }
+        s.cni = Some("weave".into());
         assert_eq!(fields(&s), ["cni"]);
         s.cni = Some("none".into());
-        assert!(s.validate(&[Provider::Sim]).is_ok());
         s.cluster_type = "managed".into();
         s.managed_nodes = 1;
         s.cni = Some("cilium".into());

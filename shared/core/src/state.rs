@@ -49,11 +49,23 @@ pub enum OpKind {
     AddonEnable,
     /// Removes an addon's stack (`ksctl cluster addons disable`).
     AddonDisable,
+    /// Applies a user's application stack (`ksctl cluster apps apply`).
+    AppsApply,
+    /// Removes what a user's application stack applied (`ksctl cluster apps delete`).
+    AppsDelete,
 }
 
 impl OpKind {
-    pub const ALL: [OpKind; 6] =
-        [Self::Create, Self::Delete, Self::ScaleUp, Self::ScaleDown, Self::AddonEnable, Self::AddonDisable];
+    pub const ALL: [OpKind; 8] = [
+        Self::Create,
+        Self::Delete,
+        Self::ScaleUp,
+        Self::ScaleDown,
+        Self::AddonEnable,
+        Self::AddonDisable,
+        Self::AppsApply,
+        Self::AppsDelete,
+    ];
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Create => "create",
@@ -62,6 +74,8 @@ impl OpKind {
             Self::ScaleDown => "scale_down",
             Self::AddonEnable => "addon_enable",
             Self::AddonDisable => "addon_disable",
+            Self::AppsApply => "apps_apply",
+            Self::AppsDelete => "apps_delete",
         }
     }
     /// The state the cluster moves to while this operation runs.
@@ -69,7 +83,12 @@ impl OpKind {
         match self {
             Self::Create => ClusterState::Creating,
             Self::Delete => ClusterState::Deleting,
-            Self::ScaleUp | Self::ScaleDown | Self::AddonEnable | Self::AddonDisable => ClusterState::Configuring,
+            Self::ScaleUp
+            | Self::ScaleDown
+            | Self::AddonEnable
+            | Self::AddonDisable
+            | Self::AppsApply
+            | Self::AppsDelete => ClusterState::Configuring,
         }
     }
     /// The state a permanent failure of this operation leaves.
@@ -77,7 +96,12 @@ impl OpKind {
         match self {
             Self::Create => ClusterState::CreationFailed,
             Self::Delete => ClusterState::DeletionFailed,
-            Self::ScaleUp | Self::ScaleDown | Self::AddonEnable | Self::AddonDisable => ClusterState::ConfiguringFailed,
+            Self::ScaleUp
+            | Self::ScaleDown
+            | Self::AddonEnable
+            | Self::AddonDisable
+            | Self::AppsApply
+            | Self::AppsDelete => ClusterState::ConfiguringFailed,
         }
     }
 }
@@ -102,7 +126,12 @@ pub fn check_transition(current: Option<ClusterState>, op: OpKind) -> Result<Clu
         (Some(Running | CreationFailed | ConfiguringFailed | DeletionFailed), OpKind::Delete) => Ok(Deleting),
         (
             Some(Running | ConfiguringFailed),
-            OpKind::ScaleUp | OpKind::ScaleDown | OpKind::AddonEnable | OpKind::AddonDisable,
+            OpKind::ScaleUp
+            | OpKind::ScaleDown
+            | OpKind::AddonEnable
+            | OpKind::AddonDisable
+            | OpKind::AppsApply
+            | OpKind::AppsDelete,
         ) => Ok(Configuring),
         (Some(s), op) => Err(format!("{op} is not allowed while the cluster is {s}")),
     }

@@ -18,7 +18,11 @@ pub struct CommonArgs {
     /// NATS server URL (JetStream enabled).
     #[arg(long, env = "KSCTL_NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,
-    /// NATS user (with --nats-password), if the server requires authentication.
+    /// NATS credentials file (`.creds`: user JWT and seed; `ksctl auth init` writes the
+    /// services' one). Preferred over user/password.
+    #[arg(long, env = "KSCTL_NATS_CREDS_FILE")]
+    pub nats_creds_file: Option<String>,
+    /// NATS user (with --nats-password), for servers with plain user/password authentication.
     #[arg(long, env = "KSCTL_NATS_USER")]
     pub nats_user: Option<String>,
     #[arg(long, env = "KSCTL_NATS_PASSWORD", hide_env_values = true)]
@@ -40,12 +44,23 @@ pub struct CommonArgs {
     /// Prefix of every key: Redis key namespace, or NATS KV bucket name.
     #[arg(long, env = "KSCTL_STORE_NAMESPACE", default_value = "ksctl")]
     pub store_namespace: String,
-    /// Key that seals secrets in the store: 32 bytes, base64. Prefer --seal-key-file.
+    /// Key that seals secrets in the store: 32 bytes, base64 (several, comma-separated: the first
+    /// seals, all open). Prefer --seal-key-file.
     #[arg(long, env = "KSCTL_SEAL_KEY", hide_env_values = true)]
     pub seal_key: Option<String>,
-    /// File holding the seal key (base64).
+    /// File holding the seal key (base64); during a rotation, one key per line, the new first.
     #[arg(long, env = "KSCTL_SEAL_KEY_FILE")]
     pub seal_key_file: Option<String>,
+    /// Copies of every stream and KV bucket across the NATS cluster (at most its node count;
+    /// 3 on a 3-node cluster). Applies when a stream or bucket is created.
+    #[arg(long, env = "KSCTL_STREAM_REPLICAS", default_value_t = 1)]
+    pub stream_replicas: usize,
+    /// The most the events stream holds, in bytes; the oldest events go first.
+    #[arg(long, env = "KSCTL_EVENTS_MAX_BYTES", default_value_t = 1 << 30)]
+    pub events_max_bytes: i64,
+    /// The largest event the events stream accepts, in bytes.
+    #[arg(long, env = "KSCTL_EVENTS_MAX_MSG_SIZE", default_value_t = 64 << 10)]
+    pub events_max_msg_size: i32,
     /// Messages this replica handles at once.
     #[arg(long, env = "KSCTL_MAX_JOBS", default_value_t = 16)]
     pub max_jobs: usize,
@@ -164,18 +179,29 @@ impl CommonArgs {
                 ));
             }
         };
-        Sealer::from_base64(&key).map_err(|e| RuntimeError::Config(e.to_string()))
+        // One key per line (or comma): the first seals, all open — a rotation puts the new
+        // key first and keeps the old ones until `ksctl-manager reseal` has run.
+        let keys: Vec<&str> =
+            key.split(['\n', ',']).map(str::trim).filter(|k| !k.is_empty() && !k.starts_with('#')).collect();
+        Sealer::from_keys(&keys).map_err(|e| RuntimeError::Config(e.to_string()))
     }
 
-    pub async fn nats(&self) -> Result<async_nats::Client, RuntimeError> {
-        let auth = ksctl_bus::NatsAuth {
+    /// How this process authenticates to NATS.
+    pub fn nats_auth(&self) -> ksctl_bus::NatsAuth {
+        ksctl_bus::NatsAuth {
+            creds: None,
+            creds_file: self.nats_creds_file.clone(),
             user: self.nats_user.clone(),
             password: self.nats_password.clone(),
             ca_file: self.nats_ca_file.clone(),
+            ca_pem: None,
             cert_file: self.nats_cert_file.clone(),
             key_file: self.nats_key_file.clone(),
-        };
-        let opts = auth.options().retry_on_initial_connect().connection_timeout(Duration::from_secs(5));
+        }
+    }
+
+    pub async fn nats(&self) -> Result<async_nats::Client, RuntimeError> {
+        let opts = self.nats_auth().options()?.retry_on_initial_connect().connection_timeout(Duration::from_secs(5));
         // retry_on_initial_connect returns at once and connects in the background; wait until
         // the first connection so start-up errors surface here.
         let client = opts
@@ -193,15 +219,26 @@ impl CommonArgs {
 
     /// Connects to the bus and the store, and ensures the streams exist.
     pub async fn connect(&self, service: &'static str) -> Result<Runtime, RuntimeError> {
+        if self.store == StoreKind::Redis && redis_password(&self.redis_url).is_some_and(|p| p.starts_with("change-me"))
+        {
+            return Err(RuntimeError::Config(
+                "KSCTL_REDIS_URL carries the placeholder password of deploy/env.example: set a real one (scripts/compose-init.sh writes a random one)".into(),
+            ));
+        }
         let sealer = self.sealer()?;
         let client = self.nats().await?;
         let store: DynStore = match self.store {
             StoreKind::Redis => Arc::new(RedisStore::connect(&self.redis_url, &self.store_namespace).await?),
-            StoreKind::Nats => Arc::new(KvStore::open(client.clone(), &self.store_namespace).await?),
+            StoreKind::Nats => Arc::new(
+                KvStore::open_replicated(client.clone(), &self.store_namespace, self.stream_replicas.max(1)).await?,
+            ),
         };
         let bus = BusSettings {
             ack_wait: Duration::from_secs(self.ack_wait_secs.max(1)),
             max_deliver: self.max_deliver,
+            replicas: self.stream_replicas.max(1),
+            events_max_bytes: self.events_max_bytes,
+            events_max_msg_size: self.events_max_msg_size,
             ..Default::default()
         };
         let publisher = Publisher::new(client);
@@ -230,5 +267,24 @@ impl CommonArgs {
             metrics,
             http_addr: (self.http_addr != "off").then(|| self.http_addr.clone()),
         })
+    }
+}
+
+/// The password in a `redis://[user]:password@host…` URL.
+fn redis_password(url: &str) -> Option<&str> {
+    let rest = url.split_once("://")?.1;
+    let userinfo = rest.split_once('@')?.0;
+    Some(userinfo.split_once(':').map_or(userinfo, |(_, p)| p))
+}
+
+#[cfg(test)]
+mod redis_url_tests {
+    use super::redis_password;
+
+    #[test]
+    fn passwords_are_read_from_redis_urls() {
+        assert_eq!(redis_password("redis://:change-me-three@redis:6379"), Some("change-me-three"));
+        assert_eq!(redis_password("redis://app:s3cret@redis:6379/0"), Some("s3cret"));
+        assert_eq!(redis_password("redis://127.0.0.1:6379"), None);
     }
 }

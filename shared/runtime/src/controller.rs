@@ -68,6 +68,10 @@ pub trait PhaseWorker: Send + Sync + 'static {
     async fn run(&self, ctx: &PhaseCtx<'_>) -> Result<(), PhaseError>;
 }
 
+/// How long a command waits (with in-progress acks, so no delivery is spent) for a cluster
+/// leased by other work before it is put back.
+const CONTENTION_PATIENCE: std::time::Duration = std::time::Duration::from_secs(300);
+
 struct CommandHandler {
     rt: Runtime,
     worker: Arc<dyn PhaseWorker>,
@@ -94,12 +98,30 @@ impl CommandHandler {
         let rt = &self.rt;
         let svc = rt.service;
         let lease_name = keys::cluster_lease(&cmd.cluster_id);
-        let Some(lease) = Lease::acquire(&rt.store, &lease_name, &rt.replica, &rt.lease).await.map_err(store_retry)?
-        else {
+        // The holder names the phase it runs, so a second dispatch of it can tell.
+        let holder = format!("{}@{}:{}", rt.replica, cmd.op_id, cmd.phase);
+        let give_up = std::time::Instant::now() + CONTENTION_PATIENCE;
+        let lease = loop {
+            if let Some(l) = Lease::acquire(&rt.store, &lease_name, &holder, &rt.lease).await.map_err(store_retry)? {
+                break l;
+            }
             rt.metrics.inc("lease_contention_total", &[("service", svc)]);
-            return Err(HandlerError::retry(format!("cluster {} is leased by another worker", cmd.cluster_id)));
+            // Contention is not a failure. The same phase of the same operation running
+            // elsewhere (the reconciler re-dispatched it, or a redelivery crossed a slow
+            // holder) is a duplicate: dropped, the holder reports. Anyone else (the manager
+            // recording a result) is waited out without spending deliveries.
+            let current = rt.store.lease_holder(&lease_name).await.map_err(store_retry)?.unwrap_or_default();
+            if current.contains(&format!("@{}:{}/", cmd.op_id, cmd.phase)) {
+                tracing::info!(holder = %current, "the phase runs elsewhere; dropping this dispatch");
+                rt.metrics.inc("dispatches_dropped_total", &[("service", svc)]);
+                return Ok(());
+            }
+            if std::time::Instant::now() > give_up {
+                return Err(HandlerError::retry(format!("cluster {} stayed leased by {current}", cmd.cluster_id)));
+            }
+            env.progress().await;
         };
-        let outcome = self.run_leased(env, cmd, &lease).await;
+        let outcome = lease.fence().scope(self.run_leased(env, cmd, &lease)).await;
         lease.release().await;
         outcome
     }

@@ -18,6 +18,29 @@ pub struct Target {
     pub user: String,
 }
 
+impl Target {
+    /// The key a host's SSH key is recorded under: two hosts may share an address (port
+    /// forwarding, NAT) but not an address and a port.
+    pub fn host_key_id(&self) -> String {
+        host_key_id(&self.host, self.port)
+    }
+}
+
+/// [`Target::host_key_id`] of `host` and `port` (IPv6 addresses in brackets).
+pub fn host_key_id(host: &str, port: u16) -> String {
+    if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") }
+}
+
+/// The host key recorded for `host`:`port` in `keys` (by [`host_key_id`]; records written
+/// before keys were per port name the address alone, and are still honoured).
+pub fn recorded_host_key<'a>(
+    keys: &'a std::collections::BTreeMap<String, String>,
+    host: &str,
+    port: u16,
+) -> Option<&'a str> {
+    keys.get(&host_key_id(host, port)).or_else(|| keys.get(host)).map(String::as_str)
+}
+
 impl std::fmt::Display for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}@{}:{}", self.user, self.host, self.port)
@@ -40,7 +63,14 @@ pub enum SshError {
     Protocol { target: String, msg: String },
     #[error("unusable SSH private key: {0}")]
     Key(String),
+    /// A host that prints without end is not answering a question ksctl asked.
+    #[error("{target}: {label}: printed more than {limit} bytes on {stream}; stopped reading")]
+    TooMuchOutput { target: String, label: String, stream: &'static str, limit: usize },
 }
+
+/// The most a command may print on each of stdout and stderr: the largest answer ksctl reads
+/// (a kubeconfig, an image list) is far smaller, and a host cannot make the controller hold more.
+pub const MAX_OUTPUT: usize = 4 << 20;
 
 impl SshError {
     /// Whether trying again later can help: network trouble yes; a refused key, a changed host
@@ -111,7 +141,10 @@ pub async fn connect(
         ..Default::default()
     });
     let addr = (target.host.as_str(), target.port);
-    let connecting = tokio::time::timeout(timeout, client::connect(config, addr, verifier)).await;
+    // The handshake and the authentication share one deadline: a host that stalls after the
+    // key exchange must not hold the caller longer than one that never answers.
+    let deadline = tokio::time::Instant::now() + timeout;
+    let connecting = tokio::time::timeout_at(deadline, client::connect(config, addr, verifier)).await;
     let mut handle = match connecting {
         Err(_) => return Err(SshError::Connect { target: t, msg: format!("no SSH handshake within {timeout:?}") }),
         Ok(Err(russh::Error::UnknownKey)) => {
@@ -125,11 +158,17 @@ pub async fn connect(
         Ok(Ok(h)) => h,
     };
     let proto = |e: russh::Error| SshError::Protocol { target: target.to_string(), msg: e.to_string() };
-    let hash = handle.best_supported_rsa_hash().await.map_err(proto)?.flatten();
-    let auth = handle
-        .authenticate_publickey(target.user.clone(), PrivateKeyWithHashAlg::new(Arc::new(key.clone()), hash))
-        .await
-        .map_err(proto)?;
+    let authenticating = async {
+        let hash = handle.best_supported_rsa_hash().await.map_err(proto)?.flatten();
+        handle
+            .authenticate_publickey(target.user.clone(), PrivateKeyWithHashAlg::new(Arc::new(key.clone()), hash))
+            .await
+            .map_err(proto)
+    };
+    let auth = tokio::time::timeout_at(deadline, authenticating).await.map_err(|_| SshError::Connect {
+        target: t.clone(),
+        msg: format!("no SSH authentication within {timeout:?}"),
+    })??;
     if !auth.success() {
         return Err(SshError::Auth { target: t });
     }
@@ -186,10 +225,28 @@ impl Session {
             let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
             let mut status = None;
             let mut signal = None;
+            let too_much = |stream| SshError::TooMuchOutput {
+                target: t.clone(),
+                label: label.to_string(),
+                stream,
+                limit: MAX_OUTPUT,
+            };
             while let Some(msg) = ch.wait().await {
                 match msg {
-                    ChannelMsg::Data { data } => stdout.extend_from_slice(&data),
-                    ChannelMsg::ExtendedData { data, .. } => stderr.extend_from_slice(&data),
+                    ChannelMsg::Data { data } => {
+                        if stdout.len() + data.len() > MAX_OUTPUT {
+                            let _ = ch.close().await;
+                            return Err(too_much("stdout"));
+                        }
+                        stdout.extend_from_slice(&data)
+                    }
+                    ChannelMsg::ExtendedData { data, .. } => {
+                        if stderr.len() + data.len() > MAX_OUTPUT {
+                            let _ = ch.close().await;
+                            return Err(too_much("stderr"));
+                        }
+                        stderr.extend_from_slice(&data)
+                    }
                     ChannelMsg::ExitStatus { exit_status } => status = Some(exit_status),
                     ChannelMsg::ExitSignal { signal_name, error_message, .. } => {
                         signal = Some(format!("killed by signal {signal_name:?} {error_message}"))

@@ -8,7 +8,7 @@
 use crate::{DynStore, StoreError};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 
 #[derive(Debug, Clone)]
@@ -29,8 +29,36 @@ pub struct Lease {
     name: String,
     holder: String,
     lost: Arc<AtomicBool>,
+    /// When the lease was last taken or renewed, by the monotonic clock.
+    renewed: Arc<std::sync::Mutex<Instant>>,
+    ttl: Duration,
     renewer: JoinHandle<()>,
     released: bool,
+}
+
+/// The lease a write is made under: every store write in a task scoped with [`Fence::scope`]
+/// lands only while `holder` still holds `lease` (checked by the store, atomically with the
+/// write on Redis). The controller skeleton and the manager scope each leased piece of work, so
+/// the providers' writes are fenced without passing the lease down.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    pub lease: String,
+    pub holder: String,
+}
+
+tokio::task_local! {
+    static FENCE: Fence;
+}
+
+impl Fence {
+    pub async fn scope<F: std::future::Future>(self, f: F) -> F::Output {
+        FENCE.scope(self, f).await
+    }
+}
+
+/// The fence of the running task, if it works under a lease.
+pub fn current_fence() -> Option<Fence> {
+    FENCE.try_with(Fence::clone).ok()
 }
 
 impl Lease {
@@ -44,26 +72,30 @@ impl Lease {
         let holder = &format!("{holder}/{:016x}", fastrand::u64(..));
         let deadline = tokio::time::Instant::now() + opts.wait;
         let mut pause = Duration::from_millis(20);
-        loop {
+        let taken = loop {
+            // Taken before asking: the lease runs from no later than the store granted it.
+            let asked = Instant::now();
             if store.try_lease(name, holder, opts.ttl).await? {
-                break;
+                break asked;
             }
             if tokio::time::Instant::now() + pause > deadline {
                 return Ok(None);
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_millis(250));
-        }
+        };
         trace("acquire", name, holder);
         let lost = Arc::new(AtomicBool::new(false));
+        let renewed = Arc::new(std::sync::Mutex::new(taken));
         let renewer = {
-            let (store, name, holder, lost, ttl) =
-                (store.clone(), name.to_string(), holder.to_string(), lost.clone(), opts.ttl);
+            let (store, name, holder, lost, ttl, renewed) =
+                (store.clone(), name.to_string(), holder.to_string(), lost.clone(), opts.ttl, renewed.clone());
             tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(ttl / 3).await;
+                    let asked = Instant::now();
                     match store.try_lease(&name, &holder, ttl).await {
-                        Ok(true) => {}
+                        Ok(true) => *renewed.lock().expect("not poisoned") = asked,
                         Ok(false) => {
                             tracing::warn!(lease = %name, "lease lost to another holder");
                             lost.store(true, Ordering::SeqCst);
@@ -81,14 +113,23 @@ impl Lease {
             name: name.into(),
             holder: holder.into(),
             lost,
+            renewed,
+            ttl: opts.ttl,
             renewer,
             released: false,
         }))
     }
 
-    /// True once another holder took the lease: stop acting on the cluster.
+    /// True once another holder took the lease, or once the last good renewal is older than
+    /// the TTL by this process's monotonic clock (a paused or partitioned holder must assume
+    /// someone else has it): stop acting on the cluster.
     pub fn lost(&self) -> bool {
-        self.lost.load(Ordering::SeqCst)
+        self.lost.load(Ordering::SeqCst) || self.renewed.lock().expect("not poisoned").elapsed() >= self.ttl
+    }
+
+    /// The fence writes under this lease carry.
+    pub fn fence(&self) -> Fence {
+        Fence { lease: self.name.clone(), holder: self.holder.clone() }
     }
 
     /// The token this acquisition holds the lease under (`<holder>/<random>`).

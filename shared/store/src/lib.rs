@@ -7,7 +7,7 @@ mod redis_store;
 mod typed;
 
 pub use kv::KvStore;
-pub use lease::{Lease, LeaseOptions};
+pub use lease::{Fence, Lease, LeaseOptions, current_fence};
 pub use redis_store::RedisStore;
 pub use typed::{get_json, modify, put_new};
 
@@ -25,11 +25,15 @@ pub enum StoreError {
     Unavailable(String),
     #[error("stored value under {key} is not valid: {message}")]
     Corrupt { key: String, message: String },
+    /// The write was made under a lease its writer no longer holds (paused, partitioned, or
+    /// too slow): refused, so a stale worker never overwrites its successor's state.
+    #[error("write to {key} refused: lease {lease} is no longer held by this worker")]
+    Fenced { key: String, lease: String },
 }
 
 impl StoreError {
     pub fn retryable(&self) -> bool {
-        matches!(self, Self::Conflict(_) | Self::Unavailable(_))
+        matches!(self, Self::Conflict(_) | Self::Unavailable(_) | Self::Fenced { .. })
     }
 }
 

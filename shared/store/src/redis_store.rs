@@ -1,6 +1,7 @@
 //! Redis backend. Each record is a hash `{v: value, r: revision}`; revisions come from one
 //! counter so a key deleted and created again never reuses a revision (no ABA). Writes are Lua
-//! scripts, atomic on the shared multiplexed connection (no WATCH/MULTI across tasks).
+//! scripts, atomic on the shared multiplexed connection (no WATCH/MULTI across tasks). A write
+//! under a [`crate::Fence`] checks, in the same script, that the lease is still its writer's.
 use crate::{Store, StoreError, Versioned, parent_of};
 use redis::Script;
 use redis::aio::ConnectionManager;
@@ -9,7 +10,8 @@ use std::time::Duration;
 
 static CREATE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
-        r"if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+        r"if ARGV[#ARGV] ~= '' and redis.call('GET', KEYS[#KEYS]) ~= ARGV[#ARGV] then return -1 end
+          if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
           local rev = redis.call('INCR', KEYS[3])
           redis.call('HSET', KEYS[1], 'v', ARGV[1], 'r', rev)
           redis.call('SADD', KEYS[2], ARGV[2])
@@ -18,7 +20,8 @@ static CREATE: LazyLock<Script> = LazyLock::new(|| {
 });
 static UPDATE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
-        r"local cur = redis.call('HGET', KEYS[1], 'r')
+        r"if ARGV[#ARGV] ~= '' and redis.call('GET', KEYS[#KEYS]) ~= ARGV[#ARGV] then return -1 end
+          local cur = redis.call('HGET', KEYS[1], 'r')
           if not cur or cur ~= ARGV[2] then return 0 end
           local rev = redis.call('INCR', KEYS[2])
           redis.call('HSET', KEYS[1], 'v', ARGV[1], 'r', rev)
@@ -27,7 +30,8 @@ static UPDATE: LazyLock<Script> = LazyLock::new(|| {
 });
 static DELETE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
-        r"redis.call('DEL', KEYS[1])
+        r"if ARGV[#ARGV] ~= '' and redis.call('GET', KEYS[#KEYS]) ~= ARGV[#ARGV] then return -1 end
+          redis.call('DEL', KEYS[1])
           redis.call('SREM', KEYS[2], ARGV[1])
           return 1",
     )
@@ -76,6 +80,29 @@ impl RedisStore {
     fn lease(&self, name: &str) -> String {
         format!("{}:lease:{name}", self.ns)
     }
+    /// The fence's lease key and holder as a write script's last key and argument (an empty
+    /// holder: no fence).
+    fn fenced(&self, inv: &mut redis::ScriptInvocation<'_>) -> Option<String> {
+        let fence = crate::current_fence();
+        match &fence {
+            Some(f) => inv.key(self.lease(&f.lease)).arg(&f.holder),
+            None => inv.key(self.lease("-")).arg(""),
+        };
+        fence.map(|f| f.lease)
+    }
+}
+
+fn fenced_err(key: &str, lease: Option<String>) -> StoreError {
+    StoreError::Fenced { key: key.into(), lease: lease.unwrap_or_default() }
+}
+
+/// A write script's answer: the new revision, `0` (`refused`), or `-1` (fenced).
+fn written(rev: i64, key: &str, lease: Option<String>, refused: StoreError) -> Result<u64, StoreError> {
+    match rev {
+        -1 => Err(fenced_err(key, lease)),
+        0 => Err(refused),
+        r => Ok(r as u64),
+    }
 }
 
 #[async_trait::async_trait]
@@ -99,24 +126,27 @@ impl Store for RedisStore {
         let mut con = self.con.clone();
         let mut inv = CREATE.prepare_invoke();
         inv.key(self.rec(key)).key(self.idx(parent_of(key))).key(self.rev_counter()).arg(value).arg(key);
-        let rev: u64 = inv.invoke_async(&mut con).await.map_err(unavailable)?;
-        if rev == 0 { Err(StoreError::AlreadyExists(key.into())) } else { Ok(rev) }
+        let lease = self.fenced(&mut inv);
+        let rev: i64 = inv.invoke_async(&mut con).await.map_err(unavailable)?;
+        written(rev, key, lease, StoreError::AlreadyExists(key.into()))
     }
 
     async fn update(&self, key: &str, value: &[u8], revision: u64) -> Result<u64, StoreError> {
         let mut con = self.con.clone();
         let mut inv = UPDATE.prepare_invoke();
         inv.key(self.rec(key)).key(self.rev_counter()).arg(value).arg(revision.to_string());
-        let rev: u64 = inv.invoke_async(&mut con).await.map_err(unavailable)?;
-        if rev == 0 { Err(StoreError::Conflict(key.into())) } else { Ok(rev) }
+        let lease = self.fenced(&mut inv);
+        let rev: i64 = inv.invoke_async(&mut con).await.map_err(unavailable)?;
+        written(rev, key, lease, StoreError::Conflict(key.into()))
     }
 
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
         let mut con = self.con.clone();
         let mut inv = DELETE.prepare_invoke();
         inv.key(self.rec(key)).key(self.idx(parent_of(key))).arg(key);
-        let _: i64 = inv.invoke_async(&mut con).await.map_err(unavailable)?;
-        Ok(())
+        let lease = self.fenced(&mut inv);
+        let done: i64 = inv.invoke_async(&mut con).await.map_err(unavailable)?;
+        if done == -1 { Err(fenced_err(key, lease)) } else { Ok(()) }
     }
 
     async fn children(&self, parent: &str) -> Result<Vec<(String, Versioned)>, StoreError> {

@@ -386,7 +386,8 @@ impl AzureCloud {
                 .decode(b64)
                 .map_err(|e| PhaseError::Permanent(format!("AKS kubeconfig: {e}")))?;
             let kc = String::from_utf8_lossy(&raw).into_owned();
-            let kc = rename_contexts(&kc, &context_name(ctx.cluster));
+            let kc = ksctl_core::kubeconfig::adopt(&kc, &context_name(ctx.cluster), None)
+                .map_err(|e| PhaseError::Permanent(format!("AKS admin kubeconfig: {e}")))?;
             let sealed = ctx.rt.sealer.seal(&format!("kubeconfig/{id}"), kc.as_bytes());
             checkpoint(&self.store, ctx, |i| i.kubeconfig = Some(sealed.clone())).await?;
         }
@@ -413,23 +414,6 @@ fn strip_sub<'a>(arm: &Arm, id: &'a str) -> &'a str {
 }
 
 /// AKS names the admin context `<cluster>-admin`; ksctl's contexts have names of their own.
-fn rename_contexts(kubeconfig: &str, context: &str) -> String {
-    kubeconfig
-        .lines()
-        .map(|l| {
-            if let Some(rest) = l.strip_prefix("current-context: ") {
-                let _ = rest;
-                format!("current-context: {context}")
-            } else if l.starts_with("  name: ") && l.trim_end().ends_with("-admin") {
-                format!("  name: {context}")
-            } else {
-                l.to_string()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-        + "\n"
-}
 
 #[async_trait::async_trait]
 impl CloudProvider for AzureCloud {
@@ -549,13 +533,5 @@ mod tests {
             "azure"
         );
         assert_eq!(aks_body("l", "n", "1.31", 3, "s", None, &t)["properties"]["agentPoolProfiles"][0]["count"], 3);
-    }
-
-    #[test]
-    fn admin_context_is_renamed() {
-        let kc = "contexts:\n- context:\n    cluster: c\n    user: clusterAdmin_c\n  name: c-admin\ncurrent-context: c-admin\n";
-        let out = rename_contexts(kc, "demo-westeurope-managed-azure-ksctl");
-        assert!(out.contains("  name: demo-westeurope-managed-azure-ksctl\n"), "{out}");
-        assert!(out.contains("current-context: demo-westeurope-managed-azure-ksctl\n"), "{out}");
     }
 }

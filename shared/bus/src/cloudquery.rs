@@ -1,0 +1,26 @@
+//! Fresh cloud credentials over the bus: the manager's `switch` and the k8s-controller's EKS
+//! client ask a cloud-controller (which alone holds the cloud's credentials) for a kubeconfig
+//! whose token was minted just now (EKS tokens last 15 minutes).
+use crate::subjects::KUBECONFIG_QUERY_SUBJECT;
+use ksctl_core::ClusterId;
+use ksctl_core::messages::{NameQuery, QueryReply};
+use std::time::Duration;
+
+/// How long a cloud-controller has to answer.
+pub const ANSWER_WITHIN: Duration = Duration::from_secs(30);
+
+/// A kubeconfig (YAML) for `id` with freshly minted credentials, or why there is none.
+pub async fn fresh_kubeconfig(client: &async_nats::Client, id: &ClusterId) -> Result<String, String> {
+    let q = serde_json::to_vec(&NameQuery { cluster_name: id.to_string() }).expect("queries serialise");
+    let ask = client.request(KUBECONFIG_QUERY_SUBJECT, q.into());
+    let msg = tokio::time::timeout(ANSWER_WITHIN, ask)
+        .await
+        .map_err(|_| format!("no cloud-controller answered for fresh credentials within {}s", ANSWER_WITHIN.as_secs()))?
+        .map_err(|e| format!("asking a cloud-controller for fresh credentials: {e}"))?;
+    let reply: QueryReply<String> =
+        serde_json::from_slice(&msg.payload).map_err(|e| format!("unreadable credentials reply: {e}"))?;
+    match reply {
+        QueryReply { ok: true, data: Some(kc), .. } => Ok(kc),
+        QueryReply { error, .. } => Err(format!("refreshing credentials: {}", error.unwrap_or_default())),
+    }
+}

@@ -169,6 +169,13 @@ impl NodeLab {
                 ));
             }
             setup.push_str(&format!("printf '127.0.0.1 localhost\\n{} {}\\n' > /etc/hosts\n", h.ip, h.name));
+            // The hosts share the machine's disk, which a CI run fills with its builds: the
+            // kubelet's default eviction thresholds (10% / 15% free) then taint every node with
+            // disk-pressure and no pod schedules. Turn them off as kind does for its nodes, through
+            // the file the kubeadm drop-in reads for the host operator's own kubelet flags.
+            setup.push_str(
+                "printf '%s\\n' 'KUBELET_EXTRA_ARGS=--eviction-hard=nodefs.available<0%,nodefs.inodesFree<0%,imagefs.available<0% --image-gc-high-threshold=100' > /etc/default/kubelet\n",
+            );
             // The pod network: this host's range on a bridge, the others' through their hosts.
             setup.push_str(&format!(
                 "mkdir -p /etc/cni/net.d\ncat > /etc/cni/net.d/10-ksctl-lab.conflist <<'EOF'\n{}\nEOF\n",

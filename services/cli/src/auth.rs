@@ -13,6 +13,7 @@ pub enum AuthCmd {
     /// servers include it), authority.json (the k8s-controller's), services.creds,
     /// admin.creds, and operator.nk / account.nk (identity keys: keep them offline).
     Init {
+        /// A new or empty directory for the files.
         #[arg(long)]
         dir: String,
         /// Where the NATS servers keep account JWTs (a directory on their persistent volume).
@@ -21,8 +22,10 @@ pub enum AuthCmd {
     },
     /// Mint a credential (`.creds` text) from an authority file.
     User {
+        /// The authority file `ksctl auth init` wrote (authority.json).
         #[arg(long, env = "KSCTL_NATS_AUTHORITY_FILE")]
         authority: String,
+        /// cli: requests, queries and events; service: the controllers' and manager's rights.
         #[arg(long, value_enum)]
         role: UserRole,
         /// A name for logs and `nats server report connections`.

@@ -19,6 +19,9 @@ use serde::de::DeserializeOwned;
 use std::process::ExitCode;
 use std::time::Duration;
 
+/// The heading the global flags are listed under in every command's help.
+const CONNECTION: &str = "Connection and output";
+
 #[derive(Parser)]
 #[command(
     name = "ksctl",
@@ -27,25 +30,28 @@ use std::time::Duration;
 )]
 struct Cli {
     /// NATS server of the control plane.
-    #[arg(long, global = true, env = "KSCTL_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    #[arg(long, global = true, env = "KSCTL_NATS_URL", default_value = "nats://127.0.0.1:4222", help_heading = CONNECTION)]
     nats_url: String,
     /// Your NATS credentials file (`.creds`, from `ksctl auth user --role cli`).
-    #[arg(long, global = true, env = "KSCTL_NATS_CREDS_FILE")]
+    #[arg(long, global = true, env = "KSCTL_NATS_CREDS_FILE", help_heading = CONNECTION)]
     nats_creds_file: Option<String>,
-    #[arg(long, global = true, env = "KSCTL_NATS_USER")]
+    /// NATS user name (servers with plain user/password authentication).
+    #[arg(long, global = true, env = "KSCTL_NATS_USER", help_heading = CONNECTION)]
     nats_user: Option<String>,
-    #[arg(long, global = true, env = "KSCTL_NATS_PASSWORD", hide_env_values = true)]
+    /// Password of --nats-user.
+    #[arg(long, global = true, env = "KSCTL_NATS_PASSWORD", hide_env_values = true, help_heading = CONNECTION)]
     nats_password: Option<String>,
     /// CA certificate (PEM) to verify the NATS server with; setting it requires TLS.
-    #[arg(long, global = true, env = "KSCTL_NATS_CA_FILE")]
+    #[arg(long, global = true, env = "KSCTL_NATS_CA_FILE", help_heading = CONNECTION)]
     nats_ca_file: Option<String>,
-    /// Client certificate and key (PEM) for NATS servers that verify clients.
-    #[arg(long, global = true, env = "KSCTL_NATS_CERT_FILE")]
+    /// Client certificate (PEM) for NATS servers that verify clients.
+    #[arg(long, global = true, env = "KSCTL_NATS_CERT_FILE", help_heading = CONNECTION)]
     nats_cert_file: Option<String>,
-    #[arg(long, global = true, env = "KSCTL_NATS_KEY_FILE")]
+    /// Key (PEM) of --nats-cert-file.
+    #[arg(long, global = true, env = "KSCTL_NATS_KEY_FILE", help_heading = CONNECTION)]
     nats_key_file: Option<String>,
     /// Output format.
-    #[arg(short = 'o', long, global = true, value_enum, default_value = "table")]
+    #[arg(short = 'o', long, global = true, value_enum, default_value = "table", help_heading = CONNECTION)]
     output: Output,
     #[command(subcommand)]
     cmd: Top,
@@ -139,26 +145,36 @@ enum ClusterCmd {
     },
     /// Delete a cluster and every resource it has.
     Delete {
+        /// The cluster.
         name: String,
         #[command(flatten)]
         wait: WaitArgs,
     },
     /// Set the number of workers (managed clusters: nodes).
     Scale {
+        /// The cluster.
         name: String,
+        /// The number of workers (managed clusters: nodes) the cluster should have.
         #[arg(long)]
         workers: u32,
         #[command(flatten)]
         wait: WaitArgs,
     },
     /// One cluster's state.
-    Get { name: String },
+    Get {
+        /// The cluster.
+        name: String,
+    },
     /// Every cluster.
     List,
     /// Resources, addresses and versions of a cluster (never secrets).
-    Info { name: String },
+    Info {
+        /// The cluster.
+        name: String,
+    },
     /// Fetch the kubeconfig and merge it into your kubeconfig (or print it).
     Switch {
+        /// The cluster.
         name: String,
         /// File to merge into (default: first entry of $KUBECONFIG, else ~/.kube/config).
         #[arg(long)]
@@ -181,6 +197,7 @@ enum AppsCmd {
     /// on until ready; objects an earlier apply of NAME had and this file has not are deleted).
     /// Every object is checked by a server-side dry-run before any is applied.
     Apply {
+        /// The cluster.
         cluster: String,
         /// The manifests (YAML, documents separated by `---`; `-` reads standard input).
         #[arg(short = 'f', long = "file")]
@@ -193,7 +210,9 @@ enum AppsCmd {
     },
     /// Delete exactly what the stack NAME applied.
     Delete {
+        /// The cluster.
         cluster: String,
+        /// The stack's name.
         #[arg(long)]
         name: String,
         #[command(flatten)]
@@ -205,14 +224,18 @@ enum AppsCmd {
 enum AddonsCmd {
     /// Install an addon into a cluster (again: re-applies its manifests).
     Enable {
+        /// The cluster.
         cluster: String,
+        /// The addon (`ksctl cluster addons list`).
         addon: String,
         #[command(flatten)]
         wait: WaitArgs,
     },
     /// Remove an addon's objects from a cluster.
     Disable {
+        /// The cluster.
         cluster: String,
+        /// The addon (`ksctl cluster addons list`).
         addon: String,
         #[command(flatten)]
         wait: WaitArgs,
@@ -223,30 +246,40 @@ enum AddonsCmd {
 
 #[derive(Args, Default)]
 struct SpecFlags {
+    /// The cluster's name (lowercase letters, digits and `-`, at most 50); required without -f.
     #[arg(long)]
     name: Option<String>,
+    /// Where the cluster runs: sim, aws, azure, local (kind) or byo (your own hosts, -f only).
     #[arg(long, default_value = "sim")]
     provider: String,
+    /// The provider's region.
     #[arg(long, default_value = "local")]
     region: String,
-    /// managed or selfmanaged.
+    /// managed (the provider runs the control plane) or selfmanaged (ksctl bootstraps it on VMs).
     #[arg(long = "type", default_value = "selfmanaged")]
     cluster_type: String,
     /// k3s or kubeadm (self-managed).
     #[arg(long)]
     distro: Option<String>,
+    /// Kubernetes version.
     #[arg(long, default_value = "1.31")]
     version: String,
+    /// etcd version of the datastore nodes (self-managed; default: the distribution's).
     #[arg(long)]
     etcd_version: Option<String>,
-    #[arg(long, default_value_t = 0)]
-    control_planes: u32,
-    #[arg(long, default_value_t = 0)]
-    datastores: u32,
-    #[arg(long, default_value_t = 0)]
-    workers: u32,
-    #[arg(long, default_value_t = 0)]
-    managed_nodes: u32,
+    /// Control-plane nodes, odd and at least 3 (self-managed) [default: 3].
+    #[arg(long)]
+    control_planes: Option<u32>,
+    /// etcd datastore nodes, odd and at least 3 (self-managed) [default: 3].
+    #[arg(long)]
+    datastores: Option<u32>,
+    /// Worker nodes (self-managed) [default: 2].
+    #[arg(long)]
+    workers: Option<u32>,
+    /// Nodes of a managed cluster's node pool [default: 2].
+    #[arg(long)]
+    managed_nodes: Option<u32>,
+    /// The CNI of a self-managed cluster: flannel (the default), calico, cilium or none.
     #[arg(long)]
     cni: Option<String>,
     /// Instance size for every role that has no size of its own.
@@ -254,10 +287,17 @@ struct SpecFlags {
     node_size: Option<String>,
 }
 
+/// The node counts a flag left unset gets: a highly available self-managed cluster (3 control
+/// planes, 3 etcd nodes, 2 workers) or a managed one with 2 nodes. The other kind's counts are 0.
+fn default_counts(cluster_type: &str) -> [u32; 4] {
+    if cluster_type == "managed" { [0, 0, 0, 2] } else { [3, 3, 2, 0] }
+}
+
 impl SpecFlags {
     fn spec(&self) -> Result<ClusterSpec> {
         let name = self.name.clone().context("--name is required when no -f file is given")?;
         let s = self.node_size.clone();
+        let [cp, ds, wp, mp] = default_counts(&self.cluster_type);
         Ok(ClusterSpec {
             cluster_name: name,
             region: self.region.clone(),
@@ -273,10 +313,10 @@ impl SpecFlags {
                 datastore: s.clone(),
                 load_balancer: s,
             },
-            managed_nodes: self.managed_nodes,
-            control_plane_nodes: self.control_planes,
-            worker_nodes: self.workers,
-            datastore_nodes: self.datastores,
+            managed_nodes: self.managed_nodes.unwrap_or(mp),
+            control_plane_nodes: self.control_planes.unwrap_or(cp),
+            worker_nodes: self.workers.unwrap_or(wp),
+            datastore_nodes: self.datastores.unwrap_or(ds),
             cni: self.cni.clone(),
             addons: vec![],
             hosts: None,
@@ -476,10 +516,10 @@ fn read_spec(path: &str) -> Result<(String, ClusterSpec)> {
     let v: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| Exit(2, format!("{path} is not valid JSON: {e}")))?;
     if v.get("spec").is_some() {
-        let r: CreateRequest = serde_json::from_value(v).map_err(|e| Exit(2, format!("{path}: {e}")))?;
+        let r: CreateRequest = ksctl_core::json::from_value(v).map_err(|e| Exit(2, format!("{path}: {e}")))?;
         Ok((r.request_id, r.spec))
     } else {
-        let s: ClusterSpec = serde_json::from_value(v).map_err(|e| Exit(2, format!("{path}: {e}")))?;
+        let s: ClusterSpec = ksctl_core::json::from_value(v).map_err(|e| Exit(2, format!("{path}: {e}")))?;
         Ok((new_request_id(), s))
     }
 }

@@ -57,7 +57,7 @@ async fn answer(m: &Manager, verb: &str, payload: &[u8]) -> Vec<u8> {
             let q: OpsQuery = if payload.is_empty() {
                 OpsQuery::default()
             } else {
-                match serde_json::from_slice(payload) {
+                match ksctl_core::json::from_slice(payload) {
                     Ok(q) => q,
                     Err(e) => return json(QueryReply::<()>::err(format!("malformed query: {e}"))),
                 }
@@ -68,7 +68,7 @@ async fn answer(m: &Manager, verb: &str, payload: &[u8]) -> Vec<u8> {
             }
         }
         "get" | "info" | "switch" => {
-            let q: NameQuery = match serde_json::from_slice(payload) {
+            let q: NameQuery = match ksctl_core::json::from_slice(payload) {
                 Ok(q) => q,
                 Err(e) => return json(QueryReply::<()>::err(format!("malformed query: {e}"))),
             };

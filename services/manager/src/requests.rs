@@ -33,8 +33,15 @@ fn reject(cluster: Option<&str>, request_id: Option<&str>, message: impl Into<St
     }
 }
 
+/// Reads a request; a type error names its field (its JSON path, e.g. `spec.worker_nodes`) in the
+/// reply's `errors` as well as in the message.
 fn parse<T: DeserializeOwned>(payload: &[u8]) -> Result<T, Outcome> {
-    serde_json::from_slice(payload).map_err(|e| reject(None, None, format!("malformed request: {e}")))
+    ksctl_core::json::from_slice(payload).map_err(|e| Outcome::Rejected {
+        cluster: None,
+        request_id: None,
+        message: format!("malformed request: {e}"),
+        errors: e.field.iter().map(|f| FieldError { field: f.clone(), message: e.message.clone() }).collect(),
+    })
 }
 
 fn check_common(api_version: &str, request_id: &str, name: &str) -> Result<ClusterId, Outcome> {

@@ -5,6 +5,7 @@ pub mod addons;
 pub mod apps;
 pub mod artifacts;
 pub mod ids;
+pub mod json;
 pub mod keys;
 pub mod kubeconfig;
 pub mod messages;

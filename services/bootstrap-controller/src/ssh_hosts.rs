@@ -57,10 +57,6 @@ struct Run {
     pki: tokio::sync::OnceCell<EtcdPki>,
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
 fn of(infra: &InfraRecord, role: Role) -> Vec<&Vm> {
     let mut v: Vec<&Vm> = infra.vms_of(role).collect();
     v.sort_by_key(|v| v.index);
@@ -227,9 +223,9 @@ impl SshHosts {
                 let s = KubeadmSecrets {
                     ca,
                     token: kubeadm::new_token(),
-                    token_expires_ms: now_ms() + kubeadm::TOKEN_TTL_SECS * 1000,
+                    token_expires_ms: ksctl_core::now_ms() + kubeadm::TOKEN_TTL_SECS * 1000,
                     certificate_key: kubeadm::new_certificate_key(),
-                    certs_uploaded_ms: now_ms(),
+                    certs_uploaded_ms: ksctl_core::now_ms(),
                 };
                 self.store_kubeadm(ctx, &s, false).await?.kubeadm.expect("written")
             }
@@ -261,7 +257,7 @@ impl SshHosts {
     /// here, registered on the first control plane, then recorded.
     async fn refresh_kubeadm(&self, ctx: &PhaseCtx<'_>, run: &Run) -> Result<KubeadmSecrets, PhaseError> {
         let mut s = self.kubeadm_secrets(ctx).await?;
-        let now = now_ms();
+        let now = ksctl_core::now_ms();
         let certs_stale = now + 10 * 60 * 1000 >= s.certs_uploaded_ms + kubeadm::UPLOADED_CERTS_TTL_SECS * 1000;
         if !kubeadm::token_needs_renewal(s.token_expires_ms, now) && !certs_stale {
             return Ok(s);

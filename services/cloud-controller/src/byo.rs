@@ -3,7 +3,7 @@
 //! has passwordless sudo, records each host's SSH host key (enforced from then on) and its
 //! addresses, and seals the key into state for the bootstrap. Delete undoes what ksctl installed
 //! and leaves the machines.
-use crate::{CloudProvider, checkpoint, infra, target_workers};
+use crate::{CloudProvider, checkpoint, infra};
 use futures::StreamExt;
 use ksctl_core::records::{InfraRecord, Role, Vm};
 use ksctl_core::spec::HostSpec;
@@ -197,7 +197,7 @@ impl CloudProvider for ByoCloud {
 
     /// Takes the next spare worker hosts listed in the spec (the manager refuses a target beyond them).
     async fn scale_up(&self, ctx: &PhaseCtx<'_>) -> Result<(), PhaseError> {
-        let target = target_workers(ctx)?;
+        let target = ctx.target_workers()?;
         let known = infra(&self.store, ctx).await?;
         let new: Vec<_> = byo_hosts(ctx)?
             .in_use(target)
@@ -211,10 +211,8 @@ impl CloudProvider for ByoCloud {
     /// The workers with the highest indices leave the cluster (the k8s phase drained them):
     /// ksctl's software goes, the machines stay and become spares again.
     async fn scale_down(&self, ctx: &PhaseCtx<'_>) -> Result<(), PhaseError> {
-        let target = target_workers(ctx)?;
-        let mut gone: Vec<Vm> =
-            infra(&self.store, ctx).await?.vms_of(Role::Worker).filter(|v| v.index >= target).cloned().collect();
-        gone.sort_by_key(|v| std::cmp::Reverse(v.index));
+        let target = ctx.target_workers()?;
+        let gone = infra(&self.store, ctx).await?.workers_beyond(target);
         self.uninstall(ctx, gone).await
     }
 }

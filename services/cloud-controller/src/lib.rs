@@ -195,6 +195,38 @@ pub(crate) async fn record_vm(
     Ok(())
 }
 
+/// How many VMs a provider creates or deletes at once.
+pub(crate) const PARALLEL_VMS: usize = 10;
+
+/// Runs `work` on every item, [`PARALLEL_VMS`] at a time. Every item's work runs to its end even
+/// when another's fails (a VM half-made is recorded, not dropped mid-call); then the first error.
+pub(crate) async fn fan_out<I, T, F, Fut>(items: I, work: F) -> Result<Vec<T>, PhaseError>
+where
+    I: IntoIterator,
+    F: FnMut(I::Item) -> Fut,
+    Fut: std::future::Future<Output = Result<T, PhaseError>>,
+{
+    use futures::StreamExt;
+    let results: Vec<Result<T, PhaseError>> =
+        futures::stream::iter(items).map(work).buffer_unordered(PARALLEL_VMS).collect().await;
+    results.into_iter().collect()
+}
+
+/// The VMs of `want` that `have` has not recorded. Those it has (made before a restart) are
+/// counted in `done`, so a resumed phase's progress goes on from where it was.
+pub(crate) fn vms_missing(
+    ctx: &PhaseCtx<'_>,
+    have: &InfraRecord,
+    want: Vec<(Role, u32)>,
+    done: &std::sync::atomic::AtomicU32,
+) -> Vec<(Role, u32)> {
+    let id = &ctx.cluster.id;
+    let wanted = want.len();
+    let missing: Vec<_> = want.into_iter().filter(|(r, i)| !have.vms.contains_key(&r.vm_name(id, *i))).collect();
+    done.fetch_add((wanted - missing.len()) as u32, std::sync::atomic::Ordering::SeqCst);
+    missing
+}
+
 /// The VMs a self-managed cluster of this spec has: (role, index), load balancer first.
 pub(crate) fn planned_vms(spec: &ksctl_core::spec::ClusterSpec) -> Vec<(Role, u32)> {
     let mut v = vec![(Role::LoadBalancer, 0)];
@@ -210,22 +242,4 @@ pub(crate) fn workers_to_add(state: &InfraRecord, target: u32) -> Vec<(Role, u32
     let missing = target.saturating_sub(have.len() as u32);
     let start = have.iter().max().map(|m| m + 1).unwrap_or(0);
     (start..start + missing).map(|i| (Role::Worker, i)).collect()
-}
-
-/// The workers a scale-down to `target` removes: the highest indices.
-pub(crate) fn workers_to_remove(state: &InfraRecord, target: u32) -> Vec<ksctl_core::records::Vm> {
-    let mut workers: Vec<_> = state.vms_of(Role::Worker).cloned().collect();
-    workers.sort_by_key(|v| std::cmp::Reverse(v.index));
-    let n = workers.len().saturating_sub(target as usize);
-    workers.truncate(n);
-    workers
-}
-
-/// The worker count a scale operation asks for.
-pub(crate) fn target_workers(ctx: &PhaseCtx<'_>) -> Result<u32, PhaseError> {
-    ctx.cluster
-        .operation
-        .as_ref()
-        .and_then(|o| o.target_workers)
-        .ok_or_else(|| PhaseError::Permanent("scale operation without a target worker count".into()))
 }

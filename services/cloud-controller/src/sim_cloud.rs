@@ -1,7 +1,6 @@
 //! The simulated cloud: network, one firewall per role, an SSH key, VMs; or a managed cluster
 //! with a node pool. Resources live in the store via [`Sim`].
-use crate::{CloudProvider, checkpoint, infra, target_workers};
-use futures::StreamExt;
+use crate::{CloudProvider, checkpoint, infra};
 use ksctl_core::messages::context_name;
 use ksctl_core::records::{Role, Vm};
 use ksctl_core::spec::ClusterType;
@@ -11,7 +10,6 @@ use ksctl_store::DynStore;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 /// VMs created at once.
-const PARALLEL_VMS: usize = 10;
 const FIREWALL_ROLES: [Role; 4] = [Role::LoadBalancer, Role::Datastore, Role::ControlPlane, Role::Worker];
 
 pub struct SimCloud {
@@ -34,21 +32,15 @@ impl SimCloud {
     ) -> Result<(), PhaseError> {
         let id = &ctx.cluster.id;
         let have = infra(&self.store, ctx).await?;
-        let wanted = want.len();
-        let missing: Vec<_> = want.into_iter().filter(|(r, i)| !have.vms.contains_key(&r.vm_name(id, *i))).collect();
-        // VMs created before a restart count as done.
-        done.fetch_add((wanted - missing.len()) as u32, Ordering::SeqCst);
-        let results: Vec<Result<(), PhaseError>> = futures::stream::iter(missing)
-            .map(|(role, index)| async move {
-                let name = role.vm_name(id, index);
-                let r = self.sim.run("cloud.vm", self.sim.ensure(id, "vm", &name, Some(role), index, 0)).await?;
-                let vm = Vm { id: r.id, name, role, index, public_ip: r.public_ip, private_ip: r.private_ip };
-                crate::record_vm(&self.store, ctx, vm, done, total).await
-            })
-            .buffer_unordered(PARALLEL_VMS)
-            .collect()
-            .await;
-        results.into_iter().collect()
+        let missing = crate::vms_missing(ctx, &have, want, done);
+        crate::fan_out(missing, |(role, index)| async move {
+            let name = role.vm_name(id, index);
+            let r = self.sim.run("cloud.vm", self.sim.ensure(id, "vm", &name, Some(role), index, 0)).await?;
+            let vm = Vm { id: r.id, name, role, index, public_ip: r.public_ip, private_ip: r.private_ip };
+            crate::record_vm(&self.store, ctx, vm, done, total).await
+        })
+        .await
+        .map(|_| ())
     }
 
     async fn ensure_simple(&self, ctx: &PhaseCtx<'_>, kind: &str, name: &str, size: u32) -> Result<String, PhaseError> {
@@ -155,7 +147,7 @@ impl CloudProvider for SimCloud {
     }
 
     async fn scale_up(&self, ctx: &PhaseCtx<'_>) -> Result<(), PhaseError> {
-        let target = target_workers(ctx)?;
+        let target = ctx.target_workers()?;
         let state = infra(&self.store, ctx).await?;
         if ctx.cluster.cluster_type == ClusterType::Managed {
             return self.resize_pool(ctx, target).await;
@@ -166,12 +158,12 @@ impl CloudProvider for SimCloud {
     }
 
     async fn scale_down(&self, ctx: &PhaseCtx<'_>) -> Result<(), PhaseError> {
-        let target = target_workers(ctx)?;
+        let target = ctx.target_workers()?;
         if ctx.cluster.cluster_type == ClusterType::Managed {
             return self.resize_pool(ctx, target).await;
         }
         let state = infra(&self.store, ctx).await?;
-        let remove = crate::workers_to_remove(&state, target);
+        let remove = state.workers_beyond(target);
         let total = remove.len() as u32;
         for (n, vm) in remove.iter().enumerate() {
             self.sim.run("cloud.delete.vm", self.sim.delete(&ctx.cluster.id, &vm.id)).await?;

@@ -55,24 +55,6 @@ pub struct Config {
     pub agent_credential_ttl_secs: u64,
 }
 
-/// The workers a scale-down removes: those beyond the target, highest index first (only
-/// self-managed clusters drain here; managed pools drain the nodes they remove).
-fn workers_to_remove(
-    ctx: &PhaseCtx<'_>,
-    infra: &ksctl_core::records::InfraRecord,
-) -> Result<Vec<ksctl_core::records::Vm>, PhaseError> {
-    let target = ctx
-        .cluster
-        .operation
-        .as_ref()
-        .and_then(|o| o.target_workers)
-        .ok_or_else(|| PhaseError::Permanent("scale operation without a target worker count".into()))?;
-    let mut nodes: Vec<_> = infra.vms_of(ksctl_core::records::Role::Worker).cloned().collect();
-    nodes.sort_by_key(|v| std::cmp::Reverse(v.index));
-    let count = nodes.len();
-    Ok(nodes.into_iter().take(count.saturating_sub(target as usize)).collect())
-}
-
 /// Drains the workers a scale-down removes, one after another, with `drain_one`; each drained
 /// node is checkpointed in the k8s record, so a retried phase skips it.
 pub(crate) async fn drain_workers<F, Fut>(
@@ -89,7 +71,9 @@ where
     let id = &ctx.cluster.id;
     let infra: InfraRecord = ksctl_runtime::read_record(store, &keys::cloud(id)).await?;
     let drained = ksctl_runtime::read_record::<K8sRecord>(store, &keys::k8s(id)).await?.drained;
-    let remove = workers_to_remove(ctx, &infra)?;
+    // The machines the cloud phase removes next (only self-managed clusters drain here; managed
+    // pools drain the nodes they remove).
+    let remove = infra.workers_beyond(ctx.target_workers()?);
     let total = remove.len() as u32;
     for (n, vm) in remove.into_iter().enumerate() {
         let (vm_id, name) = (vm.id.clone(), vm.name.clone());

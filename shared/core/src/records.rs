@@ -145,6 +145,17 @@ impl InfraRecord {
     pub fn vms_of(&self, role: Role) -> impl Iterator<Item = &Vm> {
         self.vms.values().filter(move |v| v.role == role)
     }
+
+    /// The workers a scale-down to `target` removes: those beyond the target count, highest index
+    /// first. The one rule for every provider's scale-down and the k8s phase's drain, so that the
+    /// nodes drained are the machines removed.
+    pub fn workers_beyond(&self, target: u32) -> Vec<Vm> {
+        let mut workers: Vec<Vm> = self.vms_of(Role::Worker).cloned().collect();
+        workers.sort_by_key(|v| std::cmp::Reverse(v.index));
+        let n = workers.len().saturating_sub(target as usize);
+        workers.truncate(n);
+        workers
+    }
 }
 
 impl SealedFields for BootstrapRecord {
@@ -246,4 +257,42 @@ pub struct Revocations {
 pub struct Revoked {
     pub at: u64,
     pub expires_at: u64,
+}
+
+#[cfg(test)]
+mod workers_beyond_tests {
+    use super::*;
+
+    fn infra(workers: &[u32]) -> InfraRecord {
+        let mut r = InfraRecord::default();
+        let vm = |role: Role, index: u32| Vm {
+            id: format!("{}-{index}", role.as_str()),
+            name: format!("{}-{index}", role.as_str()),
+            role,
+            index,
+            public_ip: String::new(),
+            private_ip: String::new(),
+        };
+        for &i in workers {
+            r.vms.insert(format!("wp-{i}"), vm(Role::Worker, i));
+        }
+        r.vms.insert("cp-7".into(), vm(Role::ControlPlane, 7));
+        r
+    }
+
+    fn indices(r: &InfraRecord, target: u32) -> Vec<u32> {
+        r.workers_beyond(target).iter().map(|v| v.index).collect()
+    }
+
+    #[test]
+    fn the_highest_indices_beyond_the_target_count_go_first() {
+        let r = infra(&[0, 1, 2, 3]);
+        assert_eq!(indices(&r, 2), [3, 2]);
+        assert_eq!(indices(&r, 0), [3, 2, 1, 0]);
+        assert!(indices(&r, 4).is_empty() && indices(&r, 9).is_empty());
+        // Indices with a gap (a scale-up continues after the highest): counted, not compared.
+        let r = infra(&[0, 2, 5]);
+        assert_eq!(indices(&r, 1), [5, 2]);
+        assert!(r.workers_beyond(0).iter().all(|v| v.role == Role::Worker), "only workers");
+    }
 }

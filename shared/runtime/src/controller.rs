@@ -44,6 +44,15 @@ pub struct PhaseCtx<'a> {
 }
 
 impl PhaseCtx<'_> {
+    /// The worker count the scale operation being run asks for.
+    pub fn target_workers(&self) -> Result<u32, PhaseError> {
+        self.cluster
+            .operation
+            .as_ref()
+            .and_then(|o| o.target_workers)
+            .ok_or_else(|| PhaseError::Permanent("scale operation without a target worker count".into()))
+    }
+
     /// Reports a finished step: an event for watchers and an in-progress ack for the server.
     pub async fn progress(&self, step: impl Into<String>, done: u32, total: u32) {
         let step = step.into();

@@ -236,7 +236,7 @@ impl AwsCloud {
     }
 
     pub(super) async fn scale_managed(&self, ctx: &PhaseCtx<'_>) -> Result<(), PhaseError> {
-        let target = crate::target_workers(ctx)? as i32;
+        let target = ctx.target_workers()? as i32;
         let aws = self.clients(&ctx.cluster.spec.region).await?;
         let pool = infra(&self.store, ctx).await?.node_pool.unwrap_or_else(|| nodegroup(&ctx.cluster.id));
         let name = ctx.cluster.id.as_str();

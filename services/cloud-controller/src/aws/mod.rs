@@ -20,7 +20,6 @@ use aws_sdk_ec2::types::{
     IpRange, ResourceType, Tag, TagSpecification, VolumeType,
 };
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
-use futures::StreamExt;
 use ksctl_core::ClusterId;
 use ksctl_core::records::{ClusterRecord, Role, Vm};
 use ksctl_core::spec::ClusterType;
@@ -39,7 +38,6 @@ const VPC_CIDR: &str = "10.0.0.0/16";
 /// Canonical's account; the image name can be overridden with `KSCTL_AWS_AMI`.
 const UBUNTU_OWNER: &str = "099720109477";
 const UBUNTU_NAME: &str = "ubuntu/images/hvm-ssd*/ubuntu-noble-24.04-amd64-server-*";
-const PARALLEL_VMS: usize = 10;
 
 pub struct AwsCloud {
     store: DynStore,
@@ -732,19 +730,16 @@ impl CloudProvider for AwsCloud {
         checkpoint(&self.store, ctx, |i| i.ssh_key_id = Some(key.clone())).await?;
         step(format!("key pair {key}")).await;
         let image = self.ami(&ec2).await?;
-        let results: Vec<Result<Vm, PhaseError>> = futures::stream::iter(vms)
-            .map(|(role, index)| {
-                let (ec2, image, step) = (&ec2, &image, &step);
-                async move {
-                    let vm = self.ensure_vm(ec2, ctx, role, index, image).await?;
-                    step(format!("vm {} {} ({})", vm.name, vm.id, vm.public_ip)).await;
-                    Ok(vm)
-                }
-            })
-            .buffer_unordered(PARALLEL_VMS)
-            .collect()
-            .await;
-        results.into_iter().collect::<Result<Vec<_>, _>>().map(|_| ())
+        crate::fan_out(vms, |(role, index)| {
+            let (ec2, image, step) = (&ec2, &image, &step);
+            async move {
+                let vm = self.ensure_vm(ec2, ctx, role, index, image).await?;
+                step(format!("vm {} {} ({})", vm.name, vm.id, vm.public_ip)).await;
+                Ok(vm)
+            }
+        })
+        .await
+        .map(|_| ())
     }
 
     async fn delete(&self, ctx: &PhaseCtx<'_>) -> Result<(), PhaseError> {
@@ -863,7 +858,7 @@ impl CloudProvider for AwsCloud {
         if ctx.cluster.cluster_type == ClusterType::Managed {
             return self.scale_managed(ctx).await;
         }
-        let target = crate::target_workers(ctx)?;
+        let target = ctx.target_workers()?;
         let ec2 = self.client(&ctx.cluster.spec.region).await?;
         let state = infra(&self.store, ctx).await?;
         let add = crate::workers_to_add(&state, target);
@@ -880,10 +875,10 @@ impl CloudProvider for AwsCloud {
         if ctx.cluster.cluster_type == ClusterType::Managed {
             return self.scale_managed(ctx).await;
         }
-        let target = crate::target_workers(ctx)?;
+        let target = ctx.target_workers()?;
         let ec2 = self.client(&ctx.cluster.spec.region).await?;
         let state = infra(&self.store, ctx).await?;
-        let remove = crate::workers_to_remove(&state, target);
+        let remove = state.workers_beyond(target);
         self.terminate(&ec2, remove.iter().map(|v| v.id.clone()).collect()).await?;
         checkpoint(&self.store, ctx, |i| {
             for v in &remove {

@@ -14,7 +14,7 @@
 pub mod arm;
 
 use crate::firewall::{self, Proto, Source};
-use crate::{CloudProvider, checkpoint, infra, target_workers};
+use crate::{CloudProvider, checkpoint, infra};
 use arm::{Arm, ArmSettings, Principal};
 use futures::StreamExt;
 use ksctl_core::messages::context_name;
@@ -31,8 +31,6 @@ const API_RESOURCES: &str = "2021-04-01";
 const API_NETWORK: &str = "2021-05-01";
 const API_COMPUTE: &str = "2021-07-01";
 const API_AKS: &str = "2021-03-01";
-/// VMs created at once.
-const PARALLEL_VMS: usize = 10;
 const VNET_CIDR: &str = "10.1.0.0/16";
 const SUBNET_CIDR: &str = "10.1.0.0/24";
 const ROLES: [Role; 4] = [Role::LoadBalancer, Role::Datastore, Role::ControlPlane, Role::Worker];
@@ -203,77 +201,72 @@ impl AzureCloud {
         let have = infra(&self.store, ctx).await?;
         let subnet = have.subnets.first().cloned().ok_or_else(|| PhaseError::Permanent("no subnet recorded".into()))?;
         let public_key = crate::cluster_ssh_key(&self.store, ctx).await?;
-        let missing: Vec<_> = want.into_iter().filter(|(r, i)| !have.vms.contains_key(&r.vm_name(id, *i))).collect();
+        let missing = crate::vms_missing(ctx, &have, want, done);
         let location = ctx.cluster.spec.region.clone();
         let tags = Self::tags(ctx);
-        let results: Vec<Result<(), PhaseError>> = futures::stream::iter(missing)
-            .map(|(role, index)| {
-                let (subnet, public_key, location, tags) = (&subnet, &public_key, &location, &tags);
-                async move {
-                    let name = role.vm_name(id, index);
-                    let parts = infra(&self.store, ctx).await?.vm_parts;
-                    let (pip_name, nic_name) = (format!("{name}-pip"), format!("{name}-nic"));
-                    let pip_body = json!({
-                        "location": location, "tags": tags, "sku": {"name": "Standard"},
-                        "properties": {"publicIPAllocationMethod": "Static", "publicIPAddressVersion": "IPv4"}
-                    });
-                    let rest = format!("/providers/Microsoft.Network/publicIPAddresses/{pip_name}");
-                    let (pip, _) = self.ensure(arm, ctx, parts.get(&pip_name), &rest, API_NETWORK, pip_body).await?;
-                    checkpoint(&self.store, ctx, |i| {
-                        i.vm_parts.insert(pip_name.clone(), pip.clone());
-                    })
-                    .await?;
-                    let nsg = infra(&self.store, ctx)
-                        .await?
-                        .firewalls
-                        .get(role.as_str())
-                        .cloned()
-                        .ok_or_else(|| PhaseError::Permanent(format!("no NSG recorded for {}", role.as_str())))?;
-                    let nic_body = json!({
-                        "location": location, "tags": tags,
-                        "properties": {
-                            "networkSecurityGroup": {"id": nsg},
-                            "ipConfigurations": [{"name": "primary", "properties": {
-                                "subnet": {"id": subnet}, "publicIPAddress": {"id": pip},
-                                "privateIPAllocationMethod": "Dynamic"
-                            }}]
-                        }
-                    });
-                    let rest = format!("/providers/Microsoft.Network/networkInterfaces/{nic_name}");
-                    let (nic, _) = self.ensure(arm, ctx, parts.get(&nic_name), &rest, API_NETWORK, nic_body).await?;
-                    checkpoint(&self.store, ctx, |i| {
-                        i.vm_parts.insert(nic_name.clone(), nic.clone());
-                    })
-                    .await?;
-                    let size = crate::node_size(ctx, role, "Standard_B2s", "Standard_B2ms");
-                    let body = vm_body(location, &size, &nic, &name, public_key, tags);
-                    let rest = format!("/providers/Microsoft.Compute/virtualMachines/{name}");
-                    let (vm_id, _) = self.ensure(arm, ctx, None, &rest, API_COMPUTE, body).await?;
-                    // The addresses, as Azure assigned them.
-                    let nic_now =
-                        arm.get(&arm.id(&format!("{}?api-version={API_NETWORK}", strip_sub(arm, &nic)))).await?;
-                    let pip_now =
-                        arm.get(&arm.id(&format!("{}?api-version={API_NETWORK}", strip_sub(arm, &pip)))).await?;
-                    let private_ip = nic_now
-                        .as_ref()
-                        .and_then(|n| n.pointer("/properties/ipConfigurations/0/properties/privateIPAddress"))
-                        .and_then(Value::as_str)
-                        .unwrap_or_default()
-                        .to_string();
-                    let public_ip = pip_now
-                        .as_ref()
-                        .and_then(|p| p.pointer("/properties/ipAddress"))
-                        .and_then(Value::as_str)
-                        .unwrap_or_default()
-                        .to_string();
-                    let vm = Vm { id: vm_id, name, role, index, public_ip, private_ip };
-                    crate::record_vm(&self.store, ctx, vm, done, total).await
-                }
-            })
-            .buffer_unordered(PARALLEL_VMS)
-            .collect()
-            .await;
-        results.into_iter().collect()
+        crate::fan_out(missing, |(role, index)| {
+            let (subnet, public_key, location, tags) = (&subnet, &public_key, &location, &tags);
+            async move {
+                let name = role.vm_name(id, index);
+                let parts = infra(&self.store, ctx).await?.vm_parts;
+                let (pip_name, nic_name) = (format!("{name}-pip"), format!("{name}-nic"));
+                let pip_body = json!({
+                    "location": location, "tags": tags, "sku": {"name": "Standard"},
+                    "properties": {"publicIPAllocationMethod": "Static", "publicIPAddressVersion": "IPv4"}
+                });
+                let rest = format!("/providers/Microsoft.Network/publicIPAddresses/{pip_name}");
+                let (pip, _) = self.ensure(arm, ctx, parts.get(&pip_name), &rest, API_NETWORK, pip_body).await?;
+                checkpoint(&self.store, ctx, |i| {
+                    i.vm_parts.insert(pip_name.clone(), pip.clone());
+                })
+                .await?;
+                let nsg = infra(&self.store, ctx)
+                    .await?
+                    .firewalls
+                    .get(role.as_str())
+                    .cloned()
+                    .ok_or_else(|| PhaseError::Permanent(format!("no NSG recorded for {}", role.as_str())))?;
+                let nic_body = json!({
+                    "location": location, "tags": tags,
+                    "properties": {
+                        "networkSecurityGroup": {"id": nsg},
+                        "ipConfigurations": [{"name": "primary", "properties": {
+                            "subnet": {"id": subnet}, "publicIPAddress": {"id": pip},
+                            "privateIPAllocationMethod": "Dynamic"
+                        }}]
+                    }
+                });
+                let rest = format!("/providers/Microsoft.Network/networkInterfaces/{nic_name}");
+                let (nic, _) = self.ensure(arm, ctx, parts.get(&nic_name), &rest, API_NETWORK, nic_body).await?;
+                checkpoint(&self.store, ctx, |i| {
+                    i.vm_parts.insert(nic_name.clone(), nic.clone());
+                })
+                .await?;
+                let size = crate::node_size(ctx, role, "Standard_B2s", "Standard_B2ms");
+                let body = vm_body(location, &size, &nic, &name, public_key, tags);
+                let rest = format!("/providers/Microsoft.Compute/virtualMachines/{name}");
+                let (vm_id, _) = self.ensure(arm, ctx, None, &rest, API_COMPUTE, body).await?;
+                // The addresses, as Azure assigned them.
+                let nic_now = arm.get(&arm.id(&format!("{}?api-version={API_NETWORK}", strip_sub(arm, &nic)))).await?;
+                let pip_now = arm.get(&arm.id(&format!("{}?api-version={API_NETWORK}", strip_sub(arm, &pip)))).await?;
+                let private_ip = nic_now
+                    .as_ref()
+                    .and_then(|n| n.pointer("/properties/ipConfigurations/0/properties/privateIPAddress"))
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string();
+                let public_ip = pip_now
+                    .as_ref()
+                    .and_then(|p| p.pointer("/properties/ipAddress"))
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string();
+                let vm = Vm { id: vm_id, name, role, index, public_ip, private_ip };
+                crate::record_vm(&self.store, ctx, vm, done, total).await
+            }
+        })
+        .await
+        .map(|_| ())
     }
 
     /// Deletes a VM, then its NIC and public IP; unrecords each.
@@ -438,20 +431,15 @@ impl CloudProvider for AzureCloud {
             let names: Vec<String> = state.vms.keys().cloned().collect();
             let total = names.len() as u32 + 2;
             let done = AtomicU32::new(0);
-            let results: Vec<Result<(), PhaseError>> = futures::stream::iter(names)
-                .map(|name| {
-                    let (arm, done) = (&arm, &done);
-                    async move {
-                        self.delete_vm(arm, ctx, &name).await?;
-                        ctx.progress(format!("deleted vm {name}"), done.fetch_add(1, Ordering::SeqCst) + 1, total)
-                            .await;
-                        Ok(())
-                    }
-                })
-                .buffer_unordered(PARALLEL_VMS)
-                .collect()
-                .await;
-            results.into_iter().collect::<Result<(), _>>()?;
+            crate::fan_out(names, |name| {
+                let (arm, done) = (&arm, &done);
+                async move {
+                    self.delete_vm(arm, ctx, &name).await?;
+                    ctx.progress(format!("deleted vm {name}"), done.fetch_add(1, Ordering::SeqCst) + 1, total).await;
+                    Ok(())
+                }
+            })
+            .await?;
             let vnet = format!("/providers/Microsoft.Network/virtualNetworks/{}-vnet", ctx.cluster.id);
             arm.delete(&Self::path(&arm, ctx, &vnet, API_NETWORK)).await?;
             for role in ROLES {
@@ -473,7 +461,7 @@ impl CloudProvider for AzureCloud {
 
     async fn scale_up(&self, ctx: &PhaseCtx<'_>) -> Result<(), PhaseError> {
         let arm = self.arm()?.clone();
-        let target = target_workers(ctx)?;
+        let target = ctx.target_workers()?;
         if ctx.cluster.cluster_type == ClusterType::Managed {
             return self.resize_pool(&arm, ctx, target).await;
         }
@@ -485,15 +473,12 @@ impl CloudProvider for AzureCloud {
 
     async fn scale_down(&self, ctx: &PhaseCtx<'_>) -> Result<(), PhaseError> {
         let arm = self.arm()?.clone();
-        let target = target_workers(ctx)?;
+        let target = ctx.target_workers()?;
         if ctx.cluster.cluster_type == ClusterType::Managed {
             return self.resize_pool(&arm, ctx, target).await;
         }
         let state = infra(&self.store, ctx).await?;
-        let mut workers: Vec<Vm> = state.vms_of(Role::Worker).cloned().collect();
-        workers.sort_by_key(|v| std::cmp::Reverse(v.index));
-        let remove: Vec<Vm> =
-            workers.into_iter().take(state.vms_of(Role::Worker).count().saturating_sub(target as usize)).collect();
+        let remove = state.workers_beyond(target);
         let total = remove.len() as u32;
         for (n, vm) in remove.iter().enumerate() {
             self.delete_vm(&arm, ctx, &vm.name).await?;

@@ -80,11 +80,14 @@ async fn deliveries(mode: &'static str) -> Vec<Instant> {
     let opts = WorkerOptions { max_jobs: 2, base_backoff: Duration::from_millis(800), ..Default::default() };
     let worker = tokio::spawn(run_consumer("test", consumer, Arc::new(Flaky { mode, seen: seen.clone() }), opts, rx));
     p.result(&result()).await.unwrap();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Acked after the second delivery: the work queue empties. Waited for rather than slept on:
+    // a panic's backtrace alone can take seconds to print on a loaded machine (it did in CI).
+    ksctl_tests::eventually(Duration::from_secs(20), &format!("{mode}: the message acked"), || async {
+        (count(&p, RESULTS_STREAM).await == 0).then_some(())
+    })
+    .await;
     tx.send(true).unwrap();
     worker.await.unwrap().unwrap();
-    // Acked after the second delivery: the work queue is empty.
-    assert_eq!(count(&p, RESULTS_STREAM).await, 0, "{mode}: message not acked");
     seen.lock().unwrap().clone()
 }
 

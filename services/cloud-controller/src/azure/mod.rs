@@ -12,8 +12,9 @@
 //! admin kubeconfig sealed. Delete goes in reverse and ends with the resource group, which takes
 //! along anything a crash left unrecorded; "not found" is done.
 pub mod arm;
+mod bodies;
 
-use crate::firewall::{self, Proto, Source};
+use crate::firewall;
 use crate::{CloudProvider, checkpoint, infra};
 use arm::{Arm, ArmSettings, Principal};
 use futures::StreamExt;
@@ -46,98 +47,6 @@ pub struct AzureCloud {
 /// The cluster's resource group.
 pub fn resource_group(ctx: &PhaseCtx<'_>) -> String {
     format!("ksctl-resgrp-{}-{}", ctx.cluster.cluster_type.as_str(), ctx.cluster.id)
-}
-
-/// An NSG's security rules for a role, from the shared port matrix: inbound allows with
-/// priorities from 100, "the network" being the VNet.
-pub fn security_rules(rules: &[firewall::Rule]) -> Vec<Value> {
-    rules
-        .iter()
-        .enumerate()
-        .map(|(i, r)| {
-            let ports = if r.from_port == r.to_port {
-                r.from_port.to_string()
-            } else {
-                format!("{}-{}", r.from_port, r.to_port)
-            };
-            json!({
-                "name": format!("ksctl-{}-{}-{}", r.proto.as_str(), r.from_port, r.to_port),
-                "properties": {
-                    "description": r.description,
-                    "protocol": match r.proto { Proto::Tcp => "Tcp", Proto::Udp => "Udp" },
-                    "sourcePortRange": "*",
-                    "destinationPortRange": ports,
-                    "sourceAddressPrefix": match r.source { Source::Anywhere => "*", Source::Network => VNET_CIDR },
-                    "destinationAddressPrefix": "*",
-                    "access": "Allow",
-                    "priority": 100 + i as i64,
-                    "direction": "Inbound",
-                }
-            })
-        })
-        .collect()
-}
-
-/// The VM's body: Ubuntu 24.04 LTS, SSH key only, the OS disk and NIC deleted with the VM.
-pub fn vm_body(location: &str, size: &str, nic_id: &str, computer_name: &str, public_key: &str, tags: &Value) -> Value {
-    json!({
-        "location": location,
-        "tags": tags,
-        "properties": {
-            "hardwareProfile": {"vmSize": size},
-            "storageProfile": {
-                "imageReference": {
-                    "publisher": "Canonical", "offer": "ubuntu-24_04-lts", "sku": "server", "version": "latest"
-                },
-                "osDisk": {
-                    "createOption": "FromImage",
-                    "managedDisk": {"storageAccountType": "StandardSSD_LRS"},
-                    "deleteOption": "Delete"
-                }
-            },
-            "osProfile": {
-                "computerName": computer_name,
-                "adminUsername": "ubuntu",
-                "linuxConfiguration": {
-                    "disablePasswordAuthentication": true,
-                    "ssh": {"publicKeys": [{"path": "/home/ubuntu/.ssh/authorized_keys", "keyData": public_key}]}
-                }
-            },
-            "networkProfile": {"networkInterfaces": [{"id": nic_id, "properties": {"primary": true}}]}
-        }
-    })
-}
-
-/// The AKS cluster's body: one system pool of `nodes`, the CNI's network plugin.
-pub fn aks_body(
-    location: &str,
-    name: &str,
-    version: &str,
-    nodes: u32,
-    size: &str,
-    cni: Option<&str>,
-    tags: &Value,
-) -> Value {
-    let plugin = match cni {
-        // AKS runs Cilium on Azure CNI; everything else gets kubenet (flannel-like routing).
-        Some("cilium") => "azure",
-        _ => "kubenet",
-    };
-    json!({
-        "location": location,
-        "tags": tags,
-        "identity": {"type": "SystemAssigned"},
-        "properties": {
-            "kubernetesVersion": version,
-            "dnsPrefix": name,
-            "enableRBAC": true,
-            "agentPoolProfiles": [{
-                "name": POOL, "count": nodes, "vmSize": size, "mode": "System", "osType": "Linux",
-                "type": "VirtualMachineScaleSets"
-            }],
-            "networkProfile": {"networkPlugin": plugin}
-        }
-    })
 }
 
 impl AzureCloud {
@@ -210,10 +119,7 @@ impl AzureCloud {
                 let name = role.vm_name(id, index);
                 let parts = infra(&self.store, ctx).await?.vm_parts;
                 let (pip_name, nic_name) = (format!("{name}-pip"), format!("{name}-nic"));
-                let pip_body = json!({
-                    "location": location, "tags": tags, "sku": {"name": "Standard"},
-                    "properties": {"publicIPAllocationMethod": "Static", "publicIPAddressVersion": "IPv4"}
-                });
+                let pip_body = bodies::public_ip(location, tags);
                 let rest = format!("/providers/Microsoft.Network/publicIPAddresses/{pip_name}");
                 let (pip, _) = self.ensure(arm, ctx, parts.get(&pip_name), &rest, API_NETWORK, pip_body).await?;
                 checkpoint(&self.store, ctx, |i| {
@@ -226,16 +132,7 @@ impl AzureCloud {
                     .get(role.as_str())
                     .cloned()
                     .ok_or_else(|| PhaseError::Permanent(format!("no NSG recorded for {}", role.as_str())))?;
-                let nic_body = json!({
-                    "location": location, "tags": tags,
-                    "properties": {
-                        "networkSecurityGroup": {"id": nsg},
-                        "ipConfigurations": [{"name": "primary", "properties": {
-                            "subnet": {"id": subnet}, "publicIPAddress": {"id": pip},
-                            "privateIPAllocationMethod": "Dynamic"
-                        }}]
-                    }
-                });
+                let nic_body = bodies::nic(location, tags, &nsg, subnet, &pip);
                 let rest = format!("/providers/Microsoft.Network/networkInterfaces/{nic_name}");
                 let (nic, _) = self.ensure(arm, ctx, parts.get(&nic_name), &rest, API_NETWORK, nic_body).await?;
                 checkpoint(&self.store, ctx, |i| {
@@ -243,7 +140,7 @@ impl AzureCloud {
                 })
                 .await?;
                 let size = crate::node_size(ctx, role, "Standard_B2s", "Standard_B2ms");
-                let body = vm_body(location, &size, &nic, &name, public_key, tags);
+                let body = bodies::vm(location, &size, &nic, &name, public_key, tags);
                 let rest = format!("/providers/Microsoft.Compute/virtualMachines/{name}");
                 let (vm_id, _) = self.ensure(arm, ctx, None, &rest, API_COMPUTE, body).await?;
                 // The addresses, as Azure assigned them.
@@ -304,8 +201,7 @@ impl AzureCloud {
                 let (state, tags, done) = (&state, &tags, &done);
                 async move {
                     let name = format!("{}-nsg-{}", ctx.cluster.id, role.as_str());
-                    let body = json!({"location": location, "tags": tags,
-                        "properties": {"securityRules": security_rules(&firewall::rules(role, distro, cni))}});
+                    let body = bodies::nsg(location, tags, &firewall::rules(role, distro, cni));
                     let rest = format!("/providers/Microsoft.Network/networkSecurityGroups/{name}");
                     let (nsg, _) =
                         self.ensure(arm, ctx, state.firewalls.get(role.as_str()), &rest, API_NETWORK, body).await?;
@@ -323,9 +219,7 @@ impl AzureCloud {
         nsgs.into_iter().collect::<Result<(), _>>()?;
         if state.network.is_none() || state.subnets.is_empty() {
             let name = format!("{}-vnet", ctx.cluster.id);
-            let body = json!({"location": location, "tags": tags, "properties": {
-                "addressSpace": {"addressPrefixes": [VNET_CIDR]},
-                "subnets": [{"name": "nodes", "properties": {"addressPrefix": SUBNET_CIDR}}]}});
+            let body = bodies::vnet(location, &tags);
             let rest = format!("/providers/Microsoft.Network/virtualNetworks/{name}");
             let (vnet, _) = self.ensure(arm, ctx, None, &rest, API_NETWORK, body).await?;
             checkpoint(&self.store, ctx, |i| {
@@ -346,7 +240,7 @@ impl AzureCloud {
         if state.managed_cluster.is_none() {
             let version = spec.kubernetes_version.trim_start_matches('v');
             let size = crate::node_size(ctx, Role::Managed, "Standard_B2ms", "Standard_B2ms");
-            let body = aks_body(
+            let body = bodies::aks(
                 &spec.region,
                 &name,
                 version,
@@ -391,8 +285,7 @@ impl AzureCloud {
     async fn resize_pool(&self, arm: &Arm, ctx: &PhaseCtx<'_>, target: u32) -> Result<(), PhaseError> {
         let name = format!("{}-aks", ctx.cluster.id);
         let size = crate::node_size(ctx, Role::Managed, "Standard_B2ms", "Standard_B2ms");
-        let body = json!({"properties": {"count": target, "vmSize": size, "mode": "System", "osType": "Linux",
-            "type": "VirtualMachineScaleSets"}});
+        let body = bodies::pool_size(target, &size);
         let rest = format!("/providers/Microsoft.ContainerService/managedClusters/{name}/agentPools/{POOL}");
         arm.put(&Self::path(arm, ctx, &rest, API_AKS), &body).await?;
         checkpoint(&self.store, ctx, |i| i.node_pool_size = target).await?;
@@ -485,38 +378,5 @@ impl CloudProvider for AzureCloud {
             ctx.progress(format!("deleted vm {}", vm.name), n as u32 + 1, total).await;
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use ksctl_core::spec::Distro;
-
-    #[test]
-    fn nsg_rules_follow_the_port_matrix() {
-        let r = security_rules(&firewall::rules(Role::ControlPlane, Some(Distro::K3s), None));
-        let api = r.iter().find(|x| x["properties"]["destinationPortRange"] == "6443").unwrap();
-        assert_eq!(api["properties"]["sourceAddressPrefix"], VNET_CIDR, "the API only from the VNet");
-        let nodeports = r.iter().find(|x| x["properties"]["destinationPortRange"] == "30000-32767").unwrap();
-        assert_eq!(nodeports["properties"]["sourceAddressPrefix"], "*");
-        let prios: Vec<i64> = r.iter().map(|x| x["properties"]["priority"].as_i64().unwrap()).collect();
-        assert!(prios.windows(2).all(|w| w[0] < w[1]) && prios[0] == 100, "unique priorities: {prios:?}");
-        let vxlan = r.iter().find(|x| x["properties"]["protocol"] == "Udp").unwrap();
-        assert_eq!(vxlan["properties"]["destinationPortRange"], "8472");
-    }
-
-    #[test]
-    fn aks_network_plugin_from_the_cni() {
-        let t = json!({});
-        assert_eq!(
-            aks_body("l", "n", "1.31", 2, "s", None, &t)["properties"]["networkProfile"]["networkPlugin"],
-            "kubenet"
-        );
-        assert_eq!(
-            aks_body("l", "n", "1.31", 2, "s", Some("cilium"), &t)["properties"]["networkProfile"]["networkPlugin"],
-            "azure"
-        );
-        assert_eq!(aks_body("l", "n", "1.31", 3, "s", None, &t)["properties"]["agentPoolProfiles"][0]["count"], 3);
     }
 }

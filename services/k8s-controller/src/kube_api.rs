@@ -741,7 +741,10 @@ impl ClusterApi for KubeApi {
                 r.installed.insert(component.to_string());
             })
             .await?;
-            if let (Some(credentials), Some((_, record)), "secret/ksctl-agent-bus") =
+            // The new credential is recorded (revoking the old one) only once the Deployment
+            // that restarts the agent with it is applied, the order rotation keeps too: until
+            // then the running agent still holds the old one.
+            if let (Some(credentials), Some((_, record)), "deployment/ksctl-agent") =
                 (&self.credentials, &minted, component.as_str())
             {
                 credentials.record(id, record.clone()).await?;

@@ -188,9 +188,12 @@ async fn stacks_apply_prune_refuse_invalid_files_and_delete_exactly_what_they_ap
         crds.get_opt("widgets.example.com").await.unwrap().is_none().then_some(())
     })
     .await;
-    // (No namespace controller runs here: the namespace is left terminating.)
-    let ns = Api::<Namespace>::all(admin.clone()).get_opt("shop").await.unwrap();
-    assert!(ns.is_none_or(|n| n.metadata.deletion_timestamp.is_some()));
+    // The lab's workload controller finalizes namespaces (there is no namespace controller).
+    let namespaces = Api::<Namespace>::all(admin.clone());
+    ksctl_tests::eventually(T, "the namespace to be gone", || async {
+        namespaces.get_opt("shop").await.unwrap().is_none().then_some(())
+    })
+    .await;
     assert!(Api::<Stack>::namespaced(admin.clone(), "ksctl-system").get_opt("shop").await.unwrap().is_none());
     assert!(app_record(&lab, "shop").await.is_none());
     let (_, info, _) = lab.sys.ksctl(&["cluster", "info", "apps"]).await;

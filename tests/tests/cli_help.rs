@@ -22,7 +22,9 @@ fn sections(text: &str) -> Vec<(String, Vec<(String, bool)>)> {
         let Some((_, entries)) = out.last_mut() else { continue };
         let trimmed = line.trim_start();
         let indent = line.len() - trimmed.len();
-        if indent != 2 || trimmed.is_empty() {
+        // Entries start at column 2 ("  -o, --output", "  cluster"), or 6 for a flag without a
+        // short form ("      --name"); deeper lines are wrapped descriptions.
+        if !(indent == 2 || (indent == 6 && trimmed.starts_with("--"))) || trimmed.is_empty() {
             continue;
         }
         // "  --name <NAME>   The cluster's name" — the description follows two or more spaces;
@@ -57,6 +59,7 @@ fn every_flag_and_argument_is_described_and_connection_flags_have_their_own_head
     let mut todo: Vec<Vec<String>> = vec![vec![]];
     let mut seen = 0;
     let mut bare = vec![];
+    let mut connection_flags = 0;
     while let Some(path) = todo.pop() {
         let args: Vec<&str> = path.iter().map(String::as_str).collect();
         let text = help(&args);
@@ -73,6 +76,7 @@ fn every_flag_and_argument_is_described_and_connection_flags_have_their_own_head
                     bare.push(format!("ksctl {} — {heading}: {entry}", path.join(" ")));
                 }
                 let is_connection = ["--nats-", "-o, --output"].iter().any(|p| entry.starts_with(p));
+                connection_flags += usize::from(is_connection);
                 assert_eq!(
                     is_connection,
                     heading == "Connection and output",
@@ -83,6 +87,8 @@ fn every_flag_and_argument_is_described_and_connection_flags_have_their_own_head
         }
     }
     assert!(seen >= 18, "walked only {seen} commands");
+    // Seven --nats-* flags and -o in every command's help.
+    assert_eq!(connection_flags, 8 * seen, "connection flags found {connection_flags} times in {seen} commands");
     assert!(bare.is_empty(), "flags and arguments without a description:\n{}", bare.join("\n"));
 }
 

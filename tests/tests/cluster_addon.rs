@@ -127,7 +127,10 @@ async fn editing_the_cluster_addon_object_enables_and_disables_addons_end_to_end
     assert_eq!((s.phase.as_str(), s.observed_generation), ("Failed", Some(g3)));
     assert!(s.last_error.unwrap().contains("this ksctl ships ingress-nginx v1.15.1"));
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(lab.sys.cluster(NAME).await.unwrap().last_operation.unwrap().id, op.id, "not retried");
+    // Neither finished nor under way: a retry still running would show in `operation`.
+    let rec = lab.sys.cluster(NAME).await.unwrap();
+    assert!(rec.operation.is_none(), "retried: {:?}", rec.operation);
+    assert_eq!(rec.last_operation.unwrap().id, op.id, "not retried");
 
     // The next edit fixes it.
     edit(&objects, serde_json::json!([{"name": "metrics-server"}, {"name": "ingress-nginx"}])).await;
@@ -146,7 +149,9 @@ async fn editing_the_cluster_addon_object_enables_and_disables_addons_end_to_end
     let op = failed.last_operation.unwrap();
     assert!(op.id.as_str().contains("nope-one") && op.error.as_deref().unwrap().contains("unknown addon"), "{op:?}");
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(lab.sys.cluster(NAME).await.unwrap().last_operation.unwrap().id, op.id, "followed no further");
+    let rec = lab.sys.cluster(NAME).await.unwrap();
+    assert!(rec.operation.is_none(), "followed further: {:?}", rec.operation);
+    assert_eq!(rec.last_operation.unwrap().id, op.id, "followed no further");
 
     // A late heartbeat that read an older generation changes nothing (it would disable both).
     let uid = objects.get("addons").await.unwrap().metadata.uid.unwrap();
@@ -157,6 +162,7 @@ async fn editing_the_cluster_addon_object_enables_and_disables_addons_end_to_end
     nats.flush().await.unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rec = lab.sys.cluster(NAME).await.unwrap();
+    assert!(rec.operation.is_none(), "an old reading started {:?}", rec.operation);
     assert_eq!(
         (rec.spec.addons.len(), rec.last_operation.unwrap().id),
         (2, op.id.clone()),

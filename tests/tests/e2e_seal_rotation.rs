@@ -84,6 +84,7 @@ async fn rotation(backend: Backend) {
     assert!(second.starts_with("0 secrets sealed again"), "{second}");
     for name in ["rot1", "rot2"] {
         let ids = key_ids(&sys, name).await;
+        assert!(!ids.is_empty(), "{name}: no sealed secrets found to check");
         assert!(ids.iter().all(|k| k.as_deref() == Some(new_id.as_str())), "{name}: {ids:?}");
     }
 

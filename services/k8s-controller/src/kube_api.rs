@@ -270,7 +270,7 @@ pub async fn install_component(
             apply(&Api::<Service>::namespaced(client.clone(), NAMESPACE), AGENT, &agent_service()).await
         }
         other => match (other.strip_prefix("addon/"), other.strip_prefix("cni/").and_then(manifests::cni)) {
-            (Some(name), _) => enable_addon(client, name, install.artifacts).await,
+            (Some(name), _) => enable_addon(client, name, install.artifacts).await.map(|_| ()),
             (_, Some(cni)) => manifests::apply(client, &cni.through(install.artifacts)).await.map(|_| ()),
             _ => Err(PhaseError::Permanent(format!("unknown component {other}"))),
         },
@@ -368,7 +368,12 @@ pub fn agent_service() -> Service {
 /// one has not (an upgrade). Its `Stack` (`ksctl-system/<addon>`) carries the inventory: written
 /// with the new objects added before any is applied, so a crash cannot leave an object ksctl
 /// does not know; trimmed to them once the old ones are gone.
-pub async fn enable_addon(client: &kube::Client, name: &str, artifacts: &Artifacts) -> Result<(), PhaseError> {
+/// Returns the addon's workloads to wait for (from the objects it parsed once).
+pub async fn enable_addon(
+    client: &kube::Client,
+    name: &str,
+    artifacts: &Artifacts,
+) -> Result<Vec<(String, String, String)>, PhaseError> {
     let stack = addon_stack(name)?.through(artifacts);
     let objects = stack.objects().map_err(PhaseError::Permanent)?;
     let wanted: Vec<ObjectRef> = objects.iter().map(object_ref).collect();
@@ -377,7 +382,8 @@ pub async fn enable_addon(client: &kube::Client, name: &str, artifacts: &Artifac
     manifests::apply_objects(client, &stack, &objects, false).await?;
     let mut resolver = manifests::Resolver::of(client, &stack);
     crate::apps::prune(&mut resolver, &left_out(&before, &wanted), name).await?;
-    record_addon_stack(client, name, &wanted).await
+    record_addon_stack(client, name, &wanted).await?;
+    Ok(manifests::workloads_in(&stack, &objects))
 }
 
 /// Deletes every object of the addon — its pinned manifests' and whatever else its inventory
@@ -708,9 +714,8 @@ impl KubeApi {
         if !enable {
             return disable_addon(client, name).await;
         }
-        enable_addon(client, name, &self.settings.artifacts).await?;
+        let workloads = enable_addon(client, name, &self.settings.artifacts).await?;
         ctx.progress(format!("applied addon {name}"), 1, 2).await;
-        let workloads = manifests::workloads(&addon_stack(name)?)?;
         manifests::wait_ready(client, &workloads, self.settings.ready_timeout).await
     }
 }

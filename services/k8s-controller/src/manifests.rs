@@ -616,11 +616,19 @@ pub async fn wait_ready(
 
 /// The Deployments, DaemonSets and StatefulSets of a stack, as [`wait_ready`] takes them.
 pub fn workloads(stack: &Stack) -> Result<Vec<(String, String, String)>, PhaseError> {
-    let mut objects = stack.objects().map_err(PhaseError::Permanent)?;
-    for o in &mut objects {
-        o.metadata.namespace = o.metadata.namespace.take().or(stack.namespace.map(str::to_string));
-    }
-    Ok(workloads_of(&objects))
+    Ok(workloads_in(stack, &stack.objects().map_err(PhaseError::Permanent)?))
+}
+
+/// [`workloads_of`] the stack's already parsed `objects`, those without a namespace in the
+/// stack's default one.
+pub fn workloads_in(stack: &Stack, objects: &[DynamicObject]) -> Vec<(String, String, String)> {
+    workloads_of(objects)
+        .into_iter()
+        .map(|(kind, ns, name)| {
+            let ns = if ns.is_empty() { stack.namespace.unwrap_or_default().to_string() } else { ns };
+            (kind, ns, name)
+        })
+        .collect()
 }
 
 /// The Deployments, DaemonSets and StatefulSets among `objects`, as [`wait_ready`] takes them.

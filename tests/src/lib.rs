@@ -10,6 +10,7 @@ pub mod eks_authenticator;
 pub mod eks_lab;
 pub mod kube_server;
 pub mod lab;
+pub mod metrics;
 pub mod node_lab;
 pub mod system;
 pub mod throttle_proxy;

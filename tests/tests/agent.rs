@@ -25,7 +25,7 @@ async fn install_components(admin: &kube::Client, cluster_id: &str, sys: &System
         credential: None,
     };
     for c in COMPONENTS {
-        kube_api::install_component(admin, c, &install).await.unwrap();
+        kube_api::install_component(admin, *c, &install).await.unwrap();
     }
     agent
 }

@@ -4,7 +4,7 @@
 //! `Azure-AsyncOperation` and by `Location`, `Retry-After` honoured, 429s retried, ARM's 4xx
 //! surfaced as permanent errors with ARM's code.
 use ksctl_cloud_controller::azure::arm::{Arm, ArmSettings, Principal};
-use ksctl_runtime::{Metrics, PhaseError};
+use ksctl_runtime::Metrics;
 use ksctl_tests::arm_server::{self, ArmServer};
 use serde_json::json;
 use std::sync::Arc;
@@ -59,7 +59,8 @@ async fn long_running_operations_throttling_and_errors() {
     // A body Azure would refuse gets ARM's 400 back as a permanent error naming the member.
     let bad = json!({"location": "westeurope", "properties": {"adressSpace": {}}});
     match arm.put(&id(&vnet()), &bad).await {
-        Err(PhaseError::Permanent(e)) => {
+        Err(e) if e.is_permanent() => {
+            let e = e.to_string();
             assert!(e.contains("HTTP 400 InvalidRequestContent") && e.contains("adressSpace"), "{e}")
         }
         other => panic!("expected a permanent error, got {other:?}"),
@@ -67,7 +68,7 @@ async fn long_running_operations_throttling_and_errors() {
     // So does an api-version the service does not have.
     let wrong_api = vnet().replace("2021-05-01", "2030-01-01");
     assert!(
-        matches!(arm.get(&id(&wrong_api)).await, Err(PhaseError::Permanent(e)) if e.contains("InvalidApiVersionParameter"))
+        matches!(arm.get(&id(&wrong_api)).await, Err(e) if e.is_permanent() && e.message().contains("InvalidApiVersionParameter"))
     );
 
     // Throttled twice with Retry-After: 1, then answered.
@@ -93,7 +94,8 @@ async fn a_refused_secret_is_a_permanent_error() {
     let server = ArmServer::start(0, 0);
     let (arm, _) = client(&server, "not-the-secret");
     match arm.get(&arm.id(RG)).await {
-        Err(PhaseError::Permanent(e)) => {
+        Err(e) if e.is_permanent() => {
+            let e = e.to_string();
             assert!(e.contains("Azure sign-in failed") && e.contains("AADSTS7000215"), "{e}")
         }
         other => panic!("expected a permanent error, got {other:?}"),

@@ -54,9 +54,13 @@ async fn crash_during(service: &str, phase: Phase, after_steps: u32) {
     if service != "ksctl-manager" {
         assert!(starts >= 2, "{phase} started {starts} times; expected a restart after the kill");
     }
-    // Every planned resource exists exactly once: 6 infra + 10 VMs + ksctl's 9 objects + flannel
-    // (a kubeadm cluster's CNI).
-    assert_eq!(sys.sim_resources(name).await.len(), 6 + 10 + 9 + 1);
+    // Every planned resource exists exactly once: the cloud's (network, firewalls, key, 10 VMs)
+    // and the cluster's (ksctl's objects and flannel, a kubeadm cluster's CNI).
+    let rec = sys.cluster(name).await.unwrap();
+    let cloud = ksctl_cloud_controller::sim_cloud::planned_resources(&rec.spec, rec.cluster_type) as usize;
+    let objects = ksctl_k8s_controller::install_plan(&rec);
+    assert!(objects.contains(&ksctl_k8s_controller::PlanItem::Cni(ksctl_core::spec::Cni::Flannel)));
+    assert_eq!(sys.sim_resources(name).await.len(), cloud + objects.len());
 
     // And delete cleans everything, with one more kill in the middle of it.
     let mut events = sys.client.subscribe(format!("ksctl.events.{name}.>")).await.unwrap();

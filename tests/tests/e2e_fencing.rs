@@ -29,7 +29,7 @@ async fn paused_holder_is_fenced(backend: Backend) {
     let (code, out, err) = sys.create_ha("fenced", 2, &["--no-wait"]).await;
     assert_eq!(code, 0, "{out}{err}");
     let id = ClusterId::new("fenced").unwrap();
-    let lease = keys::cluster_lease(&id);
+    let lease = keys::cluster(&id);
     // The replica running the bootstrap phase: `<replica>@<op>:bootstrap/<random>`.
     let holder = ksctl_tests::eventually(T, "the bootstrap phase under way", || async {
         let h = sys.store.lease_holder(&lease).await.unwrap()?;

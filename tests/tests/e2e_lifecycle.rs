@@ -1,6 +1,7 @@
 //! End to end: the four service binaries as processes on a real nats-server and redis-server
 //! (or NATS KV), driven by the `ksctl` CLI.
 use ksctl_core::records::Role;
+use ksctl_tests::metrics;
 use ksctl_tests::{Backend, System, SystemOptions};
 use std::time::Duration;
 
@@ -10,6 +11,12 @@ async fn create_selfmanaged(sys: &System, name: &str, workers: u32) {
     let (code, out, err) = sys.create_ha(name, workers, &[]).await;
     assert_eq!(code, 0, "create failed: {out}\n{err}");
     assert!(out.contains("running"), "{out}");
+}
+
+/// Every resource a create makes in the simulated cloud and cluster.
+fn planned(rec: &ksctl_core::records::ClusterRecord) -> usize {
+    let cloud = ksctl_cloud_controller::sim_cloud::planned_resources(&rec.spec, rec.cluster_type) as usize;
+    cloud + ksctl_k8s_controller::install_plan(rec).len()
 }
 
 async fn workers_of(sys: &System, name: &str) -> Vec<u32> {
@@ -23,8 +30,9 @@ async fn lifecycle_selfmanaged(sys: &System, name: &str) {
     create_selfmanaged(sys, name, 2).await;
     let rec = sys.wait_state(name, "running", T).await;
     assert_eq!(rec.spec.worker_nodes, 2);
-    // 1 network, 4 firewalls, 1 key, 1 lb + 3 ds + 3 cp + 2 wp, 9 in-cluster objects.
-    assert_eq!(sys.sim_resources(name).await.len(), 6 + 9 + 9);
+    // The cloud's plan (network, firewalls, key, 1 lb + 3 ds + 3 cp + 2 wp) and ksctl's
+    // in-cluster objects, each once.
+    assert_eq!(sys.sim_resources(name).await.len(), planned(&rec));
     sys.assert_no_duplicates(name).await;
 
     let (code, out, err) = sys.ksctl(&["cluster", "get", name]).await;
@@ -167,20 +175,20 @@ async fn health_and_metrics_endpoints() {
     let (code, _, err) =
         sys.ksctl(&["cluster", "create", "--name", "metered", "--type", "managed", "--managed-nodes", "1"]).await;
     assert_eq!(code, 0, "{err}");
-    let m = http_get(mport, "/metrics");
-    assert!(m.contains(r#"ksctl_requests_total{request="create",outcome="accepted"} 1"#), "{m}");
-    assert!(m.contains(r#"ksctl_operations_total{kind="create",outcome="succeeded"} 1"#), "{m}");
-    let c = http_get(cport, "/metrics");
-    assert!(c.contains(r#"ksctl_phases_succeeded_total{service="cloud-controller",phase="cloud_create"} 1"#), "{c}");
-    // The consumer loop's counters and the duration histograms moved too.
-    assert!(m.contains(r#"ksctl_messages_total{consumer="manager-requests",outcome="acked"} 1"#), "{m}");
-    assert!(m.contains(r#"ksctl_handle_seconds_count{consumer="manager-results"} 2"#), "{m}");
-    assert!(c.contains(r#"ksctl_messages_total{consumer="cloud-controller",outcome="acked"} 1"#), "{c}");
-    assert!(c.contains("# TYPE ksctl_phase_duration_seconds histogram"), "{c}");
-    assert!(
-        c.contains(
-            r#"ksctl_phase_duration_seconds_bucket{service="cloud-controller",phase="cloud_create",le="+Inf"} 1"#
-        ),
-        "{c}"
-    );
+    // Read by the Prometheus project's parser: the documents are valid OpenMetrics, and the
+    // counters and histograms moved.
+    let (m_text, c_text) = (http_get(mport, "/metrics"), http_get(cport, "/metrics"));
+    assert!(m_text.to_ascii_lowercase().contains("content-type: application/openmetrics-text"), "{m_text}");
+    let (m, c) = (metrics::parse(metrics::body(&m_text)), metrics::parse(metrics::body(&c_text)));
+    let one = |samples: &[metrics::Sample], name: &str, labels: &[(&str, &str)]| {
+        assert_eq!(metrics::value(samples, name, labels), Some(1.0), "{name} {labels:?}: {samples:?}")
+    };
+    one(&m, "ksctl_requests_total", &[("request", "create"), ("outcome", "accepted")]);
+    one(&m, "ksctl_operations_total", &[("kind", "create"), ("outcome", "succeeded")]);
+    one(&c, "ksctl_phases_succeeded_total", &[("service", "cloud-controller"), ("phase", "cloud_create")]);
+    one(&m, "ksctl_messages_total", &[("consumer", "manager-requests"), ("outcome", "acked")]);
+    assert_eq!(metrics::value(&m, "ksctl_handle_seconds_count", &[("consumer", "manager-results")]), Some(2.0));
+    one(&c, "ksctl_messages_total", &[("consumer", "cloud-controller"), ("outcome", "acked")]);
+    let cloud_create = [("service", "cloud-controller"), ("phase", "cloud_create"), ("le", "+Inf")];
+    one(&c, "ksctl_phase_duration_seconds_bucket", &cloud_create);
 }

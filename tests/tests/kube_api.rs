@@ -10,11 +10,12 @@ use k8s_openapi::api::authorization::v1::{ResourceAttributes, SelfSubjectAccessR
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use ksctl_k8s_controller::COMPONENTS;
+use ksctl_core::spec::Cni;
 use ksctl_k8s_controller::cluster_addon::{self, SpecChange};
 use ksctl_k8s_controller::crds::{ClusterAddon, Stack, StackComponent, StackObject, StackSpec};
 use ksctl_k8s_controller::kube_api::{self, AgentSettings, Install, NAMESPACE};
 use ksctl_k8s_controller::manifests;
+use ksctl_k8s_controller::{COMPONENTS, Component, PlanItem};
 use ksctl_tests::kube_server::KubeServer;
 use kube::api::DynamicObject;
 use kube::api::{Api, Patch, PatchParams, PostParams};
@@ -47,7 +48,7 @@ async fn install(client: &kube::Client, state: &BTreeMap<String, String>) {
         credential: None,
     };
     for c in COMPONENTS {
-        kube_api::install_component(client, c, &install).await.unwrap();
+        kube_api::install_component(client, *c, &install).await.unwrap();
     }
 }
 
@@ -253,7 +254,7 @@ async fn agent_flannel_and_the_metrics_server_addon_wait_for_readiness_and_go_aw
         agent: &no_creds,
         credential: None,
     };
-    kube_api::install_component(&c, "cni/flannel", &install_ctx).await.unwrap();
+    kube_api::apply_item(&c, &PlanItem::Cni(Cni::Flannel), &install_ctx).await.unwrap();
 
     // The agent: its image, its service account, its settings from the Secret, probed on 9100.
     let d = Api::<Deployment>::namespaced(c.clone(), NAMESPACE).get("ksctl-agent").await.unwrap();
@@ -285,8 +286,8 @@ async fn agent_flannel_and_the_metrics_server_addon_wait_for_readiness_and_go_aw
         agent: &no_creds,
         credential: Some(&creds),
     };
-    kube_api::install_component(&c, "secret/ksctl-agent-bus", &ctx2).await.unwrap();
-    kube_api::install_component(&c, "deployment/ksctl-agent", &ctx2).await.unwrap();
+    kube_api::install_component(&c, Component::AgentSecret, &ctx2).await.unwrap();
+    kube_api::install_component(&c, Component::AgentDeployment, &ctx2).await.unwrap();
     // A bus over TLS: the Secret carries the CA the agent trusts.
     let tls = AgentSettings {
         nats_ca: Some("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".into()),
@@ -310,7 +311,8 @@ async fn agent_flannel_and_the_metrics_server_addon_wait_for_readiness_and_go_aw
     assert_eq!(image, "docker.io/flannel/flannel:v0.26.1");
 
     // Not ready while no controller has rolled them out: the error names each workload and why.
-    let plan: Vec<String> = COMPONENTS.iter().map(|c| c.to_string()).chain(["cni/flannel".to_string()]).collect();
+    let plan: Vec<PlanItem> =
+        COMPONENTS.iter().copied().map(PlanItem::Component).chain([PlanItem::Cni(Cni::Flannel)]).collect();
     let mut workloads = kube_api::plan_workloads(&plan).unwrap();
     // A StatefulSet (as Argo CD's application controller) is waited on the same way.
     let sts = serde_json::json!({
@@ -518,8 +520,8 @@ async fn calico_and_cilium_manifests_pass_server_side_dry_run() {
     let server = KubeServer::start();
     let c = client(&server).await;
     let crds = Api::<CustomResourceDefinition>::all(c.clone());
-    for name in ["calico", "cilium"] {
-        let stack = manifests::cni(name).unwrap();
+    for cni in [Cni::Calico, Cni::Cilium] {
+        let (name, stack) = (cni.as_str(), manifests::cni(cni).unwrap());
         let mut adjusted = std::collections::BTreeSet::new();
         let objects: Vec<DynamicObject> = stack
             .objects()

@@ -63,6 +63,9 @@ async fn commands_sudo_host_keys_and_errors_on_real_sshd() {
         lab.heal(1);
     };
     let t1 = target(&lab, 1, "ubuntu");
-    let (s, ()) = tokio::join!(connect_with_retry(&t1, &key, None, Duration::from_secs(1), 10), healing);
+    let (s, ()) = tokio::join!(
+        connect_with_retry(&t1, &key, None, Duration::from_secs(1), ksctl_core::backoff::ssh_connect(10)),
+        healing
+    );
     assert_eq!(s.unwrap().run("hostname", "hostname", None, T).await.unwrap().stdout.trim(), "vm1");
 }

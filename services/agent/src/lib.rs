@@ -87,8 +87,7 @@ pub async fn heartbeat(client: &kube::Client, cluster_id: &str) -> Result<Heartb
         })
         .collect();
     nodes.sort_by(|a, b| a.name.cmp(&b.name));
-    let sent_at_ms =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    let sent_at_ms = ksctl_core::now_ms();
     // In a pod the host name is the pod's name: who reported is visible to the control plane.
     let reporter = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_string();
     Ok(Heartbeat {

@@ -320,7 +320,10 @@ async fn main() -> Result<()> {
             request_id: rid.into(),
             spec: spec(name, &t, &a.provider, &a.region),
         };
-        ("ksctl.request.create".into(), serde_json::to_vec(&req).expect("serialises"))
+        (
+            ksctl_bus::subjects::request_subject(ksctl_core::messages::RequestVerb::Create),
+            serde_json::to_vec(&req).expect("serialises"),
+        )
     })
     .await?;
     report("create", &create, a.clusters);
@@ -342,7 +345,10 @@ async fn main() -> Result<()> {
     }
     let delete = round(&client, &names, a.concurrency, operation_end, |name, rid| {
         let req = DeleteRequest { api_version: API_VERSION.into(), request_id: rid.into(), cluster_name: name.into() };
-        ("ksctl.request.delete".into(), serde_json::to_vec(&req).expect("serialises"))
+        (
+            ksctl_bus::subjects::request_subject(ksctl_core::messages::RequestVerb::Delete),
+            serde_json::to_vec(&req).expect("serialises"),
+        )
     })
     .await?;
     report("delete", &delete, a.clusters);

@@ -4,6 +4,7 @@
 //! discovery hash is known without asking a host; the bootstrap token and certificate key are
 //! made here too, sealed in state, and the token is renewed when near expiry.
 use crate::pki::{self, CertKey, PkiError};
+use crate::plan::Step;
 use crate::scripts::write_file;
 use ksctl_core::artifacts::{Artifacts, CONTAINERD_CERTS_D, RegistryTls};
 use ksctl_ssh::host::{CONTAINERD_MARK, KUBERNETES_APT_LIST, KUBERNETES_KEYRING, quote, step_script};
@@ -410,7 +411,7 @@ pub fn pki_files(ca: &CertKey, etcd_ca: &str, etcd_client: &CertKey) -> Result<S
 /// Kubernetes' files and no mark of ksctl's is not touched: the step fails naming them (ksctl
 /// does not wipe a node it did not make). `before` (the files kubeadm reads, which reset
 /// removes) is written after the reset; `on_rerun` runs before it, on a host being reset.
-fn kubeadm_once(step: &str, done: &str, before: &str, on_rerun: &str, command: &str) -> String {
+fn kubeadm_once(step: Step, done: &str, before: &str, on_rerun: &str, command: &str) -> String {
     format!(
         "if [ ! -f {done} ]; then
   if [ -f {done}.started ]; then
@@ -455,19 +456,19 @@ pub fn init(
         "{prep}{PULL_CONTROL_PLANE}{once}",
         prep = prepare_node(c.version, artifacts),
         once = kubeadm_once(
-            "kubeadm-init",
+            Step::KubeadmInit,
             INIT_DONE,
             &before,
             "",
             &format!("kubeadm init --config {CONFIG} --upload-certs")
         ),
     );
-    Ok(step_script("kubeadm-init", &body))
+    Ok(step_script(Step::KubeadmInit.as_str(), &body))
 }
 
 /// A control plane or worker joining through the load balancer, unless it joined before.
 pub fn join(
-    step: &str,
+    step: Step,
     j: &Join<'_>,
     control_plane: Option<(&str, &CertKey)>,
     artifacts: &Artifacts,
@@ -490,7 +491,7 @@ pub fn join(
         ),
     );
     let ready = if j.wait_ready { node_ready(j.node_name) } else { String::new() };
-    Ok(step_script(step, &(body + &ready)))
+    Ok(step_script(step.as_str(), &(body + &ready)))
 }
 
 /// Before an interrupted join is reset and run again: a join that got as far as registering the
@@ -675,7 +676,7 @@ mod tests {
         assert_eq!(cp["controlPlane"]["certificateKey"], "k3y");
         assert_eq!(cp["controlPlane"]["localAPIEndpoint"]["advertiseAddress"], "10.0.0.7");
         // The secrets are in the 0600 file, never on the command line.
-        let script = join("kubeadm-worker-join", &j, None, &Artifacts::default()).unwrap();
+        let script = join(Step::KubeadmWorkerJoin, &j, None, &Artifacts::default()).unwrap();
         assert!(script.contains(&format!("kubeadm join --config {JOIN_CONFIG}")));
         assert!(!script.lines().any(|l| l.contains("kubeadm join") && l.contains("abcdef")));
         // A rerun of an interrupted join first deletes the host's own Node (with its kubelet's
@@ -717,10 +718,11 @@ mod tests {
         for script in [
             init(&cfg("1.31", &eps), &s, "CA", &ck, &Artifacts::default()).unwrap(),
             init(&cfg("1.20.2", &eps), &s, "CA", &ck, &lab_registry()).unwrap(),
-            join("kubeadm-worker-join", &j, None, &Artifacts::default()).unwrap(),
-            join("kubeadm-worker-join", &Join { wait_ready: true, ..j.clone() }, None, &Artifacts::default()).unwrap(),
+            join(Step::KubeadmWorkerJoin, &j, None, &Artifacts::default()).unwrap(),
+            join(Step::KubeadmWorkerJoin, &Join { wait_ready: true, ..j.clone() }, None, &Artifacts::default())
+                .unwrap(),
             join(
-                "kubeadm-cp-join",
+                Step::KubeadmCpJoin,
                 &Join { certificate_key: Some("k"), ..j.clone() },
                 Some(("CA", &ck)),
                 &lab_registry(),

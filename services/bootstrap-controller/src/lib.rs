@@ -54,31 +54,14 @@ impl PhaseWorker for BootstrapWorker {
     async fn run(&self, ctx: &PhaseCtx<'_>) -> Result<(), PhaseError> {
         let provider = ctx.cluster.provider;
         let b = self.providers.get(&provider).ok_or_else(|| {
-            PhaseError::Permanent(format!("provider {provider} has no host bootstrapper in this bootstrap-controller"))
+            PhaseError::permanent(format!("provider {provider} has no host bootstrapper in this bootstrap-controller"))
         })?;
         match ctx.cmd.phase {
             Phase::Bootstrap => b.bootstrap(ctx).await,
             Phase::BootstrapJoin => b.join(ctx).await,
-            other => Err(PhaseError::Permanent(format!("bootstrap-controller does not run phase {other}"))),
+            other => Err(PhaseError::permanent(format!("bootstrap-controller does not run phase {other}"))),
         }
     }
-}
-
-/// The cluster's bootstrap record (checkpoints and sealed secrets).
-pub(crate) async fn record(
-    store: &ksctl_store::DynStore,
-    ctx: &PhaseCtx<'_>,
-) -> Result<ksctl_core::records::BootstrapRecord, PhaseError> {
-    ksctl_runtime::read_record(store, &ksctl_core::keys::bootstrap(&ctx.cluster.id)).await
-}
-
-/// Updates the bootstrap record (compare-and-swap); returns what was written.
-pub(crate) async fn checkpoint(
-    store: &ksctl_store::DynStore,
-    ctx: &PhaseCtx<'_>,
-    f: impl Fn(&mut ksctl_core::records::BootstrapRecord) + Send,
-) -> Result<ksctl_core::records::BootstrapRecord, PhaseError> {
-    ksctl_runtime::update_record(store, &ksctl_core::keys::bootstrap(&ctx.cluster.id), f).await
 }
 
 /// Runs one wave's host steps in parallel, skipping those already checkpointed, reporting
@@ -99,7 +82,7 @@ where
 {
     use futures::StreamExt;
     use std::sync::atomic::Ordering;
-    let finished = record(store, ctx).await?.steps_done;
+    let finished = ksctl_runtime::phase_record::<ksctl_core::records::BootstrapRecord>(store, ctx).await?.steps_done;
     let (skip, todo): (Vec<_>, Vec<_>) = wave.into_iter().partition(|s| finished.contains(&s.key()));
     done.fetch_add(skip.len() as u32, Ordering::SeqCst);
     let results: Vec<Result<(), PhaseError>> = futures::stream::iter(todo)

@@ -47,9 +47,7 @@ fn rc<T>(what: &str, r: Result<T, rcgen::Error>) -> Result<T, PkiError> {
 
 /// Today's date (UTC) as (year, month, day).
 fn today() -> (i32, u8, u8) {
-    let days = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-        as i64
-        / 86_400;
+    let days = (ksctl_core::now_ms() / 1000) as i64 / 86_400;
     // Howard Hinnant's civil_from_days.
     let z = days + 719_468;
     let era = z.div_euclid(146_097);

@@ -3,6 +3,7 @@
 //! script on stdin (secrets never appear on a command line or in a log) and is idempotent:
 //! re-running a finished step changes nothing.
 use crate::pki::CertKey;
+use crate::plan::Step;
 use ksctl_core::artifacts::Artifacts;
 use ksctl_ssh::host::{quote, step_script};
 
@@ -80,7 +81,7 @@ cp {cfg} /etc/ksctl/haproxy.cfg.applied
         write = write_file(HAPROXY_CFG, &haproxy_cfg(control_planes), "0644"),
         cfg = HAPROXY_CFG,
     );
-    step_script("haproxy", &body)
+    step_script(Step::Haproxy.as_str(), &body)
 }
 
 /// One member of the external etcd cluster.
@@ -132,7 +133,7 @@ install -d -m 0700 /var/lib/ksctl/etcd
         body.push_str(&write_file(&format!("{d}/{name}.key"), &ck.key, "0600"));
     }
     body.push_str(&format!("ksctl_service etcd \"$(command -v etcd) {}\"\n", args.join(" ")));
-    step_script("etcd", &body)
+    step_script(Step::Etcd.as_str(), &body)
 }
 
 /// Checks, from one datastore, that every member answers healthy over TLS and that the cluster
@@ -181,7 +182,7 @@ fn env_line(env: &[(String, String)]) -> String {
 /// were installed before, then waits until the node's API answers (agents: until the installer
 /// finished).
 fn k3s_install(
-    step: &str,
+    step: Step,
     kind: &str,
     prelude: &str,
     env: &[(String, String)],
@@ -215,7 +216,7 @@ done
 ",
         );
     }
-    step_script(step, &body)
+    step_script(step.as_str(), &body)
 }
 
 pub fn k3s_server(s: &K3sServer<'_>, artifacts: &Artifacts) -> String {
@@ -240,7 +241,7 @@ pub fn k3s_server(s: &K3sServer<'_>, artifacts: &Artifacts) -> String {
         args.push("--disable-network-policy".into());
         args.push(format!("--cluster-cidr={}", ksctl_core::spec::POD_SUBNET));
     }
-    let step = if s.token.is_none() { "k3s-init" } else { "k3s-server-join" };
+    let step = if s.token.is_none() { Step::K3sInit } else { Step::K3sServerJoin };
     let certs = [
         write_file(&format!("{d}/ca.crt"), s.etcd_ca, "0644"),
         write_file(&format!("{d}/client.crt"), &s.etcd_client.cert, "0644"),
@@ -255,7 +256,7 @@ pub fn k3s_agent(node_name: &str, version: &str, lb_ip: &str, token: &str, artif
     let mut env = artifacts.k3s_env(version);
     env.push(("K3S_URL".into(), format!("https://{lb_ip}:6443")));
     env.push(("K3S_TOKEN".into(), token.to_string()));
-    k3s_install("k3s-agent-join", "agent", "", &env, &[format!("--node-name={node_name}")], artifacts)
+    k3s_install(Step::K3sAgentJoin, "agent", "", &env, &[format!("--node-name={node_name}")], artifacts)
 }
 
 #[cfg(test)]

@@ -4,10 +4,10 @@ use crate::Bootstrapper;
 use crate::plan::{HostStep, bootstrap_waves, join_wave};
 use ksctl_core::keys;
 use ksctl_core::messages::context_name;
-use ksctl_core::records::{InfraRecord, Role, Vm};
+use ksctl_core::records::{BootstrapRecord, InfraRecord, Role, Vm};
 use ksctl_core::spec::Distro;
 use ksctl_runtime::sim::{Sim, SimConfig, fake_pem, fake_token};
-use ksctl_runtime::{PhaseCtx, PhaseError, read_record};
+use ksctl_runtime::{PhaseCtx, PhaseError, checkpoint, phase_record, read_record};
 use ksctl_store::DynStore;
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -24,10 +24,10 @@ impl SimHosts {
     async fn vms(&self, ctx: &PhaseCtx<'_>) -> Result<Vec<Vm>, PhaseError> {
         let infra: InfraRecord = read_record(&self.store, &keys::cloud(&ctx.cluster.id)).await?;
         if infra.vms.is_empty() {
-            return Err(PhaseError::Permanent("the cloud phase recorded no VMs to bootstrap".into()));
+            return Err(PhaseError::permanent("the cloud phase recorded no VMs to bootstrap".into()));
         }
         if infra.ssh_private_key.is_none() {
-            return Err(PhaseError::Permanent("the cloud phase recorded no SSH key".into()));
+            return Err(PhaseError::permanent("the cloud phase recorded no SSH key".into()));
         }
         Ok(infra.vms.into_values().collect())
     }
@@ -42,9 +42,9 @@ impl SimHosts {
     ) -> Result<(), PhaseError> {
         crate::run_wave(&self.store, ctx, wave, done, total, crate::PARALLEL_HOSTS, |s| async move {
             let step = format!("bootstrap.{}", s.step);
-            self.sim.run(&step, self.sim.apply_on_host(&ctx.cluster.id, &s.host.id, s.step)).await?;
+            self.sim.run(&step, self.sim.apply_on_host(&ctx.cluster.id, &s.host.id, s.step.as_str())).await?;
             let key = s.key();
-            crate::checkpoint(&self.store, ctx, |r| {
+            checkpoint(&self.store, ctx, |r: &mut BootstrapRecord| {
                 r.steps_done.insert(key.clone());
             })
             .await?;
@@ -54,7 +54,7 @@ impl SimHosts {
     }
 
     fn distro(ctx: &PhaseCtx<'_>) -> Result<Distro, PhaseError> {
-        ctx.cluster.distro.ok_or_else(|| PhaseError::Permanent("a self-managed cluster needs a distro".into()))
+        ctx.cluster.distro.ok_or_else(|| PhaseError::permanent("a self-managed cluster needs a distro".into()))
     }
 }
 
@@ -68,7 +68,7 @@ impl Bootstrapper for SimHosts {
         let done = AtomicU32::new(0);
 
         // The CA exists before any host needs a certificate; generated once, sealed, kept for renewal.
-        if crate::record(&self.store, ctx).await?.ca_key.is_none() {
+        if phase_record::<BootstrapRecord>(&self.store, ctx).await?.ca_key.is_none() {
             // Generating the CA touches nothing outside; only the checkpoint below keeps it.
             let (cert, key) = self
                 .sim
@@ -79,7 +79,7 @@ impl Bootstrapper for SimHosts {
                     ))
                 })
                 .await?;
-            crate::checkpoint(&self.store, ctx, |r| {
+            checkpoint(&self.store, ctx, |r: &mut BootstrapRecord| {
                 if r.ca_key.is_none() {
                     r.ca_cert = Some(cert.clone());
                     r.ca_key = Some(key.clone());
@@ -93,12 +93,12 @@ impl Bootstrapper for SimHosts {
             self.run_wave(ctx, wave, &done, total).await?;
         }
 
-        if crate::record(&self.store, ctx).await?.kubeconfig.is_none() {
+        if phase_record::<BootstrapRecord>(&self.store, ctx).await?.kubeconfig.is_none() {
             let lb = vms
                 .iter()
                 .find(|v| v.role == Role::LoadBalancer)
-                .ok_or_else(|| PhaseError::Permanent("no load balancer VM".into()))?;
-            let rec = crate::record(&self.store, ctx).await?;
+                .ok_or_else(|| PhaseError::permanent("no load balancer VM".into()))?;
+            let rec = phase_record::<BootstrapRecord>(&self.store, ctx).await?;
             let ca =
                 ctx.rt.sealer.open_string(&format!("ca-cert/{id}"), rec.ca_cert.as_ref().expect("written above"))?;
             let token = fake_token();
@@ -112,7 +112,7 @@ impl Bootstrapper for SimHosts {
                 ctx.rt.sealer.seal(&format!("kubeconfig/{id}"), kc.as_bytes()),
                 ctx.rt.sealer.seal(&format!("join-token/{id}"), token.as_bytes()),
             );
-            crate::checkpoint(&self.store, ctx, |r| {
+            checkpoint(&self.store, ctx, |r: &mut BootstrapRecord| {
                 if r.kubeconfig.is_none() {
                     r.kubeconfig = Some(kc.clone());
                     r.join_token = Some(token.clone());
@@ -126,9 +126,9 @@ impl Bootstrapper for SimHosts {
 
     async fn join(&self, ctx: &PhaseCtx<'_>) -> Result<(), PhaseError> {
         let vms = self.vms(ctx).await?;
-        let rec = crate::record(&self.store, ctx).await?;
+        let rec = phase_record::<BootstrapRecord>(&self.store, ctx).await?;
         if rec.join_token.is_none() {
-            return Err(PhaseError::Permanent("the cluster has no join token; was it bootstrapped?".into()));
+            return Err(PhaseError::permanent("the cluster has no join token; was it bootstrapped?".into()));
         }
         let wave = join_wave(&vms, Self::distro(ctx)?, &rec.steps_done);
         let total = wave.len() as u32;

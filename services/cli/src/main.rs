@@ -11,7 +11,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use ksctl_bus::subjects::{query_subject, request_subject};
 use ksctl_core::messages::{
     API_VERSION, AddonRequest, AppsRequest, ClusterInfo, ClusterSummary, CreateRequest, DeleteRequest, NameQuery,
-    OperationStatus, OpsQuery, QueryReply, REPLY_HEADER, RequestReply, ScaleRequest, SwitchData,
+    OperationStatus, OpsQuery, QueryReply, QueryVerb, REPLY_HEADER, RequestReply, RequestVerb, ScaleRequest,
+    SwitchData,
 };
 use ksctl_core::spec::{ClusterSpec, NodeSizes};
 use serde::Serialize;
@@ -389,7 +390,7 @@ async fn run(cli: Cli) -> Result<()> {
         Top::Cluster(cmd) => cmd,
         Top::Artifacts(_) | Top::Auth(_) => unreachable!("answered above without a control plane"),
         Top::Ops(OpsCmd::List { stuck }) => {
-            let rows: Vec<OperationStatus> = query(&ctx.client, "ops", &OpsQuery { stuck }).await?;
+            let rows: Vec<OperationStatus> = query(&ctx.client, QueryVerb::Ops, &OpsQuery { stuck }).await?;
             output::operations(ctx.output, &rows);
             return Ok(());
         }
@@ -402,7 +403,7 @@ async fn run(cli: Cli) -> Result<()> {
             };
             let name = spec.cluster_name.clone();
             let req = CreateRequest { api_version: API_VERSION.into(), request_id: request_id.clone(), spec };
-            submit(&ctx, "create", &name, &request_id, &req, &wait).await
+            submit(&ctx, RequestVerb::Create, &name, &request_id, &req, &wait).await
         }
         ClusterCmd::Delete { name, wait } => {
             let request_id = new_request_id();
@@ -411,7 +412,7 @@ async fn run(cli: Cli) -> Result<()> {
                 request_id: request_id.clone(),
                 cluster_name: name.clone(),
             };
-            submit(&ctx, "delete", &name, &request_id, &req, &wait).await
+            submit(&ctx, RequestVerb::Delete, &name, &request_id, &req, &wait).await
         }
         ClusterCmd::Scale { name, workers, wait } => {
             let request_id = new_request_id();
@@ -421,7 +422,7 @@ async fn run(cli: Cli) -> Result<()> {
                 cluster_name: name.clone(),
                 workers,
             };
-            submit(&ctx, "scale", &name, &request_id, &req, &wait).await
+            submit(&ctx, RequestVerb::Scale, &name, &request_id, &req, &wait).await
         }
         ClusterCmd::Addons(cmd) => {
             let (cluster, addon, enable, wait) = match cmd {
@@ -440,7 +441,7 @@ async fn run(cli: Cli) -> Result<()> {
                 addon,
                 enable,
             };
-            submit(&ctx, "addon", &cluster, &request_id, &req, &wait).await
+            submit(&ctx, RequestVerb::Addon, &cluster, &request_id, &req, &wait).await
         }
         ClusterCmd::Apps(cmd) => {
             let (cluster, stack, manifests, wait) = match cmd {
@@ -467,25 +468,25 @@ async fn run(cli: Cli) -> Result<()> {
                 stack,
                 manifests,
             };
-            submit(&ctx, "apps", &cluster, &request_id, &req, &wait).await
+            submit(&ctx, RequestVerb::Apps, &cluster, &request_id, &req, &wait).await
         }
         ClusterCmd::Get { name } => {
-            let s: ClusterSummary = query(&ctx.client, "get", &NameQuery { cluster_name: name }).await?;
+            let s: ClusterSummary = query(&ctx.client, QueryVerb::Get, &NameQuery { cluster_name: name }).await?;
             output::summaries(ctx.output, &[s]);
             Ok(())
         }
         ClusterCmd::List => {
-            let rows: Vec<ClusterSummary> = query(&ctx.client, "list", &serde_json::json!({})).await?;
+            let rows: Vec<ClusterSummary> = query(&ctx.client, QueryVerb::List, &serde_json::json!({})).await?;
             output::summaries(ctx.output, &rows);
             Ok(())
         }
         ClusterCmd::Info { name } => {
-            let i: ClusterInfo = query(&ctx.client, "info", &NameQuery { cluster_name: name }).await?;
+            let i: ClusterInfo = query(&ctx.client, QueryVerb::Info, &NameQuery { cluster_name: name }).await?;
             output::info(ctx.output, &i);
             Ok(())
         }
         ClusterCmd::Switch { name, kubeconfig: path, print } => {
-            let s: SwitchData = query(&ctx.client, "switch", &NameQuery { cluster_name: name }).await?;
+            let s: SwitchData = query(&ctx.client, QueryVerb::Switch, &NameQuery { cluster_name: name }).await?;
             if print {
                 print!("{}", s.kubeconfig);
                 return Ok(());
@@ -528,7 +529,7 @@ fn read_spec(path: &str) -> Result<(String, ClusterSpec)> {
 /// answer, then follows the operation unless `--no-wait`.
 async fn submit<T: Serialize>(
     ctx: &Ctx,
-    verb: &str,
+    verb: RequestVerb,
     name: &str,
     request_id: &str,
     req: &T,
@@ -591,7 +592,11 @@ async fn submit<T: Serialize>(
 }
 
 /// Asks the manager a query; its error becomes ours.
-pub async fn query<Q: Serialize, T: DeserializeOwned>(client: &async_nats::Client, verb: &str, q: &Q) -> Result<T> {
+pub async fn query<Q: Serialize, T: DeserializeOwned>(
+    client: &async_nats::Client,
+    verb: QueryVerb,
+    q: &Q,
+) -> Result<T> {
     let resp = tokio::time::timeout(
         Duration::from_secs(15),
         client.request(query_subject(verb), serde_json::to_vec(q)?.into()),

@@ -70,10 +70,7 @@ pub fn info(o: Output, i: &ClusterInfo) {
     match &i.health {
         None => println!("agent: no heartbeat yet"),
         Some(h) => {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(0);
+            let now = ksctl_core::now_ms();
             let ready = h.nodes.iter().filter(|n| n.ready).count();
             println!(
                 "agent: heartbeat {} s ago, API server {}, {} nodes ({ready} ready)",
@@ -144,11 +141,11 @@ pub fn artifacts(o: Output, a: &crate::ArtifactsList) -> Result<(), String> {
             apt = Some(k.apt_repository);
             packages = k.packages;
             upstream = k.images;
-            if !ksctl_core::spec::KNOWN_CNIS.contains(&a.cni.as_str()) {
+            if ksctl_core::spec::Cni::parse(&a.cni).is_none() {
                 return Err(format!(
                     "unknown CNI {:?}; expected one of {}",
                     a.cni,
-                    ksctl_core::spec::KNOWN_CNIS.join(", ")
+                    ksctl_core::spec::Cni::spellings().join(", ")
                 ));
             }
             upstream.extend(ksctl_core::addons::cni_images(&a.cni).iter().map(|s| s.to_string()));

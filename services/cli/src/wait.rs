@@ -5,7 +5,7 @@ use anyhow::Result;
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use ksctl_core::OperationId;
-use ksctl_core::messages::{ClusterSummary, Event, EventKind, NameQuery};
+use ksctl_core::messages::{ClusterSummary, Event, EventKind, NameQuery, QueryVerb};
 use std::io::IsTerminal;
 use std::time::Duration;
 
@@ -97,7 +97,7 @@ pub async fn follow(
 
 /// `Some(outcome)` once the manager no longer has `op` under way.
 async fn finished_by_poll(ctx: &Ctx, name: &str, op: &OperationId) -> Result<Option<Result<()>>> {
-    match query::<_, ClusterSummary>(&ctx.client, "get", &NameQuery { cluster_name: name.into() }).await {
+    match query::<_, ClusterSummary>(&ctx.client, QueryVerb::Get, &NameQuery { cluster_name: name.into() }).await {
         Ok(s) if s.operation.as_ref().is_some_and(|o| &o.id == op) => Ok(None),
         Ok(s) if s.state.ends_with("_failed") => {
             Ok(Some(Err(

@@ -3,11 +3,12 @@
 //! has passwordless sudo, records each host's SSH host key (enforced from then on) and its
 //! addresses, and seals the key into state for the bootstrap. Delete undoes what ksctl installed
 //! and leaves the machines.
-use crate::{CloudProvider, checkpoint, infra};
+use crate::CloudProvider;
 use futures::StreamExt;
 use ksctl_core::records::{InfraRecord, Role, Vm};
 use ksctl_core::spec::HostSpec;
-use ksctl_runtime::{PhaseCtx, PhaseError};
+use ksctl_runtime::{FailedCommand, PhaseCtx, PhaseError, host_error};
+use ksctl_runtime::{checkpoint, phase_record};
 use ksctl_ssh::{Session, SshError, Target};
 use ksctl_store::DynStore;
 use std::path::PathBuf;
@@ -23,17 +24,9 @@ pub struct ByoCloud {
     keys_dir: PathBuf,
 }
 
-/// A host's SSH failure as a phase error naming the host.
+/// A host's SSH failure: a check that ran and failed means the host is not fit.
 fn host_err(who: &str, e: SshError) -> PhaseError {
-    let hint = match &e {
-        SshError::Failed { label, .. } if label == "sudo check" => {
-            " — the SSH user needs passwordless sudo (NOPASSWD in sudoers)"
-        }
-        SshError::Auth { .. } => " — is the key's public half in the user's authorized_keys?",
-        _ => "",
-    };
-    let text = format!("host {who}: {e}{hint}");
-    if e.retryable() { PhaseError::Retryable(text) } else { PhaseError::Permanent(text) }
+    host_error(who, e, FailedCommand::Fail)
 }
 
 impl ByoCloud {
@@ -52,21 +45,21 @@ impl ByoCloud {
                 let name = &ctx.cluster.spec.hosts.as_ref().expect("validated").ssh_key;
                 let path = self.keys_dir.join(name);
                 let pem = std::fs::read_to_string(&path).map_err(|e| {
-                    PhaseError::Permanent(format!(
+                    PhaseError::permanent(format!(
                         "SSH key {name:?} not found: reading {} failed ({e}); put the private key there (KSCTL_BYO_KEYS_DIR)",
                         path.display()
                     ))
                 })?;
-                ksctl_ssh::parse_key(&pem).map_err(|e| PhaseError::Permanent(format!("SSH key {name:?}: {e}")))?;
+                ksctl_ssh::parse_key(&pem).map_err(|e| PhaseError::permanent(format!("SSH key {name:?}: {e}")))?;
                 let sealed = ctx.rt.sealer.seal(&purpose, pem.as_bytes());
-                checkpoint(&self.store, ctx, |i| {
+                checkpoint(&self.store, ctx, |i: &mut InfraRecord| {
                     i.ssh_private_key.get_or_insert_with(|| sealed.clone());
                 })
                 .await?;
                 pem
             }
         };
-        ksctl_ssh::parse_key(&pem).map_err(|e| PhaseError::Permanent(e.to_string()))
+        ksctl_ssh::parse_key(&pem).map_err(|e| PhaseError::caused_by(false, e))
     }
 
     async fn session(
@@ -77,15 +70,21 @@ impl ByoCloud {
         who: &str,
     ) -> Result<Session, PhaseError> {
         let target = Target { host: host.address.clone(), port: host.port, user: host.user.clone() };
-        ksctl_ssh::connect_with_retry(&target, key, known, CONNECT_TIMEOUT, CONNECT_ATTEMPTS)
-            .await
-            .map_err(|e| host_err(who, e))
+        ksctl_ssh::connect_with_retry(
+            &target,
+            key,
+            known,
+            CONNECT_TIMEOUT,
+            ksctl_core::backoff::ssh_connect(CONNECT_ATTEMPTS),
+        )
+        .await
+        .map_err(|e| host_err(who, e))
     }
     /// Checks `hosts` over SSH in parallel (key, sudo, addresses) and records each as a VM with
     /// its host key. Every host is tried; the first failure is reported.
     async fn check_hosts(&self, ctx: &PhaseCtx<'_>, hosts: Vec<(Role, u32, HostSpec)>) -> Result<(), PhaseError> {
         let id = &ctx.cluster.id;
-        let state = infra(&self.store, ctx).await?;
+        let state = phase_record::<InfraRecord>(&self.store, ctx).await?;
         let key = self.key(ctx, &state).await?;
         let known = state.host_keys;
         let total = hosts.len() as u32;
@@ -99,7 +98,9 @@ impl ByoCloud {
                     let s = self
                         .session(key, &host, ksctl_ssh::recorded_host_key(known, &host.address, host.port), &who)
                         .await?;
-                    s.run("sudo check", "sudo -n true", None, COMMAND_TIMEOUT).await.map_err(|e| host_err(&who, e))?;
+                    s.run(ksctl_ssh::SUDO_CHECK, "sudo -n true", None, COMMAND_TIMEOUT)
+                        .await
+                        .map_err(|e| host_err(&who, e))?;
                     let ips = s
                         .run("addresses", "hostname -I", None, COMMAND_TIMEOUT)
                         .await
@@ -109,7 +110,7 @@ impl ByoCloud {
                         None => host.address.clone(),
                         Some(first) => ksctl_core::net::ip(first)
                             .map_err(|e| {
-                                PhaseError::Permanent(format!("host {who}: `hostname -I` printed an address that {e}"))
+                                PhaseError::permanent(format!("host {who}: `hostname -I` printed an address that {e}"))
                             })?
                             .to_string(),
                     };
@@ -125,7 +126,7 @@ impl ByoCloud {
                         public_ip: host.address.clone(),
                         private_ip,
                     };
-                    checkpoint(&self.store, ctx, |i| {
+                    checkpoint(&self.store, ctx, |i: &mut InfraRecord| {
                         i.host_keys
                             .entry(ksctl_ssh::host_key_id(&host.address, host.port))
                             .or_insert_with(|| host_key.clone());
@@ -149,7 +150,7 @@ impl ByoCloud {
         if vms.is_empty() {
             return Ok(());
         }
-        let state = infra(&self.store, ctx).await?;
+        let state = phase_record::<InfraRecord>(&self.store, ctx).await?;
         let key = self.key(ctx, &state).await?;
         let hosts = byo_hosts(ctx)?;
         let total = vms.len() as u32;
@@ -166,7 +167,7 @@ impl ByoCloud {
                 .await
                 .map_err(|e| host_err(&who, e))?;
             s.close().await;
-            checkpoint(&self.store, ctx, |i| {
+            checkpoint(&self.store, ctx, |i: &mut InfraRecord| {
                 i.vms.remove(&vm.name);
             })
             .await?;
@@ -177,7 +178,7 @@ impl ByoCloud {
 }
 
 fn byo_hosts<'a>(ctx: &'a PhaseCtx<'_>) -> Result<&'a ksctl_core::spec::ByoHosts, PhaseError> {
-    ctx.cluster.spec.hosts.as_ref().ok_or_else(|| PhaseError::Permanent("provider byo needs hosts in the spec".into()))
+    ctx.cluster.spec.hosts.as_ref().ok_or_else(|| PhaseError::permanent("provider byo needs hosts in the spec".into()))
 }
 
 #[async_trait::async_trait]
@@ -189,7 +190,7 @@ impl CloudProvider for ByoCloud {
     }
 
     async fn delete(&self, ctx: &PhaseCtx<'_>) -> Result<(), PhaseError> {
-        let vms = infra(&self.store, ctx).await?.vms.into_values().collect();
+        let vms = phase_record::<InfraRecord>(&self.store, ctx).await?.vms.into_values().collect();
         self.uninstall(ctx, vms).await?;
         self.store.delete(&ksctl_core::keys::cloud(&ctx.cluster.id)).await?;
         Ok(())
@@ -198,7 +199,7 @@ impl CloudProvider for ByoCloud {
     /// Takes the next spare worker hosts listed in the spec (the manager refuses a target beyond them).
     async fn scale_up(&self, ctx: &PhaseCtx<'_>) -> Result<(), PhaseError> {
         let target = ctx.target_workers()?;
-        let known = infra(&self.store, ctx).await?;
+        let known = phase_record::<InfraRecord>(&self.store, ctx).await?;
         let new: Vec<_> = byo_hosts(ctx)?
             .in_use(target)
             .into_iter()
@@ -212,7 +213,7 @@ impl CloudProvider for ByoCloud {
     /// ksctl's software goes, the machines stay and become spares again.
     async fn scale_down(&self, ctx: &PhaseCtx<'_>) -> Result<(), PhaseError> {
         let target = ctx.target_workers()?;
-        let gone = infra(&self.store, ctx).await?.workers_beyond(target);
+        let gone = phase_record::<InfraRecord>(&self.store, ctx).await?.workers_beyond(target);
         self.uninstall(ctx, gone).await
     }
 }

@@ -1,6 +1,6 @@
 //! The firewall rule set per role (ksctl's port matrix), a pure function shared by every cloud.
 use ksctl_core::records::Role;
-use ksctl_core::spec::Distro;
+use ksctl_core::spec::{Cni, Distro};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Proto {
@@ -42,24 +42,24 @@ const fn udp(from_port: u16, to_port: u16, source: Source, description: &'static
 }
 
 /// The pod-network ports a CNI needs between nodes (`None`: the distro's default, flannel).
-fn cni_rules(cni: Option<&str>) -> Vec<Rule> {
-    match cni.unwrap_or("flannel") {
-        "flannel" => vec![udp(8472, 8472, Source::Network, "VXLAN overlay")],
-        "cilium" => vec![
+fn cni_rules(cni: Option<Cni>) -> Vec<Rule> {
+    match cni.unwrap_or(Cni::Flannel) {
+        Cni::Flannel => vec![udp(8472, 8472, Source::Network, "VXLAN overlay")],
+        Cni::Cilium => vec![
             udp(8472, 8472, Source::Network, "cilium VXLAN overlay"),
             tcp(4240, 4240, Source::Network, "cilium health"),
             tcp(4244, 4244, Source::Network, "hubble server"),
         ],
         // ksctl runs Calico's pool in VXLAN mode (no IP-in-IP, which clouds do not pass).
-        "calico" => {
+        Cni::Calico => {
             vec![tcp(179, 179, Source::Network, "calico BGP"), udp(4789, 4789, Source::Network, "calico VXLAN")]
         }
-        _ => vec![],
+        Cni::None => vec![],
     }
 }
 
 /// Ingress rules for one role. Egress is open.
-pub fn rules(role: Role, distro: Option<Distro>, cni: Option<&str>) -> Vec<Rule> {
+pub fn rules(role: Role, distro: Option<Distro>, cni: Option<Cni>) -> Vec<Rule> {
     use Source::*;
     let ssh = tcp(22, 22, Anywhere, "SSH");
     let node = |api: bool| {
@@ -128,14 +128,14 @@ mod tests {
             ports(&rules(Role::Datastore, None, None)),
             [(Proto::Tcp, 2379, 2380, Source::Network), (Proto::Tcp, 22, 22, Source::Anywhere)]
         );
-        let calico = ports(&rules(Role::ControlPlane, Some(Distro::Kubeadm), Some("calico")));
+        let calico = ports(&rules(Role::ControlPlane, Some(Distro::Kubeadm), Some(Cni::Calico)));
         assert!(calico.contains(&(Proto::Tcp, 179, 179, Source::Network)) && !calico.iter().any(|p| p.1 == 8472));
         assert!(calico.contains(&(Proto::Udp, 4789, 4789, Source::Network)));
-        let cilium = ports(&rules(Role::Worker, Some(Distro::K3s), Some("cilium")));
+        let cilium = ports(&rules(Role::Worker, Some(Distro::K3s), Some(Cni::Cilium)));
         for p in [(Proto::Udp, 8472, 8472, Source::Network), (Proto::Tcp, 4240, 4240, Source::Network)] {
             assert!(cilium.contains(&p), "{p:?}");
         }
-        let none = ports(&rules(Role::ControlPlane, Some(Distro::Kubeadm), Some("none")));
+        let none = ports(&rules(Role::ControlPlane, Some(Distro::Kubeadm), Some(Cni::None)));
         assert!(!none.iter().any(|p| p.0 == Proto::Udp));
     }
 }

@@ -5,11 +5,13 @@
 //! adopted when its API server answers and made again when it does not; delete is kind's own
 //! (absent is done). kind cannot change a cluster's node count: the manager refuses scaling
 //! `local` clusters before anything starts.
-use crate::{CloudProvider, checkpoint, infra};
+use crate::CloudProvider;
 use ksctl_core::ClusterId;
 use ksctl_core::messages::context_name;
+use ksctl_core::records::InfraRecord;
 use ksctl_core::spec::LOCAL_NO_SCALE;
 use ksctl_runtime::{PhaseCtx, PhaseError};
+use ksctl_runtime::{checkpoint, phase_record};
 use ksctl_store::DynStore;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -57,13 +59,26 @@ pub fn node_image(version: &str) -> Result<String, String> {
     Ok(format!("kindest/node:{tag}"))
 }
 
+/// kind's `Cluster` configuration (`kind.x-k8s.io/v1alpha4`), as far as ksctl sets it.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct KindConfig {
+    kind: &'static str,
+    api_version: &'static str,
+    nodes: Vec<KindNode>,
+}
+
+#[derive(serde::Serialize)]
+struct KindNode {
+    role: &'static str,
+}
+
 /// The kind cluster configuration: one control plane, and workers for the other nodes.
 pub fn kind_config(nodes: u32) -> String {
-    let mut out = String::from("kind: Cluster\napiVersion: kind.x-k8s.io/v1alpha4\nnodes:\n- role: control-plane\n");
-    for _ in 1..nodes.max(1) {
-        out.push_str("- role: worker\n");
-    }
-    out
+    let mut all = vec![KindNode { role: "control-plane" }];
+    all.extend((1..nodes.max(1)).map(|_| KindNode { role: "worker" }));
+    let config = KindConfig { kind: "Cluster", api_version: "kind.x-k8s.io/v1alpha4", nodes: all };
+    serde_yaml::to_string(&config).expect("plain data serialises")
 }
 
 /// `kind create cluster` for `name`.
@@ -77,7 +92,7 @@ pub fn create_args(name: &str, config: &str, image: &str, kubeconfig: &str) -> V
 
 /// What the user must do when a tool is missing or the engine does not answer.
 fn missing(tool: &str) -> PhaseError {
-    PhaseError::Permanent(match tool {
+    PhaseError::permanent(match tool {
         "kind" => "provider local needs kind on the cloud-controller's host: install it \
                    (https://kind.sigs.k8s.io/docs/user/quick-start/#installation) or set KSCTL_KIND_BIN"
             .into(),
@@ -98,15 +113,15 @@ impl KindCloud {
         let bin = if tool == "kind" { &self.kind } else { &self.docker };
         let child = tokio::process::Command::new(bin).args(args).kill_on_drop(true).output();
         let out = match tokio::time::timeout(timeout, child).await {
-            Err(_) => return Err(PhaseError::Retryable(format!("{tool} {} timed out", args.join(" ")))),
+            Err(_) => return Err(PhaseError::retryable(format!("{tool} {} timed out", args.join(" ")))),
             Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => return Err(missing(tool)),
-            Ok(Err(e)) => return Err(PhaseError::Permanent(format!("running {}: {e}", bin.display()))),
+            Ok(Err(e)) => return Err(PhaseError::permanent(format!("running {}: {e}", bin.display()))),
             Ok(Ok(out)) => out,
         };
         if !out.status.success() {
             let err = String::from_utf8_lossy(&out.stderr);
             let err = err.trim().lines().last().unwrap_or("").to_string();
-            return Err(PhaseError::Retryable(format!("{tool} {} failed ({}): {err}", args.join(" "), out.status)));
+            return Err(PhaseError::retryable(format!("{tool} {} failed ({}): {err}", args.join(" "), out.status)));
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
@@ -116,7 +131,7 @@ impl KindCloud {
         self.run("kind", &["version".into()], Duration::from_secs(20)).await?;
         let info = ["info".to_string(), "--format".into(), "{{.ServerVersion}}".into()];
         match self.run("docker", &info, Duration::from_secs(20)).await {
-            Err(PhaseError::Retryable(e)) => Err(PhaseError::Permanent(format!(
+            Err(e) if e.is_retryable() => Err(PhaseError::permanent(format!(
                 "provider local: the Docker engine does not answer ({e}); start it, or give the cloud-controller access to its socket"
             ))),
             other => other.map(|_| ()),
@@ -142,10 +157,10 @@ impl KindCloud {
     /// otherwise merge into the controller's own `~/.kube/config`).
     async fn create_cluster(&self, name: &str, nodes: u32, image: &str) -> Result<(), PhaseError> {
         let dir = std::env::temp_dir().join(format!("ksctl-kind-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).map_err(|e| PhaseError::Retryable(format!("{}: {e}", dir.display())))?;
+        std::fs::create_dir_all(&dir).map_err(|e| PhaseError::retryable(format!("{}: {e}", dir.display())))?;
         let (config, kubeconfig) = (dir.join("kind.yaml"), dir.join("kubeconfig"));
         std::fs::write(&config, kind_config(nodes))
-            .map_err(|e| PhaseError::Retryable(format!("{}: {e}", config.display())))?;
+            .map_err(|e| PhaseError::retryable(format!("{}: {e}", config.display())))?;
         let args = create_args(name, &config.to_string_lossy(), image, &kubeconfig.to_string_lossy());
         let r = self.run("kind", &args, Duration::from_secs(900)).await;
         let _ = std::fs::remove_dir_all(&dir);
@@ -158,12 +173,12 @@ impl CloudProvider for KindCloud {
     async fn create(&self, ctx: &PhaseCtx<'_>) -> Result<(), PhaseError> {
         let id = &ctx.cluster.id;
         let name = kind_name(id);
-        let state = infra(&self.store, ctx).await?;
+        let state = phase_record::<InfraRecord>(&self.store, ctx).await?;
         if state.managed_cluster.is_some() && state.kubeconfig.is_some() {
             ctx.progress(format!("kind cluster {name}"), 1, 1).await;
             return Ok(());
         }
-        let image = node_image(&ctx.cluster.spec.kubernetes_version).map_err(PhaseError::Permanent)?;
+        let image = node_image(&ctx.cluster.spec.kubernetes_version).map_err(PhaseError::permanent)?;
         let nodes = ctx.cluster.spec.managed_nodes.max(1);
         self.preflight().await?;
         // A cluster kind made before a crash is adopted if its API server answers, else made again.
@@ -184,9 +199,9 @@ impl CloudProvider for KindCloud {
         }
         // kind names everything `kind-<name>`; ksctl's kubeconfig is its own, from kind's data.
         let kc = ksctl_core::kubeconfig::adopt(&kubeconfig.expect("set above"), &context_name(ctx.cluster), None)
-            .map_err(|e| PhaseError::Permanent(format!("kind's kubeconfig for {name}: {e}")))?;
+            .map_err(|e| PhaseError::permanent(format!("kind's kubeconfig for {name}: {e}")))?;
         let sealed = ctx.rt.sealer.seal(&format!("kubeconfig/{id}"), kc.as_bytes());
-        checkpoint(&self.store, ctx, |i| {
+        checkpoint(&self.store, ctx, |i: &mut InfraRecord| {
             i.managed_cluster = Some(name.clone());
             i.node_pool_size = nodes;
             i.kubeconfig = Some(sealed.clone());
@@ -202,9 +217,9 @@ impl CloudProvider for KindCloud {
         // that never got as far as kind has nothing to delete.
         match self.delete_cluster(&name).await {
             Ok(()) => {}
-            Err(e) if infra(&self.store, ctx).await?.managed_cluster.is_some() => return Err(e),
+            Err(e) if phase_record::<InfraRecord>(&self.store, ctx).await?.managed_cluster.is_some() => return Err(e),
             Err(_) if self.exists(&name).await.unwrap_or(false) => {
-                return Err(PhaseError::Retryable(format!("kind cluster {name} still exists")));
+                return Err(PhaseError::retryable(format!("kind cluster {name} still exists")));
             }
             Err(_) => {}
         }
@@ -214,11 +229,11 @@ impl CloudProvider for KindCloud {
     }
 
     async fn scale_up(&self, _ctx: &PhaseCtx<'_>) -> Result<(), PhaseError> {
-        Err(PhaseError::Permanent(LOCAL_NO_SCALE.into()))
+        Err(PhaseError::permanent(LOCAL_NO_SCALE.into()))
     }
 
     async fn scale_down(&self, _ctx: &PhaseCtx<'_>) -> Result<(), PhaseError> {
-        Err(PhaseError::Permanent(LOCAL_NO_SCALE.into()))
+        Err(PhaseError::permanent(LOCAL_NO_SCALE.into()))
     }
 }
 

@@ -11,11 +11,10 @@ pub mod ratelimit;
 pub mod sim_cloud;
 
 use clap::Parser;
-use ksctl_core::keys;
 use ksctl_core::records::{ClusterRecord, InfraRecord, Role};
 use ksctl_core::saga::{Phase, Service};
 use ksctl_core::spec::Provider;
-use ksctl_runtime::{CommonArgs, PhaseCtx, PhaseError, PhaseWorker, RuntimeError, read_record, update_record};
+use ksctl_runtime::{CommonArgs, PhaseCtx, PhaseError, PhaseWorker, RuntimeError, checkpoint, phase_record};
 use ksctl_store::DynStore;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -82,29 +81,16 @@ impl PhaseWorker for CloudWorker {
     async fn run(&self, ctx: &PhaseCtx<'_>) -> Result<(), PhaseError> {
         let provider = ctx.cluster.provider;
         let p = self.providers.get(&provider).ok_or_else(|| {
-            PhaseError::Permanent(format!("provider {provider} is not available in this cloud-controller"))
+            PhaseError::permanent(format!("provider {provider} is not available in this cloud-controller"))
         })?;
         match ctx.cmd.phase {
             Phase::CloudCreate => p.create(ctx).await,
             Phase::CloudDelete => p.delete(ctx).await,
             Phase::CloudScaleUp => p.scale_up(ctx).await,
             Phase::CloudScaleDown => p.scale_down(ctx).await,
-            other => Err(PhaseError::Permanent(format!("cloud-controller does not run phase {other}"))),
+            other => Err(PhaseError::permanent(format!("cloud-controller does not run phase {other}"))),
         }
     }
-}
-
-/// Checkpoints into the cluster's infrastructure record.
-pub async fn checkpoint(
-    store: &DynStore,
-    ctx: &PhaseCtx<'_>,
-    f: impl Fn(&mut InfraRecord) + Send,
-) -> Result<InfraRecord, PhaseError> {
-    update_record(store, &keys::cloud(&ctx.cluster.id), f).await
-}
-
-pub async fn infra(store: &DynStore, ctx: &PhaseCtx<'_>) -> Result<InfraRecord, PhaseError> {
-    read_record(store, &keys::cloud(&ctx.cluster.id)).await
 }
 
 pub async fn run(config: Config, shutdown: tokio::sync::watch::Receiver<bool>) -> Result<(), RuntimeError> {
@@ -139,16 +125,15 @@ pub async fn run(config: Config, shutdown: tokio::sync::watch::Receiver<bool>) -
 /// half, so a crash in between never leaves a key nobody can use.
 pub(crate) async fn cluster_ssh_key(store: &DynStore, ctx: &PhaseCtx<'_>) -> Result<String, PhaseError> {
     let id = &ctx.cluster.id;
-    let state = infra(store, ctx).await?;
+    let state = phase_record::<InfraRecord>(store, ctx).await?;
     let private = match &state.ssh_private_key {
         Some(s) => ctx.rt.sealer.open_string(&format!("ssh/{id}"), s)?,
         None => {
             let key = ssh_key::PrivateKey::random(&mut ssh_key::rand_core::OsRng, ssh_key::Algorithm::Ed25519)
-                .map_err(|e| PhaseError::Permanent(format!("generating an SSH key: {e}")))?;
-            let pem =
-                key.to_openssh(ssh_key::LineEnding::LF).map_err(|e| PhaseError::Permanent(e.to_string()))?.to_string();
+                .map_err(|e| PhaseError::permanent(format!("generating an SSH key: {e}")))?;
+            let pem = key.to_openssh(ssh_key::LineEnding::LF).map_err(|e| PhaseError::caused_by(false, e))?.to_string();
             let sealed = ctx.rt.sealer.seal(&format!("ssh/{id}"), pem.as_bytes());
-            let rec = checkpoint(store, ctx, |i| {
+            let rec = checkpoint(store, ctx, |i: &mut InfraRecord| {
                 if i.ssh_private_key.is_none() {
                     i.ssh_private_key = Some(sealed.clone());
                 }
@@ -158,10 +143,10 @@ pub(crate) async fn cluster_ssh_key(store: &DynStore, ctx: &PhaseCtx<'_>) -> Res
         }
     };
     ssh_key::PrivateKey::from_openssh(&private)
-        .map_err(|e| PhaseError::Permanent(format!("sealed SSH key unreadable: {e}")))?
+        .map_err(|e| PhaseError::permanent(format!("sealed SSH key unreadable: {e}")))?
         .public_key()
         .to_openssh()
-        .map_err(|e| PhaseError::Permanent(e.to_string()))
+        .map_err(|e| PhaseError::caused_by(false, e))
 }
 
 /// The size (instance type, VM size) of a role's machines: the spec's, else the cloud's default
@@ -187,7 +172,7 @@ pub(crate) async fn record_vm(
     total: u32,
 ) -> Result<(), PhaseError> {
     let name = vm.name.clone();
-    checkpoint(store, ctx, |i| {
+    checkpoint(store, ctx, |i: &mut InfraRecord| {
         i.vms.insert(name.clone(), vm.clone());
     })
     .await?;

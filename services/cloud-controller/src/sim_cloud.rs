@@ -1,16 +1,25 @@
 //! The simulated cloud: network, one firewall per role, an SSH key, VMs; or a managed cluster
 //! with a node pool. Resources live in the store via [`Sim`].
-use crate::{CloudProvider, checkpoint, infra};
+use crate::CloudProvider;
 use ksctl_core::messages::context_name;
-use ksctl_core::records::{Role, Vm};
-use ksctl_core::spec::ClusterType;
+use ksctl_core::records::{InfraRecord, Role, Vm};
+use ksctl_core::spec::{ClusterSpec, ClusterType};
 use ksctl_runtime::sim::{Sim, SimConfig, fake_pem, fake_token};
 use ksctl_runtime::{PhaseCtx, PhaseError};
+use ksctl_runtime::{checkpoint, phase_record};
 use ksctl_store::DynStore;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-/// VMs created at once.
 const FIREWALL_ROLES: [Role; 4] = [Role::LoadBalancer, Role::Datastore, Role::ControlPlane, Role::Worker];
+
+/// What a create makes in the simulated cloud: self-managed, the network, a firewall per
+/// role, the SSH key and the VMs; managed, the network, the managed cluster and its node pool.
+pub fn planned_resources(spec: &ClusterSpec, cluster_type: ClusterType) -> u32 {
+    match cluster_type {
+        ClusterType::Managed => 3,
+        ClusterType::Selfmanaged => 1 + FIREWALL_ROLES.len() as u32 + 1 + crate::planned_vms(spec).len() as u32,
+    }
+}
 
 pub struct SimCloud {
     store: DynStore,
@@ -31,7 +40,7 @@ impl SimCloud {
         total: u32,
     ) -> Result<(), PhaseError> {
         let id = &ctx.cluster.id;
-        let have = infra(&self.store, ctx).await?;
+        let have = phase_record::<InfraRecord>(&self.store, ctx).await?;
         let missing = crate::vms_missing(ctx, &have, want, done);
         crate::fan_out(missing, |(role, index)| async move {
             let name = role.vm_name(id, index);
@@ -56,24 +65,24 @@ impl CloudProvider for SimCloud {
         let spec = &ctx.cluster.spec;
         let managed = ctx.cluster.cluster_type == ClusterType::Managed;
         let vms = if managed { vec![] } else { crate::planned_vms(spec) };
-        let total = if managed { 3 } else { 1 + FIREWALL_ROLES.len() as u32 + 1 + vms.len() as u32 };
+        let total = planned_resources(spec, ctx.cluster.cluster_type);
         let done = AtomicU32::new(0);
         let step = |s: String| {
             let n = done.fetch_add(1, Ordering::SeqCst) + 1;
             ctx.progress(s, n, total)
         };
 
-        let state = infra(&self.store, ctx).await?;
+        let state = phase_record::<InfraRecord>(&self.store, ctx).await?;
         if state.network.is_none() {
             let net = self.ensure_simple(ctx, "network", &format!("{id}-net"), 0).await?;
-            checkpoint(&self.store, ctx, |i| i.network = Some(net.clone())).await?;
+            checkpoint(&self.store, ctx, |i: &mut InfraRecord| i.network = Some(net.clone())).await?;
         }
         step(format!("network {id}-net")).await;
 
         if managed {
             if state.managed_cluster.is_none() {
                 let mc = self.ensure_simple(ctx, "managed_cluster", &format!("{id}-mc"), 0).await?;
-                checkpoint(&self.store, ctx, |i| i.managed_cluster = Some(mc.clone())).await?;
+                checkpoint(&self.store, ctx, |i: &mut InfraRecord| i.managed_cluster = Some(mc.clone())).await?;
             }
             step(format!("managed cluster {id}-mc")).await;
             if state.node_pool.is_none() {
@@ -86,7 +95,7 @@ impl CloudProvider for SimCloud {
                     &fake_token(),
                 );
                 let sealed = ctx.rt.sealer.seal(&format!("kubeconfig/{id}"), kc.as_bytes());
-                checkpoint(&self.store, ctx, |i| {
+                checkpoint(&self.store, ctx, |i: &mut InfraRecord| {
                     i.node_pool = Some(np.clone());
                     i.node_pool_size = spec.managed_nodes;
                     if i.kubeconfig.is_none() {
@@ -102,7 +111,7 @@ impl CloudProvider for SimCloud {
         for role in FIREWALL_ROLES {
             if !state.firewalls.contains_key(role.as_str()) {
                 let fw = self.ensure_simple(ctx, "firewall", &format!("{id}-fw-{}", role.as_str()), 0).await?;
-                checkpoint(&self.store, ctx, |i| {
+                checkpoint(&self.store, ctx, |i: &mut InfraRecord| {
                     i.firewalls.insert(role.as_str().into(), fw.clone());
                 })
                 .await?;
@@ -114,7 +123,7 @@ impl CloudProvider for SimCloud {
         // imported, so a crash in between can never leave an imported key we cannot use.
         if state.ssh_private_key.is_none() {
             let sealed = ctx.rt.sealer.seal(&format!("ssh/{id}"), fake_pem("OPENSSH PRIVATE KEY").as_bytes());
-            checkpoint(&self.store, ctx, |i| {
+            checkpoint(&self.store, ctx, |i: &mut InfraRecord| {
                 if i.ssh_private_key.is_none() {
                     i.ssh_private_key = Some(sealed.clone());
                 }
@@ -123,7 +132,7 @@ impl CloudProvider for SimCloud {
         }
         if state.ssh_key_id.is_none() {
             let key = self.ensure_simple(ctx, "ssh_key", &format!("{id}-ssh"), 0).await?;
-            checkpoint(&self.store, ctx, |i| i.ssh_key_id = Some(key.clone())).await?;
+            checkpoint(&self.store, ctx, |i: &mut InfraRecord| i.ssh_key_id = Some(key.clone())).await?;
         }
         step(format!("ssh key {id}-ssh")).await;
 
@@ -148,7 +157,7 @@ impl CloudProvider for SimCloud {
 
     async fn scale_up(&self, ctx: &PhaseCtx<'_>) -> Result<(), PhaseError> {
         let target = ctx.target_workers()?;
-        let state = infra(&self.store, ctx).await?;
+        let state = phase_record::<InfraRecord>(&self.store, ctx).await?;
         if ctx.cluster.cluster_type == ClusterType::Managed {
             return self.resize_pool(ctx, target).await;
         }
@@ -162,12 +171,12 @@ impl CloudProvider for SimCloud {
         if ctx.cluster.cluster_type == ClusterType::Managed {
             return self.resize_pool(ctx, target).await;
         }
-        let state = infra(&self.store, ctx).await?;
+        let state = phase_record::<InfraRecord>(&self.store, ctx).await?;
         let remove = state.workers_beyond(target);
         let total = remove.len() as u32;
         for (n, vm) in remove.iter().enumerate() {
             self.sim.run("cloud.delete.vm", self.sim.delete(&ctx.cluster.id, &vm.id)).await?;
-            checkpoint(&self.store, ctx, |i| {
+            checkpoint(&self.store, ctx, |i: &mut InfraRecord| {
                 i.vms.remove(&vm.name);
             })
             .await?;
@@ -179,11 +188,11 @@ impl CloudProvider for SimCloud {
 
 impl SimCloud {
     async fn resize_pool(&self, ctx: &PhaseCtx<'_>, target: u32) -> Result<(), PhaseError> {
-        let state = infra(&self.store, ctx).await?;
+        let state = phase_record::<InfraRecord>(&self.store, ctx).await?;
         let np =
-            state.node_pool.ok_or_else(|| PhaseError::Permanent("the cluster has no node pool recorded".into()))?;
+            state.node_pool.ok_or_else(|| PhaseError::permanent("the cluster has no node pool recorded".into()))?;
         self.sim.run("cloud.node_pool.resize", self.sim.update(&ctx.cluster.id, &np, |r| r.size = target)).await?;
-        checkpoint(&self.store, ctx, |i| i.node_pool_size = target).await?;
+        checkpoint(&self.store, ctx, |i: &mut InfraRecord| i.node_pool_size = target).await?;
         ctx.progress(format!("node pool resized to {target}"), 1, 1).await;
         Ok(())
     }

@@ -13,7 +13,6 @@ use crate::crds::{Stack, StackComponent, StackSpec};
 use crate::kube_api::{FIELD_MANAGER, NAMESPACE, api_err};
 use crate::manifests::{self, Resolver, apply_object, delete_object, describe, own};
 use k8s_openapi::api::core::v1::Namespace;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use ksctl_core::ClusterId;
 use ksctl_core::apps::{ObjectRef, apply_order, left_out, with_all};
 use ksctl_core::keys;
@@ -32,26 +31,26 @@ pub async fn change(store: &DynStore, ctx: &PhaseCtx<'_>) -> Result<(String, Opt
     let op = ctx.cluster.operation.as_ref();
     let stack = op
         .and_then(|o| o.app.clone())
-        .ok_or_else(|| PhaseError::Permanent("apps phase without an application stack".into()))?;
+        .ok_or_else(|| PhaseError::permanent("apps phase without an application stack".into()))?;
     if op.map(|o| o.kind) == Some(ksctl_core::state::OpKind::AppsDelete) {
         return Ok((stack, None));
     }
     let id = &ctx.cluster.id;
     let rec: AppRecord = read_record(store, &keys::app(id, &stack)).await?;
     let sealed =
-        rec.manifests.ok_or_else(|| PhaseError::Permanent(format!("stack {stack} has no manifests recorded")))?;
+        rec.manifests.ok_or_else(|| PhaseError::permanent(format!("stack {stack} has no manifests recorded")))?;
     let yaml = ctx.rt.sealer.open_string(&AppRecord::purpose(id, &stack), &sealed)?;
     Ok((stack, Some(yaml)))
 }
 
 /// The objects of `yaml`, labelled as `stack`'s, in apply order.
 fn objects(stack: &str, yaml: &str) -> Result<Vec<(ObjectRef, DynamicObject)>, PhaseError> {
-    let parsed = ksctl_core::apps::parse(yaml).map_err(|e| PhaseError::Permanent(format!("stack {stack}: {e}")))?;
+    let parsed = ksctl_core::apps::parse(yaml).map_err(|e| PhaseError::permanent(format!("stack {stack}: {e}")))?;
     let mut out = Vec::new();
     for (r, mut value) in apply_order(parsed) {
         manifests::normalize(&r.kind, &mut value);
         let mut obj: DynamicObject = serde_json::from_value(value)
-            .map_err(|e| PhaseError::Permanent(format!("stack {stack}: {}: {e}", r.shown())))?;
+            .map_err(|e| PhaseError::permanent(format!("stack {stack}: {}: {e}", r.shown())))?;
         own(&mut obj, stack);
         out.push((r, obj));
     }
@@ -73,7 +72,7 @@ async fn owner(resolver: &mut Resolver<'_>, r: &ObjectRef) -> Result<Option<Opti
     let api = match resolver.api(&skeleton(r)).await {
         Ok(api) => api,
         // A kind the server does not serve yet has no objects.
-        Err(PhaseError::Permanent(_)) => return Ok(None),
+        Err(e) if e.is_permanent() => return Ok(None),
         Err(e) => return Err(e),
     };
     let found = api.get_opt(&r.name).await.map_err(|e| api_err(&format!("reading {}", r.shown()), e))?;
@@ -86,7 +85,7 @@ async fn not_anothers(resolver: &mut Resolver<'_>, r: &ObjectRef, stack: &str) -
     match owner(resolver, r).await? {
         Some(owner) if owner.as_deref() != Some(stack) => {
             let whose = owner.map_or("not ksctl's".to_string(), |o| format!("part of stack {o}"));
-            Err(PhaseError::Permanent(format!(
+            Err(PhaseError::permanent(format!(
                 "stack {stack}: {} already exists and is {whose}; ksctl does not take it over",
                 r.shown()
             )))
@@ -111,29 +110,6 @@ async fn delete_owned(resolver: &mut Resolver<'_>, r: &ObjectRef, stack: &str) -
 pub(crate) async fn prune(resolver: &mut Resolver<'_>, gone: &[&ObjectRef], stack: &str) -> Result<(), PhaseError> {
     for r in gone.iter().rev() {
         delete_owned(resolver, r, stack).await?;
-    }
-    Ok(())
-}
-
-/// Waits until every CRD named is Established.
-async fn established(client: &kube::Client, names: &[String]) -> Result<(), PhaseError> {
-    let api = Api::<CustomResourceDefinition>::all(client.clone());
-    let deadline = tokio::time::Instant::now() + ESTABLISHED_WITHIN;
-    for name in names {
-        loop {
-            let crd = api.get_opt(name).await.map_err(|e| api_err(&format!("reading CRD {name}"), e))?;
-            let ok = crd
-                .and_then(|c| c.status)
-                .and_then(|s| s.conditions)
-                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Established" && c.status == "True"));
-            if ok {
-                break;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(PhaseError::Retryable(format!("CRD {name} not Established after {ESTABLISHED_WITHIN:?}")));
-            }
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
     }
     Ok(())
 }
@@ -215,7 +191,7 @@ pub async fn apply(
         done += 1;
         ctx.progress(format!("applied {}", describe(obj)), done, total).await;
     }
-    established(client, &crds).await?;
+    crate::kube_api::wait_established(client, &crds, ESTABLISHED_WITHIN).await?;
     // Kinds the CRDs just brought are discovered afresh.
     let mut resolver = Resolver::new(client);
     let rest: Vec<_> = objects.iter().filter(|(r, _)| !r.is_namespace() && !r.is_crd()).collect();
@@ -251,10 +227,7 @@ pub async fn apply(
 
 /// A refusal of the server's names the stack (it is the user's file that is wrong).
 fn refused(stack: &str, e: PhaseError) -> PhaseError {
-    match e {
-        PhaseError::Permanent(m) => PhaseError::Permanent(format!("stack {stack} refused by the API server: {m}")),
-        other => other,
-    }
+    if e.is_permanent() { PhaseError::permanent(format!("stack {stack} refused by the API server: {e}")) } else { e }
 }
 
 /// The `Stack` that shows what the stack holds (`kubectl get stacks -n ksctl-system`): one

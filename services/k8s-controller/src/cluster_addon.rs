@@ -87,7 +87,7 @@ pub async fn write_spec(
             Err(e) => return Err(err(e)),
         }
     }
-    Err(PhaseError::Retryable(format!(
+    Err(PhaseError::retryable(format!(
         "the ClusterAddon object changed under each of {WRITE_ATTEMPTS} writes; trying again later"
     )))
 }

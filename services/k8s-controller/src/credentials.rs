@@ -25,7 +25,7 @@ pub struct AgentCredentials {
 pub use ksctl_bus::auth::now_secs as now;
 
 fn authority_err(e: auth::AuthError) -> PhaseError {
-    PhaseError::Retryable(e.to_string())
+    PhaseError::caused_by(true, e)
 }
 
 impl AgentCredentials {
@@ -40,8 +40,8 @@ impl AgentCredentials {
         let creds = self
             .authority
             .mint(&Role::Agent(cluster.clone()), &format!("agent-{cluster}"), now, Some(expires_at))
-            .map_err(|e| PhaseError::Permanent(e.to_string()))?;
-        let user = creds.public_key().map_err(|e| PhaseError::Permanent(e.to_string()))?;
+            .map_err(|e| PhaseError::caused_by(false, e))?;
+        let user = creds.public_key().map_err(|e| PhaseError::caused_by(false, e))?;
         Ok((creds, AgentCredential { user, issued_at: now, expires_at }))
     }
 

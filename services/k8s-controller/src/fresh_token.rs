@@ -71,7 +71,7 @@ impl<B: Send + 'static> AsyncPredicate<Request<B>> for FreshToken {
 pub async fn client(bus: &async_nats::Client, id: &ClusterId) -> Result<kube::Client, PhaseError> {
     // No answer (every cloud-controller busy or restarting) is worth waiting for; a cluster the
     // cloud does not know, or credentials it refuses, are said in the error either way.
-    let (access, token) = minted(bus, id).await.map_err(PhaseError::Retryable)?;
+    let (access, token) = minted(bus, id).await.map_err(PhaseError::retryable)?;
     let reach = Access { auth: Auth::Token(String::new()), ..access }.kubeconfig(id.as_str());
     let mut config = crate::kube_api::config_from(&reach).await?;
     // The layer below carries the token; the config's own (static) one would overwrite it.
@@ -87,7 +87,7 @@ pub async fn client(bus: &async_nats::Client, id: &ClusterId) -> Result<kube::Cl
         current: Arc::new(tokio::sync::Mutex::new((token, Instant::now()))),
     });
     let builder = kube::client::ClientBuilder::try_from(config)
-        .map_err(|e| PhaseError::Permanent(format!("Kubernetes client: {e}")))?;
+        .map_err(|e| PhaseError::permanent(format!("Kubernetes client: {e}")))?;
     // The filter clones the service it wraps per request: a buffer in front makes it cloneable.
     Ok(builder.with_layer(&tower::buffer::BufferLayer::new(64)).with_layer(&layer).build())
 }

@@ -15,7 +15,7 @@ pub mod sim_kube;
 use clap::Parser;
 use ksctl_core::records::ClusterRecord;
 use ksctl_core::saga::{Phase, Service};
-use ksctl_core::spec::{Distro, Provider};
+use ksctl_core::spec::{Cni, Distro, Provider};
 use ksctl_core::state::OpKind;
 use ksctl_runtime::{ArtifactArgs, CommonArgs, PhaseCtx, PhaseError, PhaseWorker, RuntimeError};
 use std::collections::HashMap;
@@ -89,40 +89,77 @@ where
     Ok(())
 }
 
-/// ksctl's own components, in install order (namespace first, the agent last), as
-/// `<kind>/<name>`.
-pub const COMPONENTS: [&str; 9] = [
-    "namespace/ksctl-system",
-    "serviceaccount/ksctl-agent",
-    "rbac/ksctl-agent",
-    "crd/clusteraddons.manage.ksctl.io",
-    "crd/stacks.app.ksctl.io",
-    "configmap/cluster-config",
-    "secret/ksctl-agent-bus",
-    "deployment/ksctl-agent",
-    "service/ksctl-agent",
-];
+ksctl_core::vocabulary! {
+    /// ksctl's own objects in a cluster, in install order (namespace first, the agent last),
+    /// spelled `<kind>/<name>`. The spelling is recorded in `k8s.<cluster>` as installed: it
+    /// never changes.
+    pub enum Component {
+        Namespace = "namespace/ksctl-system",
+        ServiceAccount = "serviceaccount/ksctl-agent",
+        Rbac = "rbac/ksctl-agent",
+        ClusterAddonCrd = "crd/clusteraddons.manage.ksctl.io",
+        StackCrd = "crd/stacks.app.ksctl.io",
+        ClusterConfig = "configmap/cluster-config",
+        AgentSecret = "secret/ksctl-agent-bus",
+        AgentDeployment = "deployment/ksctl-agent",
+        AgentService = "service/ksctl-agent",
+    }
+}
 
-/// The CNI ksctl installs, as a component: flannel on kubeadm clusters unless the spec says
-/// otherwise, Calico or Cilium on any self-managed cluster that asks for it (k3s brings its own
-/// flannel, started without it then; managed clusters get the cloud's CNI).
-pub fn cni(cluster: &ClusterRecord) -> Option<&'static str> {
+/// ksctl's components, in install order.
+pub const COMPONENTS: &[Component] = Component::ALL;
+
+/// What an addon operation re-applies first: a cluster installed by an older ksctl gets the
+/// current CRDs (the Stack inventory, the status) and the agent's right to read them.
+pub const ADDON_PREREQUISITES: [Component; 3] = [Component::Rbac, Component::ClusterAddonCrd, Component::StackCrd];
+
+/// One thing an install applies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PlanItem {
+    Component(Component),
+    /// The pod network (never [`Cni::None`]).
+    Cni(Cni),
+    /// An addon of the catalog, by name.
+    Addon(String),
+}
+
+impl PlanItem {
+    /// How the item is recorded as installed: a component's spelling, `cni/<name>`,
+    /// `addon/<name>`.
+    pub fn key(&self) -> String {
+        match self {
+            PlanItem::Component(c) => c.as_str().to_string(),
+            PlanItem::Cni(c) => format!("cni/{c}"),
+            PlanItem::Addon(a) => format!("addon/{a}"),
+        }
+    }
+}
+
+impl std::fmt::Display for PlanItem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.key())
+    }
+}
+
+/// The CNI ksctl installs: flannel on kubeadm clusters unless the spec says otherwise, Calico
+/// or Cilium on any self-managed cluster that asks for it (k3s brings its own flannel, started
+/// without it then; managed clusters get the cloud's CNI).
+pub fn cni(cluster: &ClusterRecord) -> Option<Cni> {
     if cluster.cluster_type != ksctl_core::spec::ClusterType::Selfmanaged {
         return None;
     }
-    match (cluster.distro, cluster.spec.cni.as_deref()) {
-        (Some(Distro::Kubeadm), None | Some("flannel")) => Some("cni/flannel"),
-        (_, Some("calico")) => Some("cni/calico"),
-        (_, Some("cilium")) => Some("cni/cilium"),
+    match (cluster.distro, cluster.spec.cni()) {
+        (Some(Distro::Kubeadm), None | Some(Cni::Flannel)) => Some(Cni::Flannel),
+        (_, Some(c @ (Cni::Calico | Cni::Cilium))) => Some(c),
         _ => None,
     }
 }
 
 /// Everything an install applies, in order: our components, the CNI, the enabled addons.
-pub fn install_plan(cluster: &ClusterRecord) -> Vec<String> {
-    let mut plan: Vec<String> = COMPONENTS.iter().map(|c| c.to_string()).collect();
-    plan.extend(cni(cluster).map(str::to_string));
-    plan.extend(cluster.spec.addons.iter().map(|a| format!("addon/{a}")));
+pub fn install_plan(cluster: &ClusterRecord) -> Vec<PlanItem> {
+    let mut plan: Vec<PlanItem> = COMPONENTS.iter().copied().map(PlanItem::Component).collect();
+    plan.extend(cni(cluster).map(PlanItem::Cni));
+    plan.extend(cluster.spec.addons.iter().cloned().map(PlanItem::Addon));
     plan
 }
 
@@ -133,7 +170,7 @@ pub fn addon_change(ctx: &PhaseCtx<'_>) -> Result<(String, bool), PhaseError> {
     match (op.map(|o| o.kind), name) {
         (Some(OpKind::AddonEnable), Some(n)) => Ok((n, true)),
         (Some(OpKind::AddonDisable), Some(n)) => Ok((n, false)),
-        _ => Err(PhaseError::Permanent("addon phase without an addon operation".into())),
+        _ => Err(PhaseError::permanent("addon phase without an addon operation".into())),
     }
 }
 
@@ -171,7 +208,7 @@ impl PhaseWorker for K8sWorker {
                 ctx.progress(format!("no Kubernetes API client for provider {provider}; in-cluster objects go with the infrastructure"), 1, 1).await;
                 return forget_apps(ctx).await;
             }
-            return Err(PhaseError::Permanent(format!(
+            return Err(PhaseError::permanent(format!(
                 "provider {provider} has no Kubernetes API client in this k8s-controller"
             )));
         };
@@ -184,7 +221,7 @@ impl PhaseWorker for K8sWorker {
             Phase::K8sDrain => api.drain(ctx).await,
             Phase::K8sAddon => api.addon(ctx).await,
             Phase::K8sApps => api.apps(ctx).await,
-            other => Err(PhaseError::Permanent(format!("k8s-controller does not run phase {other}"))),
+            other => Err(PhaseError::permanent(format!("k8s-controller does not run phase {other}"))),
         }
     }
 }
@@ -258,4 +295,52 @@ pub async fn run(config: Config, shutdown: tokio::sync::watch::Receiver<bool>) -
     providers.insert(Provider::Azure, kube.clone());
     providers.insert(Provider::Aws, kube);
     ksctl_runtime::run_controller(rt, Service::K8s, Arc::new(K8sWorker { providers, credentials }), shutdown).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `installed` records written before the plan was typed name the same items: a resumed
+    /// install or an uninstall reads them alike.
+    #[test]
+    fn plan_keys_keep_their_stored_spelling() {
+        let mut cluster = ClusterRecord {
+            id: ksctl_core::ClusterId::new("demo").unwrap(),
+            spec: serde_json::from_value(serde_json::json!({
+                "cluster_name": "demo", "region": "local", "cloud_provider": "sim",
+                "cluster_type": "selfmanaged", "kubernetes_distro": "kubeadm",
+                "control_plane_nodes": 3, "datastore_nodes": 3, "worker_nodes": 2
+            }))
+            .unwrap(),
+            provider: Provider::Sim,
+            cluster_type: ksctl_core::spec::ClusterType::Selfmanaged,
+            distro: Some(Distro::Kubeadm),
+            state: ksctl_core::state::ClusterState::Running,
+            created_at_ms: 0,
+            updated_at_ms: 0,
+            operation: None,
+            last_operation: None,
+            apps: vec![],
+            cluster_addon: None,
+        };
+        cluster.spec.cni = Some("calico".into());
+        cluster.spec.addons = vec!["metrics-server".into()];
+        let old: ksctl_core::records::K8sRecord = serde_json::from_str(
+            r#"{"installed": ["namespace/ksctl-system", "serviceaccount/ksctl-agent", "rbac/ksctl-agent",
+                "crd/clusteraddons.manage.ksctl.io", "crd/stacks.app.ksctl.io", "configmap/cluster-config",
+                "secret/ksctl-agent-bus", "deployment/ksctl-agent", "service/ksctl-agent", "cni/calico",
+                "addon/metrics-server"], "drained": []}"#,
+        )
+        .unwrap();
+        let keys: Vec<String> = install_plan(&cluster).iter().map(PlanItem::key).collect();
+        for k in &keys {
+            assert!(old.installed.contains(k), "{k} is not the spelling stored before");
+        }
+        assert_eq!(keys.len(), old.installed.len());
+        cluster.spec.cni = None;
+        assert_eq!(cni(&cluster), Some(Cni::Flannel), "kubeadm's default");
+        cluster.distro = Some(Distro::K3s);
+        assert_eq!(cni(&cluster), None, "k3s brings its own");
+    }
 }

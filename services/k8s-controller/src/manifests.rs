@@ -3,9 +3,11 @@
 //! labelled with the stack it belongs to; removal in reverse order; readiness of the
 //! Deployments and DaemonSets they contain.
 use crate::kube_api::{FIELD_MANAGER, api_err};
+use backon::BackoffBuilder;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::Pod;
 use ksctl_core::artifacts::{Artifacts, ImageRegistry};
+use ksctl_core::spec::Cni;
 use ksctl_runtime::PhaseError;
 use kube::api::{Api, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams};
 use kube::discovery::{ApiCapabilities, ApiResource, Scope};
@@ -56,13 +58,13 @@ const CALICO_NODE_ENV: (&str, &[(&str, &str)]) = (
 
 /// The CNI a self-managed cluster's spec asks ksctl to install (`None`: k3s' own flannel, or
 /// `cni: none`).
-pub fn cni(name: &str) -> Option<Stack> {
-    let (name, yaml, node_env) = match name {
-        "flannel" => return Some(FLANNEL),
-        "calico" => ("calico", packed!("calico-v3.32.1.yaml"), Some(CALICO_NODE_ENV)),
+pub fn cni(cni: Cni) -> Option<Stack> {
+    let (name, yaml, node_env) = match cni {
+        Cni::Flannel => return Some(FLANNEL),
+        Cni::Calico => ("calico", packed!("calico-v3.32.1.yaml"), Some(CALICO_NODE_ENV)),
         // ipam "kubernetes": the Nodes' podCIDRs, allocated from the cluster's pod CIDR.
-        "cilium" => ("cilium", include_str!("../manifests/cilium-v1.20.0.yaml"), None),
-        _ => return None,
+        Cni::Cilium => ("cilium", include_str!("../manifests/cilium-v1.20.0.yaml"), None),
+        Cni::None => return None,
     };
     Some(Stack { name, yaml, registry: None, namespace: None, node_env })
 }
@@ -351,13 +353,13 @@ impl<'a> Resolver<'a> {
     pub(crate) async fn api(&mut self, obj: &DynamicObject) -> Result<Api<DynamicObject>, PhaseError> {
         let types = obj.types.as_ref().expect("checked by Stack::objects");
         let gvk =
-            GroupVersionKind::try_from(types).map_err(|e| PhaseError::Permanent(format!("{}: {e}", describe(obj))))?;
+            GroupVersionKind::try_from(types).map_err(|e| PhaseError::permanent(format!("{}: {e}", describe(obj))))?;
         if !self.seen.contains_key(&gvk) {
             let found = kube::discovery::pinned_kind(self.client, &gvk).await.map_err(|e| match e {
                 // The group is served but not this kind (a typo, or a kind of another
                 // version): waiting will not change that.
                 kube::Error::Discovery(d) => {
-                    PhaseError::Permanent(format!("the API server does not serve {}: {d}", describe(obj)))
+                    PhaseError::permanent(format!("the API server does not serve {}: {d}", describe(obj)))
                 }
                 e => api_err(&format!("the API server does not serve {}", describe(obj)), e),
             })?;
@@ -383,7 +385,7 @@ pub async fn apply(client: &kube::Client, stack: &Stack) -> Result<usize, PhaseE
 
 /// [`apply`]; with `dry_run` the server validates and admits every object without storing it.
 pub async fn apply_with(client: &kube::Client, stack: &Stack, dry_run: bool) -> Result<usize, PhaseError> {
-    let objects = stack.objects().map_err(PhaseError::Permanent)?;
+    let objects = stack.objects().map_err(PhaseError::permanent)?;
     apply_objects(client, stack, &objects, dry_run).await?;
     Ok(objects.len())
 }
@@ -442,7 +444,7 @@ fn without_apply(obj: &DynamicObject) -> bool {
 /// Deletes every object of `stack`, last first. "Not found" is done; so is a kind the server no
 /// longer serves (its objects went with it).
 pub async fn remove(client: &kube::Client, stack: &Stack) -> Result<usize, PhaseError> {
-    let objects = stack.objects().map_err(PhaseError::Permanent)?;
+    let objects = stack.objects().map_err(PhaseError::permanent)?;
     let mut resolver = Resolver::of(client, stack);
     for obj in objects.iter().rev() {
         delete_object(&mut resolver, obj).await?;
@@ -455,7 +457,7 @@ pub async fn remove(client: &kube::Client, stack: &Stack) -> Result<usize, Phase
 pub(crate) async fn delete_object(resolver: &mut Resolver<'_>, obj: &DynamicObject) -> Result<(), PhaseError> {
     let api = match resolver.api(obj).await {
         Ok(api) => api,
-        Err(PhaseError::Permanent(_)) => return Ok(()),
+        Err(e) if e.is_permanent() => return Ok(()),
         Err(e) => return Err(e),
     };
     match api.delete(obj.metadata.name.as_deref().expect("checked"), &DeleteParams::background()).await {
@@ -577,7 +579,7 @@ pub async fn workload_ready(
             );
             (why, selector(spec.selector.match_labels.as_ref()))
         }
-        other => return Err(PhaseError::Permanent(format!("no readiness rule for {other}"))),
+        other => return Err(PhaseError::permanent(format!("no readiness rule for {other}"))),
     };
     Ok(match why {
         Some(w) => Some(format!("{w}{}", pod_reasons(client, ns, &sel).await)),
@@ -593,6 +595,7 @@ pub async fn wait_ready(
     timeout: Duration,
 ) -> Result<(), PhaseError> {
     let deadline = tokio::time::Instant::now() + timeout;
+    let mut pauses = ksctl_core::backoff::poll(Duration::from_secs(1)).build();
     loop {
         let mut pending = Vec::new();
         for (kind, ns, name) in workloads {
@@ -604,19 +607,19 @@ pub async fn wait_ready(
             return Ok(());
         }
         if tokio::time::Instant::now() >= deadline {
-            return Err(PhaseError::Retryable(format!(
+            return Err(PhaseError::retryable(format!(
                 "not ready after {} s: {}",
                 timeout.as_secs(),
                 pending.join("; ")
             )));
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::time::sleep(pauses.next().unwrap_or_default()).await;
     }
 }
 
 /// The Deployments, DaemonSets and StatefulSets of a stack, as [`wait_ready`] takes them.
 pub fn workloads(stack: &Stack) -> Result<Vec<(String, String, String)>, PhaseError> {
-    Ok(workloads_in(stack, &stack.objects().map_err(PhaseError::Permanent)?))
+    Ok(workloads_in(stack, &stack.objects().map_err(PhaseError::permanent)?))
 }
 
 /// [`workloads_of`] the stack's already parsed `objects`, those without a namespace in the
@@ -663,12 +666,13 @@ mod tests {
 
     #[test]
     fn the_catalog_lists_the_images_the_manifests_run() {
-        for name in ["flannel", "calico", "cilium"] {
-            let mut listed: Vec<String> = ksctl_core::addons::cni_images(name).iter().map(|s| s.to_string()).collect();
+        for c in [Cni::Flannel, Cni::Calico, Cni::Cilium] {
+            let mut listed: Vec<String> =
+                ksctl_core::addons::cni_images(c.as_str()).iter().map(|s| s.to_string()).collect();
             listed.sort();
-            assert_eq!(images(&cni(name).unwrap()), listed, "{name}");
+            assert_eq!(images(&cni(c).unwrap()), listed, "{c}");
         }
-        assert!(cni("none").is_none() && cni("weave").is_none());
+        assert!(cni(Cni::None).is_none());
         for a in ksctl_core::addons::CATALOG {
             let mut listed: Vec<String> = a.images.iter().map(|s| s.to_string()).collect();
             listed.sort();
@@ -734,7 +738,7 @@ mod tests {
 
     #[test]
     fn calico_and_cilium_use_the_clusters_pod_cidr() {
-        let calico = cni("calico").unwrap().objects().unwrap();
+        let calico = cni(Cni::Calico).unwrap().objects().unwrap();
         let node = calico.iter().find(|o| describe(o) == "DaemonSet kube-system/calico-node").unwrap();
         let containers = node.data["spec"]["template"]["spec"]["containers"].as_array().unwrap();
         let env = containers.iter().find(|c| c["name"] == "calico-node").unwrap()["env"].as_array().unwrap();
@@ -744,8 +748,8 @@ mod tests {
         assert_eq!(set("CALICO_IPV4POOL_CIDR"), [ksctl_core::spec::POD_SUBNET]);
         assert_eq!((set("CALICO_IPV4POOL_IPIP"), set("CALICO_IPV4POOL_VXLAN")), (vec!["Never"], vec!["Always"]));
         // Only there: the upstream file leaves it commented out.
-        assert!(cni("calico").unwrap().yaml.contains("# - name: CALICO_IPV4POOL_CIDR"));
-        let cilium = cni("cilium").unwrap().objects().unwrap();
+        assert!(cni(Cni::Calico).unwrap().yaml.contains("# - name: CALICO_IPV4POOL_CIDR"));
+        let cilium = cni(Cni::Cilium).unwrap().objects().unwrap();
         let config = cilium.iter().find(|o| describe(o) == "ConfigMap kube-system/cilium-config").unwrap();
         assert_eq!(config.data["data"]["ipam"], "kubernetes");
         assert_eq!(config.data["data"]["tunnel-protocol"], "vxlan");
@@ -755,11 +759,11 @@ mod tests {
             workloads(s).unwrap().into_iter().map(|(k, ns, n)| format!("{k} {ns}/{n}")).collect()
         };
         assert_eq!(
-            ready(&cni("calico").unwrap()),
+            ready(&cni(Cni::Calico).unwrap()),
             ["DaemonSet kube-system/calico-node", "Deployment kube-system/calico-kube-controllers"]
         );
         assert_eq!(
-            ready(&cni("cilium").unwrap()),
+            ready(&cni(Cni::Cilium).unwrap()),
             [
                 "DaemonSet kube-system/cilium",
                 "DaemonSet kube-system/cilium-envoy",

@@ -42,7 +42,7 @@ async fn round(rt: &Runtime, kube: &KubeApi) -> Result<(), String> {
 
 async fn rotate(rt: &Runtime, kube: &KubeApi, id: &ClusterId) {
     let opts = LeaseOptions { ttl: rt.lease.ttl, wait: Duration::ZERO };
-    let lease = match Lease::acquire(&rt.store, &keys::cluster_lease(id), &rt.replica, &opts).await {
+    let lease = match Lease::acquire(&rt.store, &keys::cluster(id), &rt.replica, &opts).await {
         Ok(Some(l)) => l,
         Ok(None) => return,
         Err(e) => return tracing::warn!(cluster_id = %id, error = %e, "rotation: store unavailable"),

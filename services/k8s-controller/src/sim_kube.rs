@@ -1,5 +1,5 @@
 //! The simulated Kubernetes API: our objects are `k8s_object` resources of the simulated world.
-use crate::{ClusterApi, install_plan};
+use crate::{ClusterApi, PlanItem, install_plan};
 use ksctl_core::keys;
 use ksctl_core::records::{BootstrapRecord, InfraRecord, K8sRecord};
 use ksctl_core::spec::ClusterType;
@@ -38,19 +38,20 @@ impl ClusterApi for SimKube {
         let kc = self
             .kubeconfig(ctx)
             .await?
-            .ok_or_else(|| PhaseError::Permanent("no kubeconfig recorded for the cluster".into()))?;
+            .ok_or_else(|| PhaseError::permanent("no kubeconfig recorded for the cluster".into()))?;
         if !kc.contains("server:") {
-            return Err(PhaseError::Permanent("the recorded kubeconfig names no API server".into()));
+            return Err(PhaseError::permanent("the recorded kubeconfig names no API server".into()));
         }
         let installed = read_record::<K8sRecord>(&self.store, &keys::k8s(id)).await?.installed;
         let plan = install_plan(ctx.cluster);
         let total = plan.len() as u32;
-        for (n, c) in plan.iter().enumerate() {
-            if !installed.contains(c) {
-                let kind = c.split('/').next().unwrap_or(c);
-                self.sim.run(&format!("k8s.{kind}"), self.sim.ensure(id, "k8s_object", c, None, 0, 0)).await?;
+        for (n, item) in plan.iter().enumerate() {
+            let c = item.key();
+            if !installed.contains(&c) {
+                let kind = c.split('/').next().unwrap_or(&c);
+                self.sim.run(&format!("k8s.{kind}"), self.sim.ensure(id, "k8s_object", &c, None, 0, 0)).await?;
                 update_record(&self.store, &keys::k8s(id), |r: &mut K8sRecord| {
-                    r.installed.insert(c.to_string());
+                    r.installed.insert(c.clone());
                 })
                 .await?;
             }
@@ -64,7 +65,7 @@ impl ClusterApi for SimKube {
         let mut objects: Vec<_> = self.sim.list(id).await?.into_iter().filter(|r| r.kind == "k8s_object").collect();
         // Reverse install order: the agent goes before the namespace it lives in.
         let plan = install_plan(ctx.cluster);
-        objects.sort_by_key(|o| std::cmp::Reverse(plan.iter().position(|c| *c == o.name)));
+        objects.sort_by_key(|o| std::cmp::Reverse(plan.iter().position(|c| c.key() == o.name)));
         let total = objects.len() as u32;
         for (n, o) in objects.iter().enumerate() {
             self.sim.run("k8s.delete", self.sim.delete(id, &o.id)).await?;
@@ -77,7 +78,7 @@ impl ClusterApi for SimKube {
     async fn addon(&self, ctx: &PhaseCtx<'_>) -> Result<(), PhaseError> {
         let id = &ctx.cluster.id;
         let (name, enable) = crate::addon_change(ctx)?;
-        let object = format!("addon/{name}");
+        let object = PlanItem::Addon(name.clone()).key();
         self.sim
             .run("k8s.addon", async {
                 if enable {
@@ -103,7 +104,7 @@ impl ClusterApi for SimKube {
             .run("k8s.apps", async {
                 match &manifests {
                     Some(yaml) => {
-                        ksctl_core::apps::parse(yaml).map_err(PhaseError::Permanent)?;
+                        ksctl_core::apps::parse(yaml).map_err(PhaseError::permanent)?;
                         self.sim.ensure(id, "k8s_object", &object, None, 0, 0).await?;
                     }
                     None => {

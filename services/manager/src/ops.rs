@@ -14,7 +14,7 @@ pub fn store_retry(e: StoreError) -> HandlerError {
 impl Manager {
     /// Takes the cluster's lease (waiting briefly); a busy cluster means "try again later".
     pub async fn lease(&self, id: &ClusterId) -> Result<Lease, HandlerError> {
-        Lease::acquire(&self.rt.store, &keys::cluster_lease(id), &self.rt.replica, &self.rt.lease)
+        Lease::acquire(&self.rt.store, &keys::cluster(id), &self.rt.replica, &self.rt.lease)
             .await
             .map_err(store_retry)?
             .ok_or_else(|| {

@@ -1,4 +1,4 @@
-//! `ksctl.query.get|list|info|switch|ops`: core NATS request/reply on a queue group shared by every
+//! `ksctl.query.<verb>` ([`QueryVerb`]): core NATS request/reply on a queue group shared by every
 //! manager replica, answered from the store.
 use crate::Manager;
 use futures::StreamExt;
@@ -6,7 +6,7 @@ use ksctl_bus::subjects::{QUERY_GROUP, QUERY_SUBJECTS};
 use ksctl_core::ClusterId;
 use ksctl_core::keys;
 use ksctl_core::messages::{
-    ClusterInfo, ClusterSummary, Heartbeat, NameQuery, OperationStatus, OperationView, OpsQuery, QueryReply,
+    ClusterInfo, ClusterSummary, Heartbeat, NameQuery, OperationStatus, OperationView, OpsQuery, QueryReply, QueryVerb,
     SwitchData, context_name, drift,
 };
 use ksctl_core::records::{BootstrapRecord, ClusterRecord, InfraRecord, K8sRecord};
@@ -32,7 +32,7 @@ pub async fn start(m: Manager) -> Result<tokio::task::JoinHandle<()>, RuntimeErr
                     return;
                 };
                 let verb = msg.subject.as_str().rsplit('.').next().unwrap_or_default().to_string();
-                let label = ksctl_bus::metrics::known_label(&verb, &["get", "list", "info", "switch", "ops"]);
+                let label = QueryVerb::parse(&verb).map_or("unknown", QueryVerb::as_str);
                 m.rt.metrics.inc("queries_total", &[("query", label)]);
                 let body = answer(&m, &verb, &msg.payload).await;
                 if let Err(e) = m.rt.publisher.client.publish(reply, body.into()).await {
@@ -43,77 +43,73 @@ pub async fn start(m: Manager) -> Result<tokio::task::JoinHandle<()>, RuntimeErr
     }))
 }
 
-fn json<T: Serialize>(r: QueryReply<T>) -> Vec<u8> {
-    serde_json::to_vec(&r).expect("replies serialise")
+/// Why a query got no data; its text is the reply's `error`.
+#[derive(Debug, thiserror::Error)]
+enum QueryError {
+    #[error("unknown query {0:?}; expected {expected}", expected = QueryVerb::spellings().join(", "))]
+    Unknown(String),
+    #[error("malformed query: {0}")]
+    Malformed(#[from] ksctl_core::json::JsonError),
+    #[error("cluster_name: {0}")]
+    BadName(String),
+    #[error("no cluster named {0}")]
+    NotFound(String),
+    #[error("cluster {cluster} has no kubeconfig yet (state {state})")]
+    NoKubeconfig { cluster: ClusterId, state: String },
+    #[error(transparent)]
+    Store(#[from] ksctl_store::StoreError),
+    #[error(transparent)]
+    Record(#[from] ksctl_runtime::PhaseError),
+    #[error(transparent)]
+    Seal(#[from] ksctl_core::seal::SealError),
+    /// The cloud-controller did not give fresh credentials.
+    #[error("{0}")]
+    Cloud(String),
+}
+
+fn reply<T: Serialize>(r: Result<T, QueryError>) -> Vec<u8> {
+    let r = match r {
+        Ok(data) => serde_json::to_vec(&QueryReply::ok(data)),
+        Err(e) => serde_json::to_vec(&QueryReply::<()>::err(e.to_string())),
+    };
+    r.expect("replies serialise")
 }
 
 async fn answer(m: &Manager, verb: &str, payload: &[u8]) -> Vec<u8> {
+    let Some(verb) = QueryVerb::parse(verb) else {
+        return reply::<()>(Err(QueryError::Unknown(verb.to_string())));
+    };
     match verb {
-        "list" => match list(m).await {
-            Ok(rows) => json(QueryReply::ok(rows)),
-            Err(e) => json(QueryReply::<()>::err(e)),
-        },
-        "ops" => {
-            let q: OpsQuery = if payload.is_empty() {
-                OpsQuery::default()
-            } else {
-                match ksctl_core::json::from_slice(payload) {
-                    Ok(q) => q,
-                    Err(e) => return json(QueryReply::<()>::err(format!("malformed query: {e}"))),
-                }
-            };
-            match ops(m, q.stuck).await {
-                Ok(rows) => json(QueryReply::ok(rows)),
-                Err(e) => json(QueryReply::<()>::err(e)),
-            }
-        }
-        "get" | "info" | "switch" => {
-            let q: NameQuery = match ksctl_core::json::from_slice(payload) {
-                Ok(q) => q,
-                Err(e) => return json(QueryReply::<()>::err(format!("malformed query: {e}"))),
-            };
-            let rec = match load(m, &q.cluster_name).await {
-                Ok(r) => r,
-                Err(e) => return json(QueryReply::<()>::err(e)),
-            };
-            match verb {
-                "get" => json(QueryReply::ok(ClusterSummary::from(&rec))),
-                "info" => match info(m, &rec).await {
-                    Ok(i) => json(QueryReply::ok(i)),
-                    Err(e) => json(QueryReply::<()>::err(e)),
-                },
-                _ => match switch(m, &rec).await {
-                    Ok(s) => json(QueryReply::ok(s)),
-                    Err(e) => json(QueryReply::<()>::err(e)),
-                },
-            }
-        }
-        other => {
-            json(QueryReply::<()>::err(format!("unknown query {other:?}; expected get, list, info, switch or ops")))
-        }
+        QueryVerb::List => reply(list(m).await),
+        QueryVerb::Ops => reply(ops(m, payload).await),
+        QueryVerb::Get => reply(named(m, payload).await.map(|rec| ClusterSummary::from(&rec))),
+        QueryVerb::Info => reply(async { info(m, &named(m, payload).await?).await }.await),
+        QueryVerb::Switch => reply(async { switch(m, &named(m, payload).await?).await }.await),
     }
 }
 
-async fn load(m: &Manager, name: &str) -> Result<ClusterRecord, String> {
-    let id = ClusterId::new(name).map_err(|e| format!("cluster_name: {e}"))?;
+/// The cluster a [`NameQuery`] names.
+async fn named(m: &Manager, payload: &[u8]) -> Result<ClusterRecord, QueryError> {
+    let q: NameQuery = ksctl_core::json::from_slice(payload)?;
+    let id = ClusterId::new(&q.cluster_name).map_err(QueryError::BadName)?;
     ksctl_store::get_json::<ClusterRecord>(m.rt.store.as_ref(), &keys::cluster(&id))
-        .await
-        .map_err(|e| e.to_string())?
+        .await?
         .map(|(r, _)| r)
-        .ok_or_else(|| format!("no cluster named {name}"))
+        .ok_or(QueryError::NotFound(q.cluster_name))
 }
 
-async fn records(m: &Manager) -> Result<Vec<ClusterRecord>, String> {
-    let rows = m.rt.store.children(keys::CLUSTER_PREFIX.trim_end_matches('.')).await.map_err(|e| e.to_string())?;
+async fn records(m: &Manager) -> Result<Vec<ClusterRecord>, QueryError> {
+    let rows = m.rt.store.children(keys::CLUSTER_PREFIX.trim_end_matches('.')).await?;
     Ok(rows.into_iter().filter_map(|(_, v)| serde_json::from_slice::<ClusterRecord>(&v.value).ok()).collect())
 }
 
-async fn list(m: &Manager) -> Result<Vec<ClusterSummary>, String> {
+async fn list(m: &Manager) -> Result<Vec<ClusterSummary>, QueryError> {
     Ok(records(m).await?.iter().map(ClusterSummary::from).collect())
 }
 
-/// The operations under way, oldest phase first; `stuck_only`: those past the phase timeout.
-async fn ops(m: &Manager, stuck_only: bool) -> Result<Vec<OperationStatus>, String> {
+/// The operations under way, oldest phase first; `stuck`: only those past the phase timeout.
+async fn ops(m: &Manager, payload: &[u8]) -> Result<Vec<OperationStatus>, QueryError> {
+    let q: OpsQuery = if payload.is_empty() { OpsQuery::default() } else { ksctl_core::json::from_slice(payload)? };
     let now = ksctl_core::now_ms();
     let timeout = m.phase_timeout.as_millis() as u64;
     let mut rows: Vec<OperationStatus> = records(m)
@@ -132,22 +128,20 @@ async fn ops(m: &Manager, stuck_only: bool) -> Result<Vec<OperationStatus>, Stri
                 stuck: age > timeout,
             })
         })
-        .filter(|o| o.stuck || !stuck_only)
+        .filter(|o| o.stuck || !q.stuck)
         .collect();
     rows.sort_by_key(|o| std::cmp::Reverse(o.phase_age_ms));
     Ok(rows)
 }
 
-async fn info(m: &Manager, rec: &ClusterRecord) -> Result<ClusterInfo, String> {
+async fn info(m: &Manager, rec: &ClusterRecord) -> Result<ClusterInfo, QueryError> {
     let s = &m.rt.store;
-    let e = |e: ksctl_runtime::PhaseError| e.to_string();
-    let infra: InfraRecord = read_record(s, &keys::cloud(&rec.id)).await.map_err(e)?;
-    let boot: BootstrapRecord = read_record(s, &keys::bootstrap(&rec.id)).await.map_err(e)?;
-    let k8s: K8sRecord = read_record(s, &keys::k8s(&rec.id)).await.map_err(e)?;
+    let infra: InfraRecord = read_record(s, &keys::cloud(&rec.id)).await?;
+    let boot: BootstrapRecord = read_record(s, &keys::bootstrap(&rec.id)).await?;
+    let k8s: K8sRecord = read_record(s, &keys::k8s(&rec.id)).await?;
     let mut vms: Vec<_> = infra.vms.into_values().collect();
     vms.sort_by_key(|v| (v.role, v.index));
-    let health: Option<Heartbeat> =
-        ksctl_store::get_json(s.as_ref(), &keys::health(&rec.id)).await.map_err(|e| e.to_string())?.map(|(h, _)| h);
+    let health: Option<Heartbeat> = ksctl_store::get_json(s.as_ref(), &keys::health(&rec.id)).await?.map(|(h, _)| h);
     let expected = match rec.cluster_type {
         ClusterType::Managed => rec.spec.managed_nodes,
         ClusterType::Selfmanaged => rec.spec.control_plane_nodes + rec.spec.worker_nodes,
@@ -170,22 +164,20 @@ async fn info(m: &Manager, rec: &ClusterRecord) -> Result<ClusterInfo, String> {
     })
 }
 
-async fn switch(m: &Manager, rec: &ClusterRecord) -> Result<SwitchData, String> {
+async fn switch(m: &Manager, rec: &ClusterRecord) -> Result<SwitchData, QueryError> {
     if rec.provider.kubeconfig_expires(rec.cluster_type) {
-        return Ok(SwitchData {
-            context: context_name(rec),
-            kubeconfig: ksctl_bus::cloudquery::fresh_kubeconfig(&m.rt.publisher.client, &rec.id).await?,
-        });
+        let kubeconfig = ksctl_bus::cloudquery::fresh_kubeconfig(&m.rt.publisher.client, &rec.id)
+            .await
+            .map_err(QueryError::Cloud)?;
+        return Ok(SwitchData { context: context_name(rec), kubeconfig });
     }
     let s = &m.rt.store;
-    let e = |e: ksctl_runtime::PhaseError| e.to_string();
     let sealed = match rec.cluster_type {
-        ClusterType::Managed => read_record::<InfraRecord>(s, &keys::cloud(&rec.id)).await.map_err(e)?.kubeconfig,
-        ClusterType::Selfmanaged => {
-            read_record::<BootstrapRecord>(s, &keys::bootstrap(&rec.id)).await.map_err(e)?.kubeconfig
-        }
+        ClusterType::Managed => read_record::<InfraRecord>(s, &keys::cloud(&rec.id)).await?.kubeconfig,
+        ClusterType::Selfmanaged => read_record::<BootstrapRecord>(s, &keys::bootstrap(&rec.id)).await?.kubeconfig,
     };
-    let sealed = sealed.ok_or_else(|| format!("cluster {} has no kubeconfig yet (state {})", rec.id, rec.state))?;
-    let kubeconfig = m.rt.sealer.open_string(&format!("kubeconfig/{}", rec.id), &sealed).map_err(|e| e.to_string())?;
+    let sealed =
+        sealed.ok_or_else(|| QueryError::NoKubeconfig { cluster: rec.id.clone(), state: rec.state.to_string() })?;
+    let kubeconfig = m.rt.sealer.open_string(&format!("kubeconfig/{}", rec.id), &sealed)?;
     Ok(SwitchData { context: context_name(rec), kubeconfig })
 }

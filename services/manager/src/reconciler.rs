@@ -46,7 +46,7 @@ pub async fn pass(m: &Manager) -> Result<usize, String> {
         // Someone is working on it (or a message for it is being handled): leave it alone.
         let Ok(Some(lease)) = ksctl_store::Lease::acquire(
             &m.rt.store,
-            &keys::cluster_lease(&rec.id),
+            &keys::cluster(&rec.id),
             &m.rt.replica,
             &ksctl_store::LeaseOptions { ttl: m.rt.lease.ttl, wait: Duration::ZERO },
         )

@@ -7,7 +7,7 @@ use ksctl_core::addons::{DesiredAddons, Followed, ObjectGeneration, is_news, ste
 use ksctl_core::ids::validate_request_id;
 use ksctl_core::messages::{
     API_VERSION, AddonRequest, AppsRequest, CreateRequest, DeleteRequest, Event, EventKind, REPLY_HEADER, RequestReply,
-    ScaleRequest,
+    RequestVerb, ScaleRequest,
 };
 use ksctl_core::records::{AppRecord, ClusterRecord, K8sRecord, OperationRecord};
 use ksctl_core::saga::first_phase;
@@ -128,34 +128,34 @@ fn new_operation(id: &str, rec: &ClusterRecord, plan: Plan) -> OperationRecord {
     }
 }
 
-/// The request kinds, as metric labels (anything else a sender invents is `unknown`).
-fn request_label(verb: &str) -> &'static str {
-    ksctl_bus::metrics::known_label(verb, &["create", "delete", "scale", "addon", "apps"])
-}
-
 #[async_trait::async_trait]
 impl Handler for RequestHandler {
     async fn handle(&self, env: &Envelope) -> Result<(), HandlerError> {
         let m = &self.0;
-        let verb = env.subject().rsplit('.').next().unwrap_or_default().to_string();
-        let outcome = match verb.as_str() {
-            "create" => self.create(env.payload()).await?,
-            "delete" => self.delete(env.payload()).await?,
-            "scale" => self.scale(env.payload()).await?,
-            "addon" => self.addon(env.payload()).await?,
-            "apps" => self.apps(env.payload()).await?,
-            other => {
-                reject(None, None, format!("unknown request {other:?}; expected create, delete, scale, addon or apps"))
-            }
+        let asked = env.subject().rsplit('.').next().unwrap_or_default();
+        let verb = RequestVerb::parse(asked);
+        // Metric labels: anything a sender invents is `unknown`.
+        let label = verb.map_or("unknown", RequestVerb::as_str);
+        let outcome = match verb {
+            Some(RequestVerb::Create) => self.create(env.payload()).await?,
+            Some(RequestVerb::Delete) => self.delete(env.payload()).await?,
+            Some(RequestVerb::Scale) => self.scale(env.payload()).await?,
+            Some(RequestVerb::Addon) => self.addon(env.payload()).await?,
+            Some(RequestVerb::Apps) => self.apps(env.payload()).await?,
+            None => reject(
+                None,
+                None,
+                format!("unknown request {asked:?}; expected {}", RequestVerb::spellings().join(", ")),
+            ),
         };
         let reply = match outcome {
             Outcome::Accepted(r) => {
-                m.rt.metrics.inc("requests_total", &[("request", request_label(&verb)), ("outcome", "accepted")]);
+                m.rt.metrics.inc("requests_total", &[("request", label), ("outcome", "accepted")]);
                 *r
             }
             Outcome::Rejected { cluster, request_id, message, errors } => {
-                m.rt.metrics.inc("requests_total", &[("request", request_label(&verb)), ("outcome", "rejected")]);
-                tracing::info!(request = %verb, %message, "request rejected");
+                m.rt.metrics.inc("requests_total", &[("request", label), ("outcome", "rejected")]);
+                tracing::info!(request = asked, %message, "request rejected");
                 let mut ev = Event::new(cluster.as_deref().unwrap_or("_"), EventKind::Rejected, message.clone());
                 ev.request_id = request_id.clone();
                 m.rt.publisher.event(ev).await;

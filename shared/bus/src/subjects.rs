@@ -2,11 +2,11 @@
 use crate::error::BusError;
 use async_nats::jetstream::{self, consumer::pull, stream};
 use ksctl_core::ClusterId;
-use ksctl_core::messages::EventKind;
+use ksctl_core::messages::{EventKind, QueryVerb, RequestVerb};
 use ksctl_core::saga::{Phase, Service};
 use std::time::Duration;
 
-/// User requests (`ksctl.request.create|delete|scale`), consumed by the manager.
+/// User requests (`ksctl.request.<RequestVerb>`), consumed by the manager.
 pub const REQUESTS_STREAM: &str = "KSCTL_REQUESTS";
 pub const REQUEST_SUBJECTS: &str = "ksctl.request.>";
 /// Commands for the cloud-controller (`ksctl.cloud.<verb>`).
@@ -41,11 +41,11 @@ pub const KUBECONFIG_QUERY_GROUP: &str = "cloud-controller";
 pub const MANAGER_REQUESTS_CONSUMER: &str = "manager";
 pub const MANAGER_RESULTS_CONSUMER: &str = "manager";
 
-pub fn request_subject(op: &str) -> String {
-    format!("ksctl.request.{op}")
+pub fn request_subject(verb: RequestVerb) -> String {
+    format!("ksctl.request.{verb}")
 }
-pub fn query_subject(q: &str) -> String {
-    format!("ksctl.query.{q}")
+pub fn query_subject(verb: QueryVerb) -> String {
+    format!("ksctl.query.{verb}")
 }
 pub fn service_stream(s: Service) -> &'static str {
     match s {

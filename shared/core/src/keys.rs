@@ -2,7 +2,9 @@
 //! the separator because both backends (Redis, NATS KV) accept it and KV can filter on it.
 use crate::ClusterId;
 
-/// The manager's record of a cluster: spec, state, active operation.
+/// The manager's record of a cluster: spec, state, active operation. Also the name of the
+/// cluster's lease, which every worker holds while it acts on the cluster (leases live apart
+/// from records in both stores).
 pub fn cluster(id: &ClusterId) -> String {
     format!("cluster.{id}")
 }
@@ -38,10 +40,6 @@ pub fn health(id: &ClusterId) -> String {
 /// NATS users revoked before they expire ([`crate::records::Revocations`]), one record for the
 /// whole bus: every account JWT is made from it.
 pub const NATS_REVOCATIONS: &str = "nats.revocations";
-/// The per-cluster lease every worker holds while it acts on the cluster.
-pub fn cluster_lease(id: &ClusterId) -> String {
-    format!("cluster.{id}")
-}
 /// The lease that makes one manager replica at a time run the reconciler.
 pub const RECONCILER_LEASE: &str = "reconciler";
 /// Resources of the simulated provider for one cluster (`sim.<cluster>.<resource id>`).

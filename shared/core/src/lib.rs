@@ -1,9 +1,11 @@
 //! Types every ksctl-rs service shares: ids, the cluster spec and its validation, the cluster
-//! state machine, the saga plan, bus messages, store records and sealed secrets. Pure: no I/O.
+//! state machine, the saga plan, bus messages, store records, sealed secrets, kubeconfigs, and
+//! the retry and poll policies. Pure: no I/O.
 
 pub mod addons;
 pub mod apps;
 pub mod artifacts;
+pub mod backoff;
 pub mod ids;
 pub mod json;
 pub mod keys;
@@ -15,6 +17,7 @@ pub mod saga;
 pub mod seal;
 pub mod spec;
 pub mod state;
+pub mod vocab;
 
 pub use ids::{ClusterId, OperationId};
 

@@ -116,6 +116,28 @@ impl PhaseResult {
     }
 }
 
+crate::vocabulary! {
+    /// What a request on `ksctl.request.<verb>` asks the manager to do.
+    pub enum RequestVerb {
+        Create = "create",
+        Delete = "delete",
+        Scale = "scale",
+        Addon = "addon",
+        Apps = "apps",
+    }
+}
+
+crate::vocabulary! {
+    /// What a query on `ksctl.query.<verb>` asks the manager.
+    pub enum QueryVerb {
+        Get = "get",
+        List = "list",
+        Info = "info",
+        Switch = "switch",
+        Ops = "ops",
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {

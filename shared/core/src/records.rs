@@ -7,6 +7,30 @@ use crate::{ClusterId, OperationId};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
+/// A record one controller keeps per cluster under its own key, checkpointed as a phase goes
+/// (`ksctl_runtime::checkpoint`); a cluster without one reads as the default.
+pub trait PhaseRecord: Serialize + serde::de::DeserializeOwned + Default + Clone + Send {
+    fn key(id: &ClusterId) -> String;
+}
+
+impl PhaseRecord for InfraRecord {
+    fn key(id: &ClusterId) -> String {
+        crate::keys::cloud(id)
+    }
+}
+
+impl PhaseRecord for BootstrapRecord {
+    fn key(id: &ClusterId) -> String {
+        crate::keys::bootstrap(id)
+    }
+}
+
+impl PhaseRecord for K8sRecord {
+    fn key(id: &ClusterId) -> String {
+        crate::keys::k8s(id)
+    }
+}
+
 /// The manager's record of one cluster (key `cluster.<id>`); only the manager writes it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClusterRecord {

@@ -6,33 +6,108 @@ use ksctl_bus::subjects::{durable_consumer, service_consumer, service_stream};
 use ksctl_bus::{Envelope, Handler, HandlerError};
 use ksctl_core::keys;
 use ksctl_core::messages::{Command, Event, EventKind, PhaseResult};
-use ksctl_core::records::ClusterRecord;
+use ksctl_core::records::{ClusterRecord, PhaseRecord};
 use ksctl_core::saga::Service;
 use ksctl_store::{Lease, get_json};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use tracing::Instrument;
 
-#[derive(Debug, thiserror::Error)]
-pub enum PhaseError {
-    /// Transient (store or cloud unavailable, throttled, lease lost): retried with backoff.
-    #[error("{0}")]
-    Retryable(String),
-    /// The phase cannot succeed as asked; the operation fails with this reason.
-    #[error("{0}")]
-    Permanent(String),
+/// Why a phase did not finish: transient (store or cloud unavailable, throttled, lease lost;
+/// retried with backoff) or permanent (the phase cannot succeed as asked; the operation fails
+/// with this reason). The typed error underneath, when there is one, is kept as its `source`.
+#[derive(Debug)]
+pub struct PhaseError {
+    retryable: bool,
+    text: String,
+    source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+}
+
+impl PhaseError {
+    /// A transient failure, retried.
+    pub fn retryable(text: String) -> Self {
+        Self { retryable: true, text, source: None }
+    }
+
+    /// A failure retrying cannot mend.
+    pub fn permanent(text: String) -> Self {
+        Self { retryable: false, text, source: None }
+    }
+
+    /// `e` as a phase error (its text), kept as the source; `retryable` as the caller judges it.
+    pub fn caused_by(retryable: bool, e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self { retryable, text: e.to_string(), source: Some(Box::new(e)) }
+    }
+
+    /// `<what>: <e>`, with `e` kept as the source.
+    pub fn context(
+        retryable: bool,
+        what: impl std::fmt::Display,
+        e: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self::with_source(retryable, format!("{what}: {e}"), e)
+    }
+
+    /// `text` (which says what `e` means), with `e` kept as the source.
+    pub fn with_source(retryable: bool, text: String, e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self { retryable, text, source: Some(Box::new(e)) }
+    }
+
+    pub fn is_retryable(&self) -> bool {
+        self.retryable
+    }
+
+    pub fn is_permanent(&self) -> bool {
+        !self.retryable
+    }
+
+    /// What happened, as users and events see it.
+    pub fn message(&self) -> &str {
+        &self.text
+    }
+}
+
+impl std::fmt::Display for PhaseError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl std::error::Error for PhaseError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source.as_deref().map(|e| e as &(dyn std::error::Error + 'static))
+    }
 }
 
 impl From<ksctl_store::StoreError> for PhaseError {
     fn from(e: ksctl_store::StoreError) -> Self {
-        if e.retryable() { Self::Retryable(e.to_string()) } else { Self::Permanent(e.to_string()) }
+        Self::caused_by(e.retryable(), e)
     }
 }
 
 impl From<ksctl_core::seal::SealError> for PhaseError {
     fn from(e: ksctl_core::seal::SealError) -> Self {
-        Self::Permanent(e.to_string())
+        Self::caused_by(false, e)
     }
+}
+
+/// What a command that ran on a host and failed means for the phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailedCommand {
+    /// Try the phase again: a bootstrap step fails while a host is still booting, apt holds a
+    /// lock or a peer is not up yet. Redelivery is bounded, then the operation fails with it.
+    Retry,
+    /// The host is not fit (no passwordless sudo, a missing tool): trying again cannot help.
+    Fail,
+}
+
+/// A host's SSH failure as a phase error naming the host (`who`) and what to do about it.
+pub fn host_error(who: &str, e: ksctl_ssh::SshError, failed: FailedCommand) -> PhaseError {
+    let retry = match e {
+        ksctl_ssh::SshError::Failed { .. } => failed == FailedCommand::Retry,
+        ref e => e.retryable(),
+    };
+    PhaseError::with_source(retry, format!("host {who}: {e}{}", e.hint()), e)
 }
 
 /// What a phase sees: the command, the manager's record of the cluster, and a way to report.
@@ -50,7 +125,7 @@ impl PhaseCtx<'_> {
             .operation
             .as_ref()
             .and_then(|o| o.target_workers)
-            .ok_or_else(|| PhaseError::Permanent("scale operation without a target worker count".into()))
+            .ok_or_else(|| PhaseError::permanent("scale operation without a target worker count".into()))
     }
 
     /// Reports a finished step: an event for watchers and an in-progress ack for the server.
@@ -106,7 +181,7 @@ impl CommandHandler {
     async fn handle_command(&self, env: &Envelope, cmd: &Command) -> Result<(), HandlerError> {
         let rt = &self.rt;
         let svc = rt.service;
-        let lease_name = keys::cluster_lease(&cmd.cluster_id);
+        let lease_name = keys::cluster(&cmd.cluster_id);
         // The holder names the phase it runs, so a second dispatch of it can tell.
         let holder = format!("{}@{}:{}", rt.replica, cmd.op_id, cmd.phase);
         let give_up = std::time::Instant::now() + CONTENTION_PATIENCE;
@@ -181,7 +256,7 @@ impl CommandHandler {
                 r = &mut work => break r,
                 _ = tick.tick() => {
                     if lease.lost() {
-                        break Err(PhaseError::Retryable("lost the cluster lease mid-phase".into()));
+                        break Err(PhaseError::retryable("lost the cluster lease mid-phase".into()));
                     }
                     env.progress().await;
                 }
@@ -194,9 +269,10 @@ impl CommandHandler {
         );
         let error = match outcome {
             Ok(()) => None,
-            Err(PhaseError::Retryable(reason)) if env.delivered() < rt.bus.max_deliver || rt.bus.max_deliver <= 0 => {
+            Err(e) if e.is_retryable() && (env.delivered() < rt.bus.max_deliver || rt.bus.max_deliver <= 0) => {
                 rt.metrics.inc("phases_retried_total", &[("service", svc), ("phase", cmd.phase.as_str())]);
-                tracing::warn!(%reason, "phase failed; it will be retried");
+                tracing::warn!(error = &e as &dyn std::error::Error, "phase failed; it will be retried");
+                let reason = e.to_string();
                 rt.publisher
                     .event(
                         Event::new(
@@ -210,10 +286,11 @@ impl CommandHandler {
                     .await;
                 return Err(HandlerError::retry(reason));
             }
-            Err(PhaseError::Retryable(reason)) => {
-                Some(format!("{reason} (gave up after {} attempts)", env.delivered()))
+            Err(e) if e.is_retryable() => Some(format!("{e} (gave up after {} attempts)", env.delivered())),
+            Err(e) => {
+                tracing::debug!(error = &e as &dyn std::error::Error, "phase failed for good");
+                Some(e.to_string())
             }
-            Err(PhaseError::Permanent(reason)) => Some(reason),
         };
         if let Some(e) = &error {
             tracing::warn!(error = %e, "phase failed");
@@ -278,6 +355,20 @@ pub async fn read_record<T: serde::de::DeserializeOwned + Default>(
     key: &str,
 ) -> Result<T, PhaseError> {
     Ok(get_json(store.as_ref(), key).await?.map(|(r, _)| r).unwrap_or_default())
+}
+
+/// The cluster's record of type `R` (its default if none was written).
+pub async fn phase_record<R: PhaseRecord>(store: &ksctl_store::DynStore, ctx: &PhaseCtx<'_>) -> Result<R, PhaseError> {
+    read_record(store, &R::key(&ctx.cluster.id)).await
+}
+
+/// Checkpoints into the cluster's record of type `R`; returns what was written.
+pub async fn checkpoint<R: PhaseRecord>(
+    store: &ksctl_store::DynStore,
+    ctx: &PhaseCtx<'_>,
+    f: impl Fn(&mut R) + Send,
+) -> Result<R, PhaseError> {
+    update_record(store, &R::key(&ctx.cluster.id), f).await
 }
 
 /// Checkpoints into a controller-owned record (created from its default), with compare-and-swap.

@@ -1,13 +1,22 @@
-//! `/livez`, `/readyz` and `/metrics` on a tiny HTTP/1.0 responder: enough for probes and
-//! Prometheus, without a web framework in every service.
-use crate::metrics::Metrics;
+//! `/livez`, `/readyz` and `/metrics` over HTTP/1.1 with `hyper` (already in every service's
+//! build through kube and the cloud SDKs): enough for probes and Prometheus, without a web
+//! framework.
+use crate::metrics::{self, Metrics};
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode, header};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use std::time::Duration;
 use tokio::net::TcpListener;
 
-/// How long a client may take to send its request, or to take the answer.
-const IO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long a client may take to send its request's head.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one connection may last in all (a client that takes the answer slowly, too).
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections served at once; more wait to be accepted.
 const MAX_CONNECTIONS: usize = 32;
 
@@ -21,33 +30,40 @@ pub async fn serve(addr: &str, metrics: Arc<Metrics>, ready: Arc<AtomicBool>) ->
     tokio::spawn(async move {
         loop {
             let Ok(permit) = slots.clone().acquire_owned().await else { return };
-            let Ok((mut sock, _)) = listener.accept().await else {
+            let Ok((sock, _)) = listener.accept().await else {
                 continue;
             };
             let (metrics, ready) = (metrics.clone(), ready.clone());
             tokio::spawn(async move {
                 let _permit = permit;
-                let mut buf = [0u8; 1024];
-                let n = match tokio::time::timeout(IO_TIMEOUT, sock.read(&mut buf)).await {
-                    Ok(Ok(n)) => n,
-                    _ => return,
-                };
-                let req = String::from_utf8_lossy(&buf[..n]);
-                let path = req.split_whitespace().nth(1).unwrap_or("/");
-                let (status, body) = match path {
-                    "/livez" => ("200 OK", "ok\n".to_string()),
-                    "/readyz" if ready.load(Ordering::SeqCst) => ("200 OK", "ready\n".to_string()),
-                    "/readyz" => ("503 Service Unavailable", "not ready\n".to_string()),
-                    "/metrics" => ("200 OK", metrics.render()),
-                    _ => ("404 Not Found", "not found\n".to_string()),
-                };
-                let resp = format!(
-                    "HTTP/1.0 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = tokio::time::timeout(IO_TIMEOUT, sock.write_all(resp.as_bytes())).await;
+                let service = service_fn(move |req: Request<Incoming>| {
+                    let answer = respond(req.uri().path(), &metrics, &ready);
+                    async move { Ok::<_, std::convert::Infallible>(answer) }
+                });
+                let conn = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEADER_TIMEOUT)
+                    .keep_alive(false)
+                    .serve_connection(TokioIo::new(sock), service);
+                let _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn).await;
             });
         }
     });
     Ok(local)
+}
+
+fn respond(path: &str, metrics: &Metrics, ready: &AtomicBool) -> Response<Full<Bytes>> {
+    const TEXT: &str = "text/plain; charset=utf-8";
+    let (status, content_type, body) = match path {
+        "/livez" => (StatusCode::OK, TEXT, "ok\n".to_string()),
+        "/readyz" if ready.load(Ordering::SeqCst) => (StatusCode::OK, TEXT, "ready\n".to_string()),
+        "/readyz" => (StatusCode::SERVICE_UNAVAILABLE, TEXT, "not ready\n".to_string()),
+        "/metrics" => (StatusCode::OK, metrics::CONTENT_TYPE, metrics.render()),
+        _ => (StatusCode::NOT_FOUND, TEXT, "not found\n".to_string()),
+    };
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, content_type)
+        .body(Full::new(Bytes::from(body)))
+        .expect("a status, a header and a body make a response")
 }

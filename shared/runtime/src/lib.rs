@@ -10,7 +10,10 @@ pub use ksctl_bus::metrics;
 pub mod sim;
 
 pub use config::{ArtifactArgs, CommonArgs, Runtime, RuntimeError};
-pub use controller::{PhaseCtx, PhaseError, PhaseWorker, read_record, run_controller, update_record};
+pub use controller::{
+    FailedCommand, PhaseCtx, PhaseError, PhaseWorker, checkpoint, host_error, phase_record, read_record,
+    run_controller, update_record,
+};
 pub use metrics::Metrics;
 
 /// Installs the tracing subscriber: `RUST_LOG` filters (default `info`), `json` selects

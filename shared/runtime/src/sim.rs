@@ -78,6 +78,12 @@ impl SimConfig {
             let kind = match kind {
                 "retryable" => FaultKind::Retryable,
                 "permanent" => FaultKind::Permanent,
+                "crash" | "crash_after" if !cfg!(feature = "crash-injection") => {
+                    return Err(format!(
+                        "fault {item:?}: this build cannot crash on purpose (built without the \
+                         crash-injection feature, as release images are)"
+                    ));
+                }
                 "crash" => FaultKind::Crash,
                 "crash_after" => FaultKind::CrashAfter,
                 k => {
@@ -123,10 +129,10 @@ impl Sim {
         }
         match self.fire(step, |k| k != FaultKind::CrashAfter) {
             Some(FaultKind::Retryable) => {
-                return Err(PhaseError::Retryable(format!("simulated transient failure at {step}")));
+                return Err(PhaseError::retryable(format!("simulated transient failure at {step}")));
             }
             Some(FaultKind::Permanent) => {
-                return Err(PhaseError::Permanent(format!("simulated permanent failure at {step}")));
+                return Err(PhaseError::permanent(format!("simulated permanent failure at {step}")));
             }
             Some(FaultKind::Crash) => crash(step, "at"),
             _ => {}
@@ -148,7 +154,7 @@ impl Sim {
         let rows = self.store.children(parent.trim_end_matches('.')).await?;
         rows.into_iter()
             .map(|(k, v)| {
-                serde_json::from_slice(&v.value).map_err(|e| PhaseError::Permanent(format!("sim resource {k}: {e}")))
+                serde_json::from_slice(&v.value).map_err(|e| PhaseError::permanent(format!("sim resource {k}: {e}")))
             })
             .collect()
     }
@@ -222,7 +228,7 @@ impl Sim {
             Ok::<_, String>(Some(r))
         })
         .await?;
-        out.map(|r| r.expect("written")).map_err(PhaseError::Permanent)
+        out.map(|r| r.expect("written")).map_err(PhaseError::permanent)
     }
 
     /// Runs a host step on a simulated VM (recorded in its history).
@@ -252,9 +258,16 @@ fn fire(
     None
 }
 
+/// Ends the process at once, as kill -9 would. Only test builds carry it: crash faults are
+/// refused when parsed by builds without the `crash-injection` feature.
 fn crash(step: &str, when: &str) -> ! {
-    eprintln!("simulated crash {when} {step}");
-    std::process::abort();
+    #[cfg(feature = "crash-injection")]
+    {
+        eprintln!("simulated crash {when} {step}");
+        std::process::abort();
+    }
+    #[cfg(not(feature = "crash-injection"))]
+    unreachable!("crash fault at {step} ({when}) in a build without crash-injection")
 }
 
 /// A PEM-shaped block of random bytes: what the simulator hands out as keys and certificates,
@@ -278,9 +291,15 @@ mod tests {
 
     #[test]
     fn fault_plans_parse() {
-        let c = SimConfig::parse(5, "cloud.vm=retryable*2, k8s=permanent, bootstrap=crash_after").unwrap();
+        let c = SimConfig::parse(5, "cloud.vm=retryable*2, k8s=permanent, bootstrap=permanent").unwrap();
         assert_eq!(c.faults.len(), 3);
-        assert_eq!(c.faults[2].kind, FaultKind::CrashAfter);
+        // Crashes only where the build can crash on purpose.
+        let crash = SimConfig::parse(0, "bootstrap=crash_after");
+        assert_eq!(crash.is_ok(), cfg!(feature = "crash-injection"));
+        match crash {
+            Ok(c) => assert_eq!(c.faults[0].kind, FaultKind::CrashAfter),
+            Err(e) => assert!(e.contains("crash-injection"), "{e}"),
+        }
         assert_eq!(c.faults[0].times, 2);
         assert_eq!(c.faults[1].times, u32::MAX);
         assert!(SimConfig::parse(0, "cloud.vm").is_err());

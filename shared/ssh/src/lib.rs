@@ -72,7 +72,21 @@ pub enum SshError {
 /// (a kubeconfig, an image list) is far smaller, and a host cannot make the controller hold more.
 pub const MAX_OUTPUT: usize = 4 << 20;
 
+/// The label of the command that checks for passwordless sudo.
+pub const SUDO_CHECK: &str = "sudo check";
+
 impl SshError {
+    /// What the user can do about it, when that is known (appended to the message).
+    pub fn hint(&self) -> &'static str {
+        match self {
+            SshError::Failed { label, .. } if label == SUDO_CHECK => {
+                " — the SSH user needs passwordless sudo (NOPASSWD in sudoers)"
+            }
+            SshError::Auth { .. } => " — is the key's public half in the user's authorized_keys?",
+            _ => "",
+        }
+    }
+
     /// Whether trying again later can help: network trouble yes; a refused key, a changed host
     /// key or a command that failed no (the caller decides about the last one).
     pub fn retryable(&self) -> bool {
@@ -176,27 +190,21 @@ pub async fn connect(
     Ok(Session { handle, target: target.clone(), host_key })
 }
 
-/// [`connect`], retrying connection failures with backoff (0.5 s doubling to 8 s) `attempts` times.
+/// [`connect`], retrying connection failures (not refusals) on `policy` (ksctl's is
+/// `ksctl_core::backoff::ssh_connect`).
 pub async fn connect_with_retry(
     target: &Target,
     key: &PrivateKey,
     known_host_key: Option<&str>,
     timeout: Duration,
-    attempts: u32,
+    policy: impl backon::BackoffBuilder,
 ) -> Result<Session, SshError> {
-    let mut pause = Duration::from_millis(500);
-    let mut n = 0;
-    loop {
-        n += 1;
-        match connect(target, key, known_host_key, timeout).await {
-            Err(e) if e.retryable() && n < attempts => {
-                tracing::debug!(target = %target, error = %e, attempt = n, "SSH connect failed; retrying");
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(8));
-            }
-            r => return r,
-        }
-    }
+    use backon::Retryable;
+    (|| connect(target, key, known_host_key, timeout))
+        .retry(policy)
+        .when(SshError::retryable)
+        .notify(|e, pause| tracing::debug!(target = %target, error = %e, ?pause, "SSH connect failed; retrying"))
+        .await
 }
 
 impl Session {

@@ -5,12 +5,13 @@
 //! deterministic `clientRequestToken` and is preceded by a lookup, so a resumed phase adopts what
 //! a killed one created. Delete: node groups → cluster → roles, then the network sweep.
 use super::{AwsCloud, Clients, aws_err, code_of, token};
-use crate::{checkpoint, infra};
 use aws_sdk_eks::types::{ClusterStatus, NodegroupScalingConfig, NodegroupStatus, VpcConfigRequest};
+use backon::BackoffBuilder;
 use ksctl_core::ClusterId;
 use ksctl_core::messages::context_name;
-use ksctl_core::records::{ClusterRecord, Role};
+use ksctl_core::records::{ClusterRecord, InfraRecord, Role};
 use ksctl_runtime::{PhaseCtx, PhaseError};
+use ksctl_runtime::{checkpoint, phase_record};
 use std::time::{Duration, Instant};
 
 /// EKS creates take 10–15 minutes and deletes about as long; keep polling up to this long
@@ -54,26 +55,27 @@ fn request_token(op: &str, what: &str) -> String {
     super::client_token(op, what)
 }
 
-/// Sleeps between polls, growing to 15 s, reporting progress so the message stays ours.
+/// Sleeps between polls ([`ksctl_core::backoff::cloud_wait`], growing to 15 s), reporting
+/// progress so the message stays ours.
 struct Poll<'a> {
     ctx: &'a PhaseCtx<'a>,
     started: Instant,
-    pause: Duration,
+    pauses: backon::ExponentialBackoff,
     what: String,
 }
 
 impl<'a> Poll<'a> {
     fn new(ctx: &'a PhaseCtx<'a>, what: String) -> Self {
-        Self { ctx, started: Instant::now(), pause: Duration::from_millis(500), what }
+        let pauses = ksctl_core::backoff::cloud_wait(Duration::from_secs(15)).build();
+        Self { ctx, started: Instant::now(), pauses, what }
     }
 
     async fn wait(&mut self, status: &str, done: u32, total: u32) -> Result<(), PhaseError> {
         if self.started.elapsed() > WAIT_LIMIT {
-            return Err(PhaseError::Retryable(format!("{} still {status} after {:?}", self.what, WAIT_LIMIT)));
+            return Err(PhaseError::retryable(format!("{} still {status} after {:?}", self.what, WAIT_LIMIT)));
         }
         self.ctx.progress(format!("{} is {status}", self.what), done, total).await;
-        tokio::time::sleep(self.pause).await;
-        self.pause = (self.pause * 2).min(Duration::from_secs(15));
+        tokio::time::sleep(self.pauses.next().unwrap_or(Duration::from_secs(15))).await;
         Ok(())
     }
 }
@@ -86,13 +88,13 @@ impl AwsCloud {
         let subnets = self.ensure_network(&aws.ec2, ctx, TOTAL).await?;
 
         let cluster_role = self.ensure_role(&aws, id, &cluster_role(id), CLUSTER_TRUST, CLUSTER_POLICIES).await?;
-        checkpoint(&self.store, ctx, |i| {
+        checkpoint(&self.store, ctx, |i: &mut InfraRecord| {
             i.roles.insert("eks-cluster".into(), cluster_role.clone());
         })
         .await?;
         ctx.progress(format!("IAM role {cluster_role}"), 5, TOTAL).await;
         let node_role = self.ensure_role(&aws, id, &node_role(id), NODE_TRUST, NODE_POLICIES).await?;
-        checkpoint(&self.store, ctx, |i| {
+        checkpoint(&self.store, ctx, |i: &mut InfraRecord| {
             i.roles.insert("eks-node".into(), node_role.clone());
         })
         .await?;
@@ -128,14 +130,14 @@ impl AwsCloud {
             }
             Err(e) => return Err(aws_err("describe EKS cluster", e)),
         }
-        checkpoint(&self.store, ctx, |i| i.managed_cluster = Some(name.to_string())).await?;
+        checkpoint(&self.store, ctx, |i: &mut InfraRecord| i.managed_cluster = Some(name.to_string())).await?;
         let mut poll = Poll::new(ctx, format!("EKS cluster {name}"));
         loop {
             let c = eks.describe_cluster().name(name).send().await.map_err(|e| aws_err("describe EKS cluster", e))?;
             match c.cluster().and_then(|c| c.status()) {
                 Some(ClusterStatus::Active) => break,
                 Some(ClusterStatus::Failed) => {
-                    return Err(PhaseError::Permanent(format!("EKS cluster {name} failed to create")));
+                    return Err(PhaseError::permanent(format!("EKS cluster {name} failed to create")));
                 }
                 s => poll.wait(s.map(|s| s.as_str()).unwrap_or("unknown"), 7, TOTAL).await?,
             }
@@ -168,14 +170,14 @@ impl AwsCloud {
             }
             Err(e) => return Err(aws_err("describe EKS node group", e)),
         }
-        checkpoint(&self.store, ctx, |i| i.node_pool = Some(pool.clone())).await?;
+        checkpoint(&self.store, ctx, |i: &mut InfraRecord| i.node_pool = Some(pool.clone())).await?;
         self.wait_nodegroup(&aws, ctx, &pool, 8, TOTAL).await?;
-        checkpoint(&self.store, ctx, |i| i.node_pool_size = size as u32).await?;
+        checkpoint(&self.store, ctx, |i: &mut InfraRecord| i.node_pool_size = size as u32).await?;
         ctx.progress(format!("node group {pool} active with {size} nodes"), 8, TOTAL).await;
 
         let kubeconfig = self.eks_kubeconfig(ctx.cluster).await?;
         let sealed = ctx.rt.sealer.seal(&format!("kubeconfig/{id}"), kubeconfig.as_bytes());
-        checkpoint(&self.store, ctx, |i| i.kubeconfig = Some(sealed.clone())).await?;
+        checkpoint(&self.store, ctx, |i: &mut InfraRecord| i.kubeconfig = Some(sealed.clone())).await?;
         ctx.progress("kubeconfig with an EKS token sealed in state", 9, TOTAL).await;
         Ok(())
     }
@@ -206,7 +208,7 @@ impl AwsCloud {
                     return Ok(ng.and_then(|n| n.scaling_config()).and_then(|s| s.desired_size()).unwrap_or(0));
                 }
                 Some(s @ (NodegroupStatus::CreateFailed | NodegroupStatus::Degraded)) => {
-                    return Err(PhaseError::Permanent(format!("node group {pool} is {}", s.as_str())));
+                    return Err(PhaseError::permanent(format!("node group {pool} is {}", s.as_str())));
                 }
                 s => poll.wait(s.map(|s| s.as_str()).unwrap_or("unknown"), done, total).await?,
             }
@@ -224,21 +226,24 @@ impl AwsCloud {
             .send()
             .await
             .map_err(|e| aws_err("describe EKS cluster", e))?;
-        let c = c.cluster().ok_or_else(|| PhaseError::Retryable("DescribeCluster returned no cluster".into()))?;
+        let c = c.cluster().ok_or_else(|| PhaseError::retryable("DescribeCluster returned no cluster".into()))?;
         let endpoint = c
             .endpoint()
-            .ok_or_else(|| PhaseError::Retryable(format!("EKS cluster {} has no endpoint yet", cluster.id)))?;
+            .ok_or_else(|| PhaseError::retryable(format!("EKS cluster {} has no endpoint yet", cluster.id)))?;
         let ca = c.certificate_authority().and_then(|a| a.data()).unwrap_or_default();
         let creds = self.credentials(&aws).await?;
         let token = token::token(&creds, region, cluster.id.as_str(), std::time::SystemTime::now())
-            .map_err(PhaseError::Permanent)?;
+            .map_err(PhaseError::permanent)?;
         Ok(ksctl_core::kubeconfig::with_token(&context_name(cluster), endpoint, ca, &token))
     }
 
     pub(super) async fn scale_managed(&self, ctx: &PhaseCtx<'_>) -> Result<(), PhaseError> {
         let target = ctx.target_workers()? as i32;
         let aws = self.clients(&ctx.cluster.spec.region).await?;
-        let pool = infra(&self.store, ctx).await?.node_pool.unwrap_or_else(|| nodegroup(&ctx.cluster.id));
+        let pool = phase_record::<InfraRecord>(&self.store, ctx)
+            .await?
+            .node_pool
+            .unwrap_or_else(|| nodegroup(&ctx.cluster.id));
         let name = ctx.cluster.id.as_str();
         let current = self.wait_nodegroup(&aws, ctx, &pool, 0, 2).await?;
         if current != target {
@@ -255,9 +260,9 @@ impl AwsCloud {
         }
         let now = self.wait_nodegroup(&aws, ctx, &pool, 1, 2).await?;
         if now != target {
-            return Err(PhaseError::Retryable(format!("node group {pool} has {now} nodes, not {target} yet")));
+            return Err(PhaseError::retryable(format!("node group {pool} has {now} nodes, not {target} yet")));
         }
-        checkpoint(&self.store, ctx, |i| i.node_pool_size = target as u32).await?;
+        checkpoint(&self.store, ctx, |i: &mut InfraRecord| i.node_pool_size = target as u32).await?;
         ctx.progress(format!("node group {pool} has {target} nodes"), 2, 2).await;
         Ok(())
     }
@@ -295,7 +300,7 @@ impl AwsCloud {
                     Ok(r) => {
                         let s = r.nodegroup().and_then(|n| n.status()).map(|s| s.as_str().to_string());
                         if s.as_deref() == Some("DELETE_FAILED") {
-                            return Err(PhaseError::Permanent(format!("deleting node group {pool} failed")));
+                            return Err(PhaseError::permanent(format!("deleting node group {pool} failed")));
                         }
                         poll.wait(s.as_deref().unwrap_or("deleting"), 1, 8).await?
                     }
@@ -360,7 +365,7 @@ impl AwsCloud {
                 {
                     Ok(r) => r.role().map(|r| r.arn().to_string()).unwrap_or_default(),
                     Err(e) if code_of(&e) == "EntityAlreadyExists" => {
-                        return Err(PhaseError::Retryable(format!("IAM role {name} appeared meanwhile")));
+                        return Err(PhaseError::retryable(format!("IAM role {name} appeared meanwhile")));
                     }
                     Err(e) => return Err(aws_err("create IAM role", e)),
                 }

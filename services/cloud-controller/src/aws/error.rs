@@ -2,7 +2,7 @@
 use super::*;
 
 /// An EC2 error with its code, classified.
-pub(super) fn aws_err<E: ProvideErrorMetadata + std::fmt::Debug>(
+pub(super) fn aws_err<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static>(
     what: &str,
     e: SdkError<E, HttpResponse>,
 ) -> PhaseError {
@@ -41,8 +41,7 @@ pub(super) fn aws_err<E: ProvideErrorMetadata + std::fmt::Debug>(
         // under load against moto): the retried phase finds it by its tags and adopts it.
         || code.ends_with(".Duplicate")
         || code.ends_with(".Conflict");
-    let text = format!("{what}: {code} {msg}");
-    if retryable { PhaseError::Retryable(text) } else { PhaseError::Permanent(text) }
+    PhaseError::with_source(retryable, format!("{what}: {code} {msg}"), e)
 }
 
 pub(super) fn code_of<E: ProvideErrorMetadata, R>(e: &SdkError<E, R>) -> &str {

@@ -24,7 +24,7 @@ impl AwsCloud {
         images
             .pop()
             .map(|(_, id)| id)
-            .ok_or_else(|| PhaseError::Permanent("no Ubuntu 24.04 AMI found in this region; set KSCTL_AWS_AMI".into()))
+            .ok_or_else(|| PhaseError::permanent("no Ubuntu 24.04 AMI found in this region; set KSCTL_AWS_AMI".into()))
     }
 
     /// Looks the VM up by tag, else launches it; checkpoints its id at once, then waits for its IPs.
@@ -38,17 +38,17 @@ impl AwsCloud {
     ) -> Result<Vm, PhaseError> {
         let id = &ctx.cluster.id;
         let name = role.vm_name(id, index);
-        let state = infra(&self.store, ctx).await?;
+        let state = phase_record::<InfraRecord>(&self.store, ctx).await?;
         let sg = state
             .firewalls
             .get(role.as_str())
             .cloned()
-            .ok_or_else(|| PhaseError::Permanent(format!("no security group for {}", role.as_str())))?;
+            .ok_or_else(|| PhaseError::permanent(format!("no security group for {}", role.as_str())))?;
         let subnet = state
             .subnets
             .get(index as usize % state.subnets.len().max(1))
             .cloned()
-            .ok_or_else(|| PhaseError::Permanent("no subnets recorded".into()))?;
+            .ok_or_else(|| PhaseError::permanent("no subnets recorded".into()))?;
         let key = format!("{id}-key");
         let existing = self.find_instance(ec2, id, &name).await?;
         let instance = match existing {
@@ -85,7 +85,7 @@ impl AwsCloud {
                 r.instances()
                     .first()
                     .and_then(|i| i.instance_id())
-                    .ok_or_else(|| PhaseError::Retryable("RunInstances returned no instance".into()))?
+                    .ok_or_else(|| PhaseError::retryable("RunInstances returned no instance".into()))?
                     .to_string()
             }
         };
@@ -97,14 +97,14 @@ impl AwsCloud {
             public_ip: String::new(),
             private_ip: String::new(),
         };
-        checkpoint(&self.store, ctx, |i| {
+        checkpoint(&self.store, ctx, |i: &mut InfraRecord| {
             i.vms.entry(name.clone()).or_insert_with(|| vm.clone());
         })
         .await?;
         let (public, private) = self.wait_running(ec2, &instance).await?;
         vm.public_ip = public;
         vm.private_ip = private;
-        checkpoint(&self.store, ctx, |i| {
+        checkpoint(&self.store, ctx, |i: &mut InfraRecord| {
             i.vms.insert(name.clone(), vm.clone());
         })
         .await?;
@@ -129,8 +129,7 @@ impl AwsCloud {
     }
 
     pub(super) async fn wait_running(&self, ec2: &Client, instance: &str) -> Result<(String, String), PhaseError> {
-        let mut pause = Duration::from_millis(500);
-        for _ in 0..120 {
+        for pause in ksctl_core::backoff::cloud_wait(Duration::from_secs(10)).build().take(120) {
             let r = ec2
                 .describe_instances()
                 .instance_ids(instance)
@@ -146,13 +145,12 @@ impl AwsCloud {
                     ));
                 }
                 if matches!(state, Some(InstanceStateName::Terminated | InstanceStateName::ShuttingDown)) {
-                    return Err(PhaseError::Permanent(format!("instance {instance} terminated while starting")));
+                    return Err(PhaseError::permanent(format!("instance {instance} terminated while starting")));
                 }
             }
             tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_secs(10));
         }
-        Err(PhaseError::Retryable(format!("instance {instance} is not running yet")))
+        Err(PhaseError::retryable(format!("instance {instance} is not running yet")))
     }
 
     pub(super) async fn terminate(&self, ec2: &Client, ids: Vec<String>) -> Result<(), PhaseError> {
@@ -165,7 +163,7 @@ impl AwsCloud {
             return Err(aws_err("terminate instances", e));
         }
         // Security groups cannot go while instances still use them.
-        for _ in 0..120 {
+        for pause in ksctl_core::backoff::poll(Duration::from_secs(1)).build().take(120) {
             let r = ec2.describe_instances().set_instance_ids(Some(ids.clone())).send().await;
             let alive = match r {
                 Ok(r) => r
@@ -179,9 +177,9 @@ impl AwsCloud {
             if !alive {
                 return Ok(());
             }
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            tokio::time::sleep(pause).await;
         }
-        Err(PhaseError::Retryable("instances are still terminating".into()))
+        Err(PhaseError::retryable("instances are still terminating".into()))
     }
 
     /// Every live instance carrying the cluster's tag (optionally only one role).

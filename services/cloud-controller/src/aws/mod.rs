@@ -20,8 +20,8 @@ pub mod token;
 
 use error::{aws_err, code_of};
 
+use crate::CloudProvider;
 use crate::firewall::{self, Source};
-use crate::{CloudProvider, checkpoint, infra};
 use aws_sdk_ec2::Client;
 use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_ec2::types::{
@@ -29,11 +29,13 @@ use aws_sdk_ec2::types::{
     IpRange, ResourceType, Tag, TagSpecification, VolumeType,
 };
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+use backon::BackoffBuilder;
 use ksctl_core::ClusterId;
-use ksctl_core::records::{ClusterRecord, Role, Vm};
+use ksctl_core::records::{ClusterRecord, InfraRecord, Role, Vm};
 use ksctl_core::spec::ClusterType;
 use ksctl_runtime::Metrics;
 use ksctl_runtime::{PhaseCtx, PhaseError};
+use ksctl_runtime::{checkpoint, phase_record};
 use ksctl_store::DynStore;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -147,9 +149,9 @@ impl AwsCloud {
         let provider = c
             .conf
             .credentials_provider()
-            .ok_or_else(|| PhaseError::Permanent("no AWS credential provider configured".into()))?;
+            .ok_or_else(|| PhaseError::permanent("no AWS credential provider configured".into()))?;
         provider.provide_credentials().await.map_err(|e| {
-            PhaseError::Permanent(format!(
+            PhaseError::permanent(format!(
                 "no AWS credentials (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile, or a role): {e}"
             ))
         })
@@ -174,19 +176,19 @@ impl CloudProvider for AwsCloud {
         let vms = crate::planned_vms(&ctx.cluster.spec);
         let total = 4 + 4 + 1 + vms.len() as u32;
         self.ensure_network(&ec2, ctx, total).await?;
-        let vpc = infra(&self.store, ctx).await?.network.unwrap_or_default();
+        let vpc = phase_record::<InfraRecord>(&self.store, ctx).await?.network.unwrap_or_default();
         let done = AtomicU32::new(4);
         let step = |m: String| ctx.progress(m, done.fetch_add(1, Ordering::SeqCst) + 1, total);
         for role in [Role::LoadBalancer, Role::Datastore, Role::ControlPlane, Role::Worker] {
             let sg = self.ensure_security_group(&ec2, ctx, &vpc, role).await?;
-            checkpoint(&self.store, ctx, |i| {
+            checkpoint(&self.store, ctx, |i: &mut InfraRecord| {
                 i.firewalls.insert(role.as_str().into(), sg.clone());
             })
             .await?;
             step(format!("security group {sg} ({})", role.as_str())).await;
         }
         let key = self.ensure_key(&ec2, ctx).await?;
-        checkpoint(&self.store, ctx, |i| i.ssh_key_id = Some(key.clone())).await?;
+        checkpoint(&self.store, ctx, |i: &mut InfraRecord| i.ssh_key_id = Some(key.clone())).await?;
         step(format!("key pair {key}")).await;
         let image = self.ami(&ec2).await?;
         crate::fan_out(vms, |(role, index)| {
@@ -218,7 +220,7 @@ impl CloudProvider for AwsCloud {
         }
         let target = ctx.target_workers()?;
         let ec2 = self.client(&ctx.cluster.spec.region).await?;
-        let state = infra(&self.store, ctx).await?;
+        let state = phase_record::<InfraRecord>(&self.store, ctx).await?;
         let add = crate::workers_to_add(&state, target);
         let missing = add.len() as u32;
         let image = self.ami(&ec2).await?;
@@ -235,10 +237,10 @@ impl CloudProvider for AwsCloud {
         }
         let target = ctx.target_workers()?;
         let ec2 = self.client(&ctx.cluster.spec.region).await?;
-        let state = infra(&self.store, ctx).await?;
+        let state = phase_record::<InfraRecord>(&self.store, ctx).await?;
         let remove = state.workers_beyond(target);
         self.terminate(&ec2, remove.iter().map(|v| v.id.clone()).collect()).await?;
-        checkpoint(&self.store, ctx, |i| {
+        checkpoint(&self.store, ctx, |i: &mut InfraRecord| {
             for v in &remove {
                 i.vms.remove(&v.name);
             }

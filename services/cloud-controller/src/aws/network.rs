@@ -12,12 +12,12 @@ impl AwsCloud {
         total: u32,
     ) -> Result<Vec<String>, PhaseError> {
         let id = &ctx.cluster.id;
-        let state = infra(&self.store, ctx).await?;
+        let state = phase_record::<InfraRecord>(&self.store, ctx).await?;
         let vpc = match state.network.clone() {
             Some(v) => v,
             None => {
                 let v = self.ensure_vpc(ec2, id).await?;
-                checkpoint(&self.store, ctx, |i| i.network = Some(v.clone())).await?;
+                checkpoint(&self.store, ctx, |i: &mut InfraRecord| i.network = Some(v.clone())).await?;
                 v
             }
         };
@@ -26,15 +26,15 @@ impl AwsCloud {
             state.subnets.clone()
         } else {
             let s = self.ensure_subnets(ec2, id, &vpc).await?;
-            checkpoint(&self.store, ctx, |i| i.subnets = s.clone()).await?;
+            checkpoint(&self.store, ctx, |i: &mut InfraRecord| i.subnets = s.clone()).await?;
             s
         };
         ctx.progress(format!("subnets {}", subnets.join(", ")), 2, total).await;
         let igw = self.ensure_gateway(ec2, id, &vpc).await?;
-        checkpoint(&self.store, ctx, |i| i.gateway = Some(igw.clone())).await?;
+        checkpoint(&self.store, ctx, |i: &mut InfraRecord| i.gateway = Some(igw.clone())).await?;
         ctx.progress(format!("internet gateway {igw}"), 3, total).await;
         let rt = self.ensure_routes(ec2, id, &vpc, &igw, &subnets).await?;
-        checkpoint(&self.store, ctx, |i| i.route_table = Some(rt.clone())).await?;
+        checkpoint(&self.store, ctx, |i: &mut InfraRecord| i.route_table = Some(rt.clone())).await?;
         ctx.progress(format!("route table {rt}"), 4, total).await;
         Ok(subnets)
     }
@@ -60,7 +60,7 @@ impl AwsCloud {
                     .map_err(|e| aws_err("create VPC", e))?;
                 out.vpc()
                     .and_then(|v| v.vpc_id())
-                    .ok_or_else(|| PhaseError::Retryable("CreateVpc returned no id".into()))?
+                    .ok_or_else(|| PhaseError::retryable("CreateVpc returned no id".into()))?
                     .to_string()
             }
         };
@@ -85,7 +85,7 @@ impl AwsCloud {
             zones.availability_zones().iter().filter_map(|z| z.zone_name().map(str::to_string)).collect();
         zones.sort();
         if zones.is_empty() {
-            return Err(PhaseError::Permanent("the region has no availability zones".into()));
+            return Err(PhaseError::permanent("the region has no availability zones".into()));
         }
         let mut out = Vec::new();
         for i in 0..3 {
@@ -112,7 +112,7 @@ impl AwsCloud {
                         .map_err(|e| aws_err("create subnet", e))?;
                     r.subnet()
                         .and_then(|s| s.subnet_id())
-                        .ok_or_else(|| PhaseError::Retryable("CreateSubnet returned no id".into()))?
+                        .ok_or_else(|| PhaseError::retryable("CreateSubnet returned no id".into()))?
                         .to_string()
                 }
             };
@@ -237,7 +237,7 @@ impl AwsCloud {
                 r.group_id().unwrap_or_default().to_string()
             }
         };
-        let perms: Vec<IpPermission> = firewall::rules(role, ctx.cluster.distro, ctx.cluster.spec.cni.as_deref())
+        let perms: Vec<IpPermission> = firewall::rules(role, ctx.cluster.distro, ctx.cluster.spec.cni())
             .into_iter()
             .map(|r| {
                 let cidr = match r.source {

@@ -110,28 +110,29 @@ impl AwsCloud {
         Ok(())
     }
 
-    /// Retries a delete that fails with `DependencyViolation` (something still uses it).
+    /// Retries a delete that fails with `DependencyViolation` (something still uses it), on
+    /// [`ksctl_core::backoff::still_in_use`].
     async fn delete_with_retry<F, Fut, E, R>(&self, what: &str, f: F) -> Result<(), PhaseError>
     where
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = Result<R, SdkError<E, aws_sdk_ec2::config::http::HttpResponse>>>,
-        E: ProvideErrorMetadata + std::fmt::Debug,
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
-        let mut pause = Duration::from_millis(500);
-        for _ in 0..20 {
-            match f().await {
-                Ok(_) => return Ok(()),
-                // Gone already (or, for a detach, detached already: an earlier attempt whose answer
-                // was lost did it).
-                Err(e) if code_of(&e).ends_with("NotFound") || code_of(&e) == "Gateway.NotAttached" => return Ok(()),
-                Err(e) if code_of(&e) == "DependencyViolation" => {
-                    self.retried();
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_secs(15));
-                }
-                Err(e) => return Err(aws_err(what, e)),
+        use backon::Retryable;
+        let deleted = f
+            .retry(ksctl_core::backoff::still_in_use())
+            .when(|e| code_of(e) == "DependencyViolation")
+            .notify(|_, _| self.retried())
+            .await;
+        match deleted {
+            Ok(_) => Ok(()),
+            // Gone already (or, for a detach, detached already: an earlier attempt whose answer
+            // was lost did it).
+            Err(e) if code_of(&e).ends_with("NotFound") || code_of(&e) == "Gateway.NotAttached" => Ok(()),
+            Err(e) if code_of(&e) == "DependencyViolation" => {
+                Err(PhaseError::retryable(format!("{what}: still in use after retries")))
             }
+            Err(e) => Err(aws_err(what, e)),
         }
-        Err(PhaseError::Retryable(format!("{what}: still in use after retries")))
     }
 }

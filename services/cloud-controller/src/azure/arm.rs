@@ -18,16 +18,15 @@ use azure_core::cloud::{CloudConfiguration, CustomConfiguration};
 use azure_core::credentials::{Secret, TokenCredential};
 use azure_core::http::{ClientOptions, Transport};
 use azure_identity::{ClientSecretCredential, ClientSecretCredentialOptions};
+use backon::Retryable;
 use ksctl_runtime::{Metrics, PhaseError};
 use serde_json::Value;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const SCOPE: &str = "https://management.azure.com/.default";
-/// Attempts of one call through throttling and transient failures before the phase retries.
-const ATTEMPTS: u32 = 6;
-
 /// Where ARM is and how patient to be; from the cloud-controller's configuration.
 #[derive(Debug, Clone)]
 pub struct ArmSettings {
@@ -184,9 +183,9 @@ impl Arm {
             // A refused secret will not get better by retrying; an unreachable endpoint may.
             let msg = format!("Azure sign-in failed: {e}");
             if matches!(e.kind(), azure_core::error::ErrorKind::Credential) {
-                PhaseError::Permanent(msg)
+                PhaseError::permanent(msg)
             } else {
-                PhaseError::Retryable(msg)
+                PhaseError::retryable(msg)
             }
         })?;
         Ok(t.token.secret().to_string())
@@ -200,55 +199,72 @@ impl Arm {
         } else {
             format!("{}{url}", self.endpoint)
         };
-        let write = method != "GET";
-        let op = operation_label(method, &url);
-        let mut last = String::new();
-        for attempt in 0..ATTEMPTS {
-            let wait = self.buckets.lock().expect("bucket lock")[write as usize].reserve(Instant::now());
-            if !wait.is_zero() {
-                self.metrics.add("cloud_api_rate_limited_seconds_total", &[("provider", "azure")], wait.as_secs_f64());
-                tokio::time::sleep(wait).await;
-            }
-            let token = self.token().await?;
-            let mut req = self
-                .http
-                .request(method.parse().map_err(|_| PhaseError::Permanent(format!("bad method {method}")))?, &url)
-                .bearer_auth(token);
-            if let Some(b) = body {
-                req = req.json(b);
-            }
-            self.metrics.inc("cloud_api_attempts_total", &[("provider", "azure")]);
-            if attempt == 0 {
-                self.metrics.inc("cloud_api_calls_total", &[("provider", "azure"), ("operation", &op)]);
-            } else {
-                self.metrics.inc("cloud_api_retries_total", &[("provider", "azure")]);
-            }
-            let resp = match req.send().await {
-                Ok(r) => r,
-                Err(e) => {
-                    last = format!("{method} {url}: {e}");
-                    tokio::time::sleep(backoff(attempt)).await;
-                    continue;
+        let tries = AtomicU32::new(0);
+        let failed = (|| self.attempt(method, &url, body, &tries))
+            .retry(ksctl_core::backoff::cloud_call())
+            .when(|f| matches!(f, Failure::Again { .. }))
+            .adjust(|f, pause| {
+                match f {
+                    // ARM's own Retry-After wins over the policy's pause, both capped.
+                    Failure::Again { retry_after: Some(after), .. } if pause.is_some() => Some(*after),
+                    _ => pause,
                 }
-            };
-            let (answer, remaining) = read_answer(resp).await;
-            if let Some(left) = remaining {
-                tracing::debug!(remaining = %left, "ARM requests left in this hour's bucket");
-            }
-            match answer.status {
-                429 | 503 | 500 | 502 | 504 | 408 => {
-                    if answer.status == 429 {
-                        self.metrics.inc("cloud_api_throttled_total", &[("provider", "azure")]);
-                    }
-                    let wait =
-                        answer.retry_after.unwrap_or_else(|| backoff(attempt)).min(self.settings.max_poll_interval);
-                    last = format!("{method} {url}: HTTP {} {}", answer.status, arm_error(&answer.body));
-                    tokio::time::sleep(wait).await;
-                }
-                _ => return Ok(answer),
-            }
+                .map(|d| d.min(self.settings.max_poll_interval))
+            })
+            .await;
+        match failed {
+            Ok(answer) => Ok(answer),
+            Err(Failure::Stop(e)) => Err(e),
+            Err(Failure::Again { why, .. }) => Err(PhaseError::retryable(format!(
+                "{why} (after {} attempts)",
+                ksctl_core::backoff::CLOUD_CALL_ATTEMPTS
+            ))),
         }
-        Err(PhaseError::Retryable(format!("{last} (after {ATTEMPTS} attempts)")))
+    }
+
+    /// One try of [`Arm::call`], through the rate limits; `tries` counts them for the metrics.
+    async fn attempt(
+        &self,
+        method: &str,
+        url: &str,
+        body: Option<&Value>,
+        tries: &AtomicU32,
+    ) -> Result<Answer, Failure> {
+        let write = method != "GET";
+        let wait = self.buckets.lock().expect("bucket lock")[write as usize].reserve(Instant::now());
+        if !wait.is_zero() {
+            self.metrics.add("cloud_api_rate_limited_seconds_total", &[("provider", "azure")], wait.as_secs_f64());
+            tokio::time::sleep(wait).await;
+        }
+        let token = self.token().await.map_err(Failure::Stop)?;
+        let verb = method.parse().map_err(|_| Failure::Stop(PhaseError::permanent(format!("bad method {method}"))))?;
+        let mut req = self.http.request(verb, url).bearer_auth(token);
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        self.metrics.inc("cloud_api_attempts_total", &[("provider", "azure")]);
+        if tries.fetch_add(1, Ordering::SeqCst) == 0 {
+            self.metrics
+                .inc("cloud_api_calls_total", &[("provider", "azure"), ("operation", &operation_label(method, url))]);
+        } else {
+            self.metrics.inc("cloud_api_retries_total", &[("provider", "azure")]);
+        }
+        let resp =
+            req.send().await.map_err(|e| Failure::Again { why: format!("{method} {url}: {e}"), retry_after: None })?;
+        let (answer, remaining) = read_answer(resp).await;
+        if let Some(left) = remaining {
+            tracing::debug!(remaining = %left, "ARM requests left in this hour's bucket");
+        }
+        match answer.status {
+            429 | 503 | 500 | 502 | 504 | 408 => {
+                if answer.status == 429 {
+                    self.metrics.inc("cloud_api_throttled_total", &[("provider", "azure")]);
+                }
+                let why = format!("{method} {url}: HTTP {} {}", answer.status, arm_error(&answer.body));
+                Err(Failure::Again { why, retry_after: answer.retry_after })
+            }
+            _ => Ok(answer),
+        }
     }
 
     /// GET; `None` when ARM answers 404.
@@ -268,7 +284,7 @@ impl Arm {
             return Err(failure("PUT", path, &a));
         }
         self.wait(path, &a).await?;
-        self.get(path).await?.ok_or_else(|| PhaseError::Retryable(format!("{path}: gone right after its PUT")))
+        self.get(path).await?.ok_or_else(|| PhaseError::retryable(format!("{path}: gone right after its PUT")))
     }
 
     /// DELETE and wait for it; "not found" is done.
@@ -296,7 +312,7 @@ impl Arm {
         let mut retry_after = first.retry_after;
         loop {
             if Instant::now() > deadline {
-                return Err(PhaseError::Retryable(format!(
+                return Err(PhaseError::retryable(format!(
                     "{path}: operation still running after {:?}",
                     self.settings.operation_timeout
                 )));
@@ -339,7 +355,7 @@ impl Arm {
             match state.as_str() {
                 "Succeeded" => return Ok(()),
                 "Failed" | "Canceled" => {
-                    return Err(PhaseError::Permanent(format!("{path}: the operation ended {state}")));
+                    return Err(PhaseError::permanent(format!("{path}: the operation ended {state}")));
                 }
                 _ => {}
             }
@@ -358,8 +374,14 @@ fn provisioning_state(body: &Value) -> Option<&str> {
     body.pointer("/properties/provisioningState").and_then(Value::as_str)
 }
 
-fn backoff(attempt: u32) -> Duration {
-    Duration::from_millis(200 * 2u64.pow(attempt.min(6)) + fastrand::u64(..200))
+/// Why one try of a call did not answer.
+enum Failure {
+    /// Transient (a connection failure, throttling, a server error): tried again.
+    Again {
+        why: String,
+        retry_after: Option<Duration>,
+    },
+    Stop(PhaseError),
 }
 
 /// `PUT Microsoft.Network/virtualNetworks` and the like, for the call metrics.
@@ -390,7 +412,7 @@ fn failure(method: &str, path: &str, a: &Answer) -> PhaseError {
     // A concurrent operation on the same resource, or a dependency still being deleted.
     let transient = a.status == 409
         && matches!(code, "AnotherOperationInProgress" | "OperationNotAllowed" | "RetryableError" | "Conflict");
-    if transient || a.status >= 500 { PhaseError::Retryable(msg) } else { PhaseError::Permanent(msg) }
+    if transient || a.status >= 500 { PhaseError::retryable(msg) } else { PhaseError::permanent(msg) }
 }
 
 /// The answer, and the smallest remaining-requests header if ARM sent one.
@@ -420,12 +442,13 @@ mod tests {
             retry_after: None,
             body: serde_json::json!({"error": {"code": code, "message": "m"}}),
         };
-        assert!(
-            matches!(failure("PUT", "/x", &a(400, "InvalidRequestContent")), PhaseError::Permanent(m) if m.contains("InvalidRequestContent: m"))
-        );
-        assert!(matches!(failure("PUT", "/x", &a(409, "AnotherOperationInProgress")), PhaseError::Retryable(_)));
-        assert!(matches!(failure("PUT", "/x", &a(409, "InvalidResourceReference")), PhaseError::Permanent(_)));
-        assert!(matches!(failure("GET", "/x", &a(500, "InternalServerError")), PhaseError::Retryable(_)));
+        assert!({
+            let e = failure("PUT", "/x", &a(400, "InvalidRequestContent"));
+            e.is_permanent() && e.message().contains("InvalidRequestContent: m")
+        });
+        assert!(failure("PUT", "/x", &a(409, "AnotherOperationInProgress")).is_retryable());
+        assert!(failure("PUT", "/x", &a(409, "InvalidResourceReference")).is_permanent());
+        assert!(failure("GET", "/x", &a(500, "InternalServerError")).is_retryable());
     }
 
     #[test]

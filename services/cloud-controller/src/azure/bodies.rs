@@ -2,6 +2,7 @@
 //! public IPs, NICs, VMs, AKS clusters and their node pool.
 use super::{POOL, SUBNET_CIDR, VNET_CIDR};
 use crate::firewall::{self, Proto, Source};
+use ksctl_core::spec::Cni;
 use serde_json::{Value, json};
 
 /// An NSG's security rules for a role, from the shared port matrix: inbound allows with
@@ -65,18 +66,10 @@ pub fn vm(location: &str, size: &str, nic_id: &str, computer_name: &str, public_
 }
 
 /// An AKS cluster: one system pool of `nodes`, the CNI's network plugin.
-pub fn aks(
-    location: &str,
-    name: &str,
-    version: &str,
-    nodes: u32,
-    size: &str,
-    cni: Option<&str>,
-    tags: &Value,
-) -> Value {
+pub fn aks(location: &str, name: &str, version: &str, nodes: u32, size: &str, cni: Option<Cni>, tags: &Value) -> Value {
     let plugin = match cni {
         // AKS runs Cilium on Azure CNI; everything else gets kubenet (flannel-like routing).
-        Some("cilium") => "azure",
+        Some(Cni::Cilium) => "azure",
         _ => "kubenet",
     };
     json!({
@@ -160,7 +153,7 @@ mod tests {
         let t = json!({});
         assert_eq!(aks("l", "n", "1.31", 2, "s", None, &t)["properties"]["networkProfile"]["networkPlugin"], "kubenet");
         assert_eq!(
-            aks("l", "n", "1.31", 2, "s", Some("cilium"), &t)["properties"]["networkProfile"]["networkPlugin"],
+            aks("l", "n", "1.31", 2, "s", Some(Cni::Cilium), &t)["properties"]["networkProfile"]["networkPlugin"],
             "azure"
         );
         assert_eq!(aks("l", "n", "1.31", 3, "s", None, &t)["properties"]["agentPoolProfiles"][0]["count"], 3);

@@ -14,14 +14,15 @@
 pub mod arm;
 mod bodies;
 
+use crate::CloudProvider;
 use crate::firewall;
-use crate::{CloudProvider, checkpoint, infra};
 use arm::{Arm, ArmSettings, Principal};
 use futures::StreamExt;
 use ksctl_core::messages::context_name;
-use ksctl_core::records::{Role, Vm};
+use ksctl_core::records::{InfraRecord, Role, Vm};
 use ksctl_core::spec::ClusterType;
 use ksctl_runtime::{Metrics, PhaseCtx, PhaseError};
+use ksctl_runtime::{checkpoint, phase_record};
 use ksctl_store::DynStore;
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -56,7 +57,7 @@ impl AzureCloud {
     }
 
     fn arm(&self) -> Result<&Arc<Arm>, PhaseError> {
-        self.arm.as_ref().map_err(|e| PhaseError::Permanent(format!("provider azure: {e}")))
+        self.arm.as_ref().map_err(|e| PhaseError::permanent(format!("provider azure: {e}")))
     }
 
     fn tags(ctx: &PhaseCtx<'_>) -> Value {
@@ -69,13 +70,13 @@ impl AzureCloud {
     }
 
     async fn ensure_group(&self, arm: &Arm, ctx: &PhaseCtx<'_>) -> Result<(), PhaseError> {
-        if infra(&self.store, ctx).await?.resource_group.is_some() {
+        if phase_record::<InfraRecord>(&self.store, ctx).await?.resource_group.is_some() {
             return Ok(());
         }
         let body = json!({"location": ctx.cluster.spec.region, "tags": Self::tags(ctx)});
         let rg = arm.put(&Self::path(arm, ctx, "", API_RESOURCES), &body).await?;
         let id = rg["id"].as_str().unwrap_or_default().to_string();
-        checkpoint(&self.store, ctx, |i| i.resource_group = Some(id.clone())).await?;
+        checkpoint(&self.store, ctx, |i: &mut InfraRecord| i.resource_group = Some(id.clone())).await?;
         Ok(())
     }
 
@@ -107,8 +108,8 @@ impl AzureCloud {
         total: u32,
     ) -> Result<(), PhaseError> {
         let id = &ctx.cluster.id;
-        let have = infra(&self.store, ctx).await?;
-        let subnet = have.subnets.first().cloned().ok_or_else(|| PhaseError::Permanent("no subnet recorded".into()))?;
+        let have = phase_record::<InfraRecord>(&self.store, ctx).await?;
+        let subnet = have.subnets.first().cloned().ok_or_else(|| PhaseError::permanent("no subnet recorded".into()))?;
         let public_key = crate::cluster_ssh_key(&self.store, ctx).await?;
         let missing = crate::vms_missing(ctx, &have, want, done);
         let location = ctx.cluster.spec.region.clone();
@@ -117,25 +118,25 @@ impl AzureCloud {
             let (subnet, public_key, location, tags) = (&subnet, &public_key, &location, &tags);
             async move {
                 let name = role.vm_name(id, index);
-                let parts = infra(&self.store, ctx).await?.vm_parts;
+                let parts = phase_record::<InfraRecord>(&self.store, ctx).await?.vm_parts;
                 let (pip_name, nic_name) = (format!("{name}-pip"), format!("{name}-nic"));
                 let pip_body = bodies::public_ip(location, tags);
                 let rest = format!("/providers/Microsoft.Network/publicIPAddresses/{pip_name}");
                 let (pip, _) = self.ensure(arm, ctx, parts.get(&pip_name), &rest, API_NETWORK, pip_body).await?;
-                checkpoint(&self.store, ctx, |i| {
+                checkpoint(&self.store, ctx, |i: &mut InfraRecord| {
                     i.vm_parts.insert(pip_name.clone(), pip.clone());
                 })
                 .await?;
-                let nsg = infra(&self.store, ctx)
+                let nsg = phase_record::<InfraRecord>(&self.store, ctx)
                     .await?
                     .firewalls
                     .get(role.as_str())
                     .cloned()
-                    .ok_or_else(|| PhaseError::Permanent(format!("no NSG recorded for {}", role.as_str())))?;
+                    .ok_or_else(|| PhaseError::permanent(format!("no NSG recorded for {}", role.as_str())))?;
                 let nic_body = bodies::nic(location, tags, &nsg, subnet, &pip);
                 let rest = format!("/providers/Microsoft.Network/networkInterfaces/{nic_name}");
                 let (nic, _) = self.ensure(arm, ctx, parts.get(&nic_name), &rest, API_NETWORK, nic_body).await?;
-                checkpoint(&self.store, ctx, |i| {
+                checkpoint(&self.store, ctx, |i: &mut InfraRecord| {
                     i.vm_parts.insert(nic_name.clone(), nic.clone());
                 })
                 .await?;
@@ -170,7 +171,7 @@ impl AzureCloud {
     async fn delete_vm(&self, arm: &Arm, ctx: &PhaseCtx<'_>, name: &str) -> Result<(), PhaseError> {
         let compute = format!("/providers/Microsoft.Compute/virtualMachines/{name}");
         arm.delete(&Self::path(arm, ctx, &compute, API_COMPUTE)).await?;
-        checkpoint(&self.store, ctx, |i| {
+        checkpoint(&self.store, ctx, |i: &mut InfraRecord| {
             i.vms.remove(name);
         })
         .await?;
@@ -178,7 +179,7 @@ impl AzureCloud {
         {
             let rest = format!("/providers/Microsoft.Network/{kind}/{part}");
             arm.delete(&Self::path(arm, ctx, &rest, API_NETWORK)).await?;
-            checkpoint(&self.store, ctx, |i| {
+            checkpoint(&self.store, ctx, |i: &mut InfraRecord| {
                 i.vm_parts.remove(&part);
             })
             .await?;
@@ -193,9 +194,9 @@ impl AzureCloud {
         let location = &ctx.cluster.spec.region;
         let tags = Self::tags(ctx);
         let distro = ctx.cluster.distro;
-        let cni = ctx.cluster.spec.cni.as_deref();
+        let cni = ctx.cluster.spec.cni();
         // One NSG per role, in parallel.
-        let state = infra(&self.store, ctx).await?;
+        let state = phase_record::<InfraRecord>(&self.store, ctx).await?;
         let nsgs: Vec<Result<(), PhaseError>> = futures::stream::iter(ROLES)
             .map(|role| {
                 let (state, tags, done) = (&state, &tags, &done);
@@ -205,7 +206,7 @@ impl AzureCloud {
                     let rest = format!("/providers/Microsoft.Network/networkSecurityGroups/{name}");
                     let (nsg, _) =
                         self.ensure(arm, ctx, state.firewalls.get(role.as_str()), &rest, API_NETWORK, body).await?;
-                    checkpoint(&self.store, ctx, |i| {
+                    checkpoint(&self.store, ctx, |i: &mut InfraRecord| {
                         i.firewalls.insert(role.as_str().into(), nsg.clone());
                     })
                     .await?;
@@ -222,7 +223,7 @@ impl AzureCloud {
             let body = bodies::vnet(location, &tags);
             let rest = format!("/providers/Microsoft.Network/virtualNetworks/{name}");
             let (vnet, _) = self.ensure(arm, ctx, None, &rest, API_NETWORK, body).await?;
-            checkpoint(&self.store, ctx, |i| {
+            checkpoint(&self.store, ctx, |i: &mut InfraRecord| {
                 i.network = Some(vnet.clone());
                 i.subnets = vec![format!("{vnet}/subnets/nodes")];
             })
@@ -235,24 +236,17 @@ impl AzureCloud {
     async fn create_managed(&self, arm: &Arm, ctx: &PhaseCtx<'_>) -> Result<(), PhaseError> {
         let id = &ctx.cluster.id;
         let spec = &ctx.cluster.spec;
-        let state = infra(&self.store, ctx).await?;
+        let state = phase_record::<InfraRecord>(&self.store, ctx).await?;
         let name = format!("{id}-aks");
         if state.managed_cluster.is_none() {
             let version = spec.kubernetes_version.trim_start_matches('v');
             let size = crate::node_size(ctx, Role::Managed, "Standard_B2ms", "Standard_B2ms");
-            let body = bodies::aks(
-                &spec.region,
-                &name,
-                version,
-                spec.managed_nodes,
-                &size,
-                spec.cni.as_deref(),
-                &Self::tags(ctx),
-            );
+            let body =
+                bodies::aks(&spec.region, &name, version, spec.managed_nodes, &size, spec.cni(), &Self::tags(ctx));
             ctx.progress(format!("creating AKS cluster {name} ({} nodes)", spec.managed_nodes), 1, 3).await;
             let rest = format!("/providers/Microsoft.ContainerService/managedClusters/{name}");
             let (mc, _) = self.ensure(arm, ctx, None, &rest, API_AKS, body).await?;
-            checkpoint(&self.store, ctx, |i| {
+            checkpoint(&self.store, ctx, |i: &mut InfraRecord| {
                 i.managed_cluster = Some(mc.clone());
                 i.node_pool = Some(format!("{mc}/agentPools/{POOL}"));
                 i.node_pool_size = spec.managed_nodes;
@@ -267,16 +261,16 @@ impl AzureCloud {
             let b64 = creds
                 .pointer("/kubeconfigs/0/value")
                 .and_then(Value::as_str)
-                .ok_or_else(|| PhaseError::Retryable("AKS returned no admin kubeconfig".into()))?;
+                .ok_or_else(|| PhaseError::retryable("AKS returned no admin kubeconfig".into()))?;
             use base64::Engine;
             let raw = base64::engine::general_purpose::STANDARD
                 .decode(b64)
-                .map_err(|e| PhaseError::Permanent(format!("AKS kubeconfig: {e}")))?;
+                .map_err(|e| PhaseError::permanent(format!("AKS kubeconfig: {e}")))?;
             let kc = String::from_utf8_lossy(&raw).into_owned();
             let kc = ksctl_core::kubeconfig::adopt(&kc, &context_name(ctx.cluster), None)
-                .map_err(|e| PhaseError::Permanent(format!("AKS admin kubeconfig: {e}")))?;
+                .map_err(|e| PhaseError::permanent(format!("AKS admin kubeconfig: {e}")))?;
             let sealed = ctx.rt.sealer.seal(&format!("kubeconfig/{id}"), kc.as_bytes());
-            checkpoint(&self.store, ctx, |i| i.kubeconfig = Some(sealed.clone())).await?;
+            checkpoint(&self.store, ctx, |i: &mut InfraRecord| i.kubeconfig = Some(sealed.clone())).await?;
         }
         ctx.progress(format!("admin kubeconfig of {name}"), 3, 3).await;
         Ok(())
@@ -288,7 +282,7 @@ impl AzureCloud {
         let body = bodies::pool_size(target, &size);
         let rest = format!("/providers/Microsoft.ContainerService/managedClusters/{name}/agentPools/{POOL}");
         arm.put(&Self::path(arm, ctx, &rest, API_AKS), &body).await?;
-        checkpoint(&self.store, ctx, |i| i.node_pool_size = target).await?;
+        checkpoint(&self.store, ctx, |i: &mut InfraRecord| i.node_pool_size = target).await?;
         ctx.progress(format!("node pool resized to {target}"), 1, 1).await;
         Ok(())
     }
@@ -315,7 +309,7 @@ impl CloudProvider for AzureCloud {
 
     async fn delete(&self, ctx: &PhaseCtx<'_>) -> Result<(), PhaseError> {
         let arm = self.arm()?.clone();
-        let state = infra(&self.store, ctx).await?;
+        let state = phase_record::<InfraRecord>(&self.store, ctx).await?;
         if ctx.cluster.cluster_type == ClusterType::Managed {
             let rest = format!("/providers/Microsoft.ContainerService/managedClusters/{}-aks", ctx.cluster.id);
             arm.delete(&Self::path(&arm, ctx, &rest, API_AKS)).await?;
@@ -358,7 +352,7 @@ impl CloudProvider for AzureCloud {
         if ctx.cluster.cluster_type == ClusterType::Managed {
             return self.resize_pool(&arm, ctx, target).await;
         }
-        let state = infra(&self.store, ctx).await?;
+        let state = phase_record::<InfraRecord>(&self.store, ctx).await?;
         let want = crate::workers_to_add(&state, target);
         let n = want.len() as u32;
         self.create_vms(&arm, ctx, want, &AtomicU32::new(0), n).await
@@ -370,7 +364,7 @@ impl CloudProvider for AzureCloud {
         if ctx.cluster.cluster_type == ClusterType::Managed {
             return self.resize_pool(&arm, ctx, target).await;
         }
-        let state = infra(&self.store, ctx).await?;
+        let state = phase_record::<InfraRecord>(&self.store, ctx).await?;
         let remove = state.workers_beyond(target);
         let total = remove.len() as u32;
         for (n, vm) in remove.iter().enumerate() {

@@ -1,5 +1,6 @@
 //! The create request's cluster spec (every field of ksctl's create payload) and its validation.
-use crate::ids::validate_name;
+mod validate;
+
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -201,168 +202,25 @@ pub const MAX_NODES_PER_ROLE: u32 = 100;
 /// flannel's `Network`.
 pub const POD_SUBNET: &str = "10.244.0.0/16";
 
-pub const KNOWN_CNIS: [&str; 4] = ["flannel", "calico", "cilium", "none"];
-
-impl ClusterSpec {
-    /// Validates every field and returns all problems at once, so the caller can fix them in one go.
-    /// `enabled` lists the providers this control plane can serve.
-    pub fn validate(&self, enabled: &[Provider]) -> Result<Shape, Vec<FieldError>> {
-        let mut errs = Vec::new();
-        let mut err = |field: &str, message: String| errs.push(FieldError { field: field.into(), message });
-        if let Err(e) = validate_name(&self.cluster_name) {
-            err("cluster_name", e);
-        }
-        if self.region.is_empty()
-            || self.region.len() > 40
-            || !self.region.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
-        {
-            err("region", "must be 1 to 40 lowercase letters, digits or '-'".into());
-        }
-        let provider = match Provider::parse(&self.cloud_provider) {
-            None => {
-                err(
-                    "cloud_provider",
-                    format!("unknown provider {:?}; expected one of sim, aws, azure, local, byo", self.cloud_provider),
-                );
-                None
-            }
-            Some(p) if !enabled.contains(&p) => {
-                let names: Vec<_> = enabled.iter().map(|p| p.as_str()).collect();
-                err(
-                    "cloud_provider",
-                    format!("provider {p} is not enabled in this control plane (enabled: {})", names.join(", ")),
-                );
-                None
-            }
-            Some(p) => Some(p),
-        };
-        let cluster_type = match self.cluster_type.as_str() {
-            "managed" => Some(ClusterType::Managed),
-            "selfmanaged" => Some(ClusterType::Selfmanaged),
-            other => {
-                err("cluster_type", format!("unknown type {other:?}; expected managed or selfmanaged"));
-                None
-            }
-        };
-        let distro = match self.kubernetes_distro.as_deref() {
-            None | Some("") => None,
-            Some("k3s") => Some(Distro::K3s),
-            Some("kubeadm") => Some(Distro::Kubeadm),
-            Some(other) => {
-                err("kubernetes_distro", format!("unknown distro {other:?}; expected k3s or kubeadm"));
-                None
-            }
-        };
-        if !is_version(&self.kubernetes_version) {
-            err(
-                "kubernetes_version",
-                format!("{:?} is not a version like 1.31 or v1.31.2+k3s1", self.kubernetes_version),
-            );
-        }
-        if let Some(v) = &self.etcd_version
-            && !is_version(v)
-        {
-            err("etcd_version", format!("{v:?} is not a version like 3.5.15"));
-        }
-        if let Some(cni) = &self.cni
-            && !KNOWN_CNIS.contains(&cni.as_str())
-        {
-            err("cni", format!("unknown CNI {cni:?}; expected one of {}", KNOWN_CNIS.join(", ")));
-        }
-        let mut seen_addons = std::collections::BTreeSet::new();
-        for a in &self.addons {
-            if crate::addons::find(a).is_none() {
-                err("addons", format!("unknown addon {a:?}; available: {}", crate::addons::names()));
-            } else if !seen_addons.insert(a) {
-                err("addons", format!("{a:?} is listed twice"));
-            }
-        }
-        for (field, n) in [
-            ("managed_nodes", self.managed_nodes),
-            ("control_plane_nodes", self.control_plane_nodes),
-            ("worker_nodes", self.worker_nodes),
-            ("datastore_nodes", self.datastore_nodes),
-        ] {
-            if n > MAX_NODES_PER_ROLE {
-                err(field, format!("{n} is more than the limit of {MAX_NODES_PER_ROLE}"));
-            }
-        }
-        match (&self.hosts, provider) {
-            (None, Some(Provider::Byo)) => err("hosts", "provider byo needs the hosts to use, per role".into()),
-            (Some(_), Some(p)) if p != Provider::Byo => err("hosts", format!("only provider byo takes hosts, not {p}")),
-            (Some(h), _) => {
-                if h.ssh_key.is_empty()
-                    || h.ssh_key.len() > 64
-                    || !h.ssh_key.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_' || c == b'.')
-                    || h.ssh_key.starts_with('.')
-                {
-                    err("hosts.ssh_key", "must name a key file: 1 to 64 of letters, digits, '-', '_', '.'".into());
-                }
-                for (field, want, got) in [
-                    ("hosts.datastores", self.datastore_nodes, h.datastores.len()),
-                    ("hosts.control_planes", self.control_plane_nodes, h.control_planes.len()),
-                ] {
-                    if want as usize != got {
-                        err(field, format!("lists {got} hosts but the spec asks for {want}"));
-                    }
-                }
-                // Workers beyond the count are spares that a scale-up takes, in order.
-                if h.workers.len() < self.worker_nodes as usize {
-                    err(
-                        "hosts.workers",
-                        format!("lists {} hosts but the spec asks for {}", h.workers.len(), self.worker_nodes),
-                    );
-                }
-                let mut seen = std::collections::BTreeSet::new();
-                for (_, _, host) in h.all() {
-                    if let Err(e) = crate::net::host_address(&host.address) {
-                        err("hosts", format!("address {e}"));
-                    } else if !seen.insert((host.address.as_str(), host.port)) {
-                        err("hosts", format!("{}:{} is listed twice", host.address, host.port));
-                    }
-                    if !crate::net::is_login_name(&host.user) {
-                        err("hosts", format!("{} is not a user name", crate::net::shown(&host.user)));
-                    }
-                }
-            }
-            _ => {}
-        }
-        match cluster_type {
-            Some(ClusterType::Managed) => {
-                if self.managed_nodes < 1 {
-                    err("managed_nodes", "a managed cluster needs at least 1 node".into());
-                }
-                if provider == Some(Provider::Byo) {
-                    err("cluster_type", "provider byo supports only selfmanaged clusters".into());
-                }
-            }
-            Some(ClusterType::Selfmanaged) => {
-                if provider == Some(Provider::Local) {
-                    err("cluster_type", "provider local supports only managed clusters".into());
-                }
-                // Self-managed clusters get their CNI from ksctl: flannel, Calico and Cilium are
-                // embedded (k3s has flannel built in); "none" leaves the choice to the user.
-                if self.kubernetes_distro.as_deref().unwrap_or("").is_empty() {
-                    err("kubernetes_distro", "required for selfmanaged clusters (k3s or kubeadm)".into());
-                }
-                for (field, n) in
-                    [("control_plane_nodes", self.control_plane_nodes), ("datastore_nodes", self.datastore_nodes)]
-                {
-                    if n < 3 || n % 2 == 0 {
-                        err(field, format!("must be odd and at least 3 for high availability, got {n}"));
-                    }
-                }
-            }
-            None => {}
-        }
-        if !errs.is_empty() {
-            return Err(errs);
-        }
-        Ok(Shape { provider: provider.expect("checked"), cluster_type: cluster_type.expect("checked"), distro })
+crate::vocabulary! {
+    /// The pod networks a spec may ask for (`cni`); `none` leaves the network to the user.
+    pub enum Cni {
+        Flannel = "flannel",
+        Calico = "calico",
+        Cilium = "cilium",
+        None = "none",
     }
 }
 
-fn is_version(v: &str) -> bool {
+impl ClusterSpec {
+    /// The CNI the spec asks for (`None`: the distro's or cloud's default); a spelling outside
+    /// [`Cni`] never passes [`ClusterSpec::validate`], and counts as the default here.
+    pub fn cni(&self) -> Option<Cni> {
+        self.cni.as_deref().and_then(Cni::parse)
+    }
+}
+
+pub(crate) fn is_version(v: &str) -> bool {
     let v = v.strip_prefix('v').unwrap_or(v);
     let (core, suffix) = match v.find(['+', '-']) {
         Some(i) => (&v[..i], &v[i + 1..]),

@@ -192,3 +192,38 @@ async fn health_and_metrics_endpoints() {
     let cloud_create = [("service", "cloud-controller"), ("phase", "cloud_create"), ("le", "+Inf")];
     one(&c, "ksctl_phase_duration_seconds_bucket", &cloud_create);
 }
+
+/// The manager's replicas serve queries as one NATS service: each answers the service API's
+/// discovery, and its stats count the queries it answered.
+#[tokio::test(flavor = "multi_thread")]
+async fn queries_are_a_nats_service_with_discovery_and_stats() {
+    use futures::StreamExt;
+    let sys = System::start(SystemOptions { replicas: 2, ..Default::default() }).await;
+    for _ in 0..4 {
+        let reply = sys.client.request("ksctl.query.list", "{}".into()).await.unwrap();
+        assert!(String::from_utf8_lossy(&reply.payload).contains(r#""ok":true"#), "{reply:?}");
+    }
+    // Every replica answers on the service API; collect the answers to one inbox.
+    let all = |subject: &'static str| {
+        let client = sys.client.clone();
+        async move {
+            let inbox = client.new_inbox();
+            let mut answers = client.subscribe(inbox.clone()).await.unwrap();
+            client.publish_with_reply(subject, inbox, "".into()).await.unwrap();
+            let mut out = Vec::new();
+            while let Ok(Some(m)) = tokio::time::timeout(Duration::from_secs(2), answers.next()).await {
+                out.push(serde_json::from_slice::<serde_json::Value>(&m.payload).unwrap());
+            }
+            out
+        }
+    };
+    let pings = all("$SRV.PING.ksctl-queries").await;
+    assert_eq!(pings.len(), 2, "one answer per manager replica: {pings:?}");
+    assert_ne!(pings[0]["id"], pings[1]["id"]);
+    let info = all("$SRV.INFO.ksctl-queries").await;
+    assert_eq!(info[0]["endpoints"][0]["subject"], "ksctl.query.*", "{info:?}");
+    assert_eq!(info[0]["endpoints"][0]["queue_group"], "manager", "{info:?}");
+    let stats = all("$SRV.STATS.ksctl-queries").await;
+    let answered: u64 = stats.iter().map(|s| s["endpoints"][0]["num_requests"].as_u64().unwrap()).sum();
+    assert_eq!(answered, 4, "each query answered once, by one replica: {stats:?}");
+}

@@ -3,13 +3,13 @@
 //! `join` for the rest. ksctl makes the cluster CA itself (rcgen) and hands it to kubeadm, so the
 //! discovery hash is known without asking a host; the bootstrap token and certificate key are
 //! made here too, sealed in state, and the token is renewed when near expiry.
+use crate::kubeadm_config::*;
 use crate::pki::{self, CertKey, PkiError};
 use crate::plan::Step;
 use crate::scripts::write_file;
 use ksctl_core::artifacts::{Artifacts, CONTAINERD_CERTS_D, RegistryTls};
 use ksctl_ssh::host::{CONTAINERD_MARK, KUBERNETES_APT_LIST, KUBERNETES_KEYRING, quote, step_script};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
 
 pub const CONFIG: &str = "/etc/ksctl/kubeadm.yaml";
 pub const JOIN_CONFIG: &str = "/etc/ksctl/kubeadm-join.yaml";
@@ -123,100 +123,88 @@ fn control_plane_taint(version: &str) -> &'static str {
 }
 
 /// `nodeRegistration.kubeletExtraArgs`: a map up to v1beta3, a list of name/value from v1beta4.
-fn kubelet_extra_args(version: &str, args: &[(&str, &str)]) -> Value {
+fn kubelet_extra_args<'a>(version: &str, args: &[(&'a str, &'a str)]) -> ExtraArgs<'a> {
     if api_version(version).ends_with("v1beta4") {
-        args.iter().map(|(n, v)| json!({"name": n, "value": v})).collect()
+        ExtraArgs::List(args.iter().map(|&(name, value)| NameValue { name, value }).collect())
     } else {
-        args.iter().map(|(n, v)| (n.to_string(), json!(v))).collect::<serde_json::Map<_, _>>().into()
+        ExtraArgs::Map(args.iter().copied().collect())
     }
 }
 
 /// A join token as kubeadm registers it: valid for [`TOKEN_TTL_SECS`], for node bootstrap.
-fn bootstrap_token(token: &str) -> Value {
-    json!({
-        "token": token,
-        "ttl": format!("{TOKEN_TTL_SECS}s"),
-        "groups": ["system:bootstrappers:kubeadm:default-node-token"],
-        "usages": ["signing", "authentication"],
-    })
+fn bootstrap_token(token: &str) -> BootstrapToken<'_> {
+    BootstrapToken {
+        token,
+        ttl: format!("{TOKEN_TTL_SECS}s"),
+        groups: vec!["system:bootstrappers:kubeadm:default-node-token"],
+        usages: vec!["signing", "authentication"],
+    }
 }
 
-/// Documents as one multi-document YAML file.
-fn yaml_documents(docs: &[Value]) -> String {
-    docs.iter().map(|d| serde_yaml::to_string(d).expect("JSON values serialize")).collect::<Vec<_>>().join("---\n")
-}
+/// containerd runs with runc's systemd cgroup driver ([`prepare_node`]); the kubelet must agree
+/// (kubeadm defaults it to cgroupfs before 1.22).
+const KUBELET: KubeletConfiguration = KubeletConfiguration {
+    api_version: "kubelet.config.k8s.io/v1beta1",
+    kind: "KubeletConfiguration",
+    cgroup_driver: "systemd",
+};
 
-/// The kubelet and kube-proxy settings every node shares (kubeadm stores them in the cluster).
-fn component_configs() -> [Value; 2] {
-    [
-        // containerd runs with runc's systemd cgroup driver ([`prepare_node`]); the kubelet must
-        // agree (kubeadm defaults it to cgroupfs before 1.22).
-        json!({
-            "apiVersion": "kubelet.config.k8s.io/v1beta1",
-            "kind": "KubeletConfiguration",
-            "cgroupDriver": "systemd",
-        }),
-        // kube-proxy raises the machine-wide nf_conntrack_max, and exits when it may not: nodes
-        // in containers or network namespaces may not. The first control plane tries the
-        // kernel (see [`CONNTRACK_CHECK`]): where it may not, the kernel's size stays (0),
-        // elsewhere kube-proxy's default (null).
-        json!({
-            "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
-            "kind": "KubeProxyConfiguration",
-            "conntrack": {"maxPerCore": CONNTRACK_PLACEHOLDER},
-        }),
-    ]
-}
+/// kube-proxy raises the machine-wide nf_conntrack_max, and exits when it may not: nodes in
+/// containers or network namespaces may not. The first control plane tries the kernel (see
+/// [`CONNTRACK_CHECK`]): where it may not, the kernel's size stays (0), elsewhere kube-proxy's
+/// default (null).
+const KUBE_PROXY: KubeProxyConfiguration = KubeProxyConfiguration {
+    api_version: "kubeproxy.config.k8s.io/v1alpha1",
+    kind: "KubeProxyConfiguration",
+    conntrack: Conntrack { max_per_core: CONNTRACK_PLACEHOLDER },
+};
 
 /// The `InitConfiguration`, `ClusterConfiguration`, kubelet and kube-proxy configurations for
 /// `kubeadm init` on the first control plane.
 pub fn init_config(c: &ClusterConfig<'_>, artifacts: &Artifacts) -> String {
     let api = api_version(c.version);
-    let mut cluster = json!({
-        "apiVersion": api,
-        "kind": "ClusterConfiguration",
-        "clusterName": c.cluster_name,
-        "kubernetesVersion": kubernetes_version(c.version),
-        "controlPlaneEndpoint": format!("{}:6443", c.lb_private_ip),
-        "certificatesDir": "/etc/kubernetes/pki",
-        "apiServer": {"certSANs": [c.lb_public_ip, c.lb_private_ip]},
-        "etcd": {"external": {
-            "endpoints": c.etcd_endpoints,
-            "caFile": "/etc/kubernetes/pki/etcd/ca.crt",
-            "certFile": "/etc/kubernetes/pki/apiserver-etcd-client.crt",
-            "keyFile": "/etc/kubernetes/pki/apiserver-etcd-client.key",
-        }},
-        "networking": {"podSubnet": POD_SUBNET, "serviceSubnet": SERVICE_SUBNET},
-    });
-    if let Some(r) = &artifacts.registry {
-        cluster["imageRepository"] = json!(r.prefix());
-    }
-    let init = json!({
-        "apiVersion": api,
-        "kind": "InitConfiguration",
-        "bootstrapTokens": [bootstrap_token(c.token)],
-        "certificateKey": c.certificate_key,
-        "localAPIEndpoint": {"advertiseAddress": c.advertise_ip, "bindPort": 6443},
-        "nodeRegistration": node_registration(c.version, c.node_name, c.advertise_ip, true),
-    });
-    let [kubelet, proxy] = component_configs();
-    yaml_documents(&[init, cluster, kubelet, proxy])
+    let cluster = ClusterConfiguration {
+        api_version: api,
+        kind: "ClusterConfiguration",
+        cluster_name: c.cluster_name,
+        kubernetes_version: kubernetes_version(c.version),
+        control_plane_endpoint: format!("{}:6443", c.lb_private_ip),
+        certificates_dir: "/etc/kubernetes/pki",
+        api_server: ApiServer { cert_sans: vec![c.lb_public_ip, c.lb_private_ip] },
+        etcd: Etcd {
+            external: ExternalEtcd {
+                endpoints: c.etcd_endpoints,
+                ca_file: "/etc/kubernetes/pki/etcd/ca.crt",
+                cert_file: "/etc/kubernetes/pki/apiserver-etcd-client.crt",
+                key_file: "/etc/kubernetes/pki/apiserver-etcd-client.key",
+            },
+        },
+        networking: Networking { pod_subnet: POD_SUBNET, service_subnet: SERVICE_SUBNET },
+        image_repository: artifacts.registry.as_ref().map(|r| r.prefix()),
+    };
+    let init = InitConfiguration {
+        api_version: api,
+        kind: "InitConfiguration",
+        bootstrap_tokens: vec![bootstrap_token(c.token)],
+        certificate_key: c.certificate_key,
+        local_api_endpoint: ApiEndpoint { advertise_address: c.advertise_ip, bind_port: 6443 },
+        node_registration: node_registration(c.version, c.node_name, c.advertise_ip, true),
+    };
+    documents(&[&init, &cluster, &KUBELET, &KUBE_PROXY])
 }
 
 /// `nodeRegistration` for a node: its name and address, containerd, and (control planes) the
 /// taint that keeps workloads on the workers. kubeadm's image pulls in preflight are left to
 /// the prepare step, which pulls what a node needs with an error that names the registry.
-fn node_registration(version: &str, name: &str, ip: &str, control_plane: bool) -> Value {
-    let mut r = json!({
-        "name": name,
-        "criSocket": cri_socket(version),
-        "kubeletExtraArgs": kubelet_extra_args(version, &[("node-ip", ip)]),
-        "ignorePreflightErrors": ["ImagePull"],
-    });
-    if control_plane {
-        r["taints"] = json!([{"key": control_plane_taint(version), "effect": "NoSchedule"}]);
+fn node_registration<'a>(version: &str, name: &'a str, ip: &'a str, control_plane: bool) -> NodeRegistration<'a> {
+    let taint = Taint { key: control_plane_taint(version), effect: "NoSchedule" };
+    NodeRegistration {
+        name,
+        cri_socket: cri_socket(version),
+        kubelet_extra_args: kubelet_extra_args(version, &[("node-ip", ip)]),
+        ignore_preflight_errors: vec!["ImagePull"],
+        taints: if control_plane { vec![taint] } else { vec![] },
     }
-    r
 }
 
 /// Where a node that joins finds the cluster.
@@ -240,21 +228,23 @@ pub const NODE_READY_SECS: u32 = 300;
 
 /// The `JoinConfiguration` for `kubeadm join --config` (secrets in a 0600 file, not in `ps`).
 pub fn join_config(j: &Join<'_>) -> String {
-    let mut doc = json!({
-        "apiVersion": api_version(j.version),
-        "kind": "JoinConfiguration",
-        "discovery": {"bootstrapToken": {
-            "apiServerEndpoint": format!("{}:6443", j.lb_private_ip),
-            "token": j.token,
-            "caCertHashes": [j.ca_hash],
-        }},
-        "nodeRegistration": node_registration(j.version, j.node_name, j.node_ip, j.certificate_key.is_some()),
-    });
-    if let Some(key) = j.certificate_key {
-        doc["controlPlane"] =
-            json!({"localAPIEndpoint": {"advertiseAddress": j.node_ip, "bindPort": 6443}, "certificateKey": key});
-    }
-    yaml_documents(&[doc])
+    let doc = JoinConfiguration {
+        api_version: api_version(j.version),
+        kind: "JoinConfiguration",
+        discovery: Discovery {
+            bootstrap_token: DiscoveryToken {
+                api_server_endpoint: format!("{}:6443", j.lb_private_ip),
+                token: j.token,
+                ca_cert_hashes: vec![j.ca_hash],
+            },
+        },
+        node_registration: node_registration(j.version, j.node_name, j.node_ip, j.certificate_key.is_some()),
+        control_plane: j.certificate_key.map(|certificate_key| JoinControlPlane {
+            local_api_endpoint: ApiEndpoint { advertise_address: j.node_ip, bind_port: 6443 },
+            certificate_key,
+        }),
+    };
+    documents(&[&doc])
 }
 
 /// Shell that installs the commands' packages (`command:package`) from the host's own apt
@@ -538,11 +528,11 @@ pub const TOKEN_CONFIG: &str = "/etc/ksctl/kubeadm-token.yaml";
 /// after two hours). Neither secret is on a command line: the token is in a 0600 file written
 /// from the script on stdin, the key in the init configuration.
 pub fn refresh(version: &str, token: &str) -> String {
-    let doc = json!({
-        "apiVersion": api_version(version),
-        "kind": "InitConfiguration",
-        "bootstrapTokens": [bootstrap_token(token)],
-    });
+    let doc = TokenConfiguration {
+        api_version: api_version(version),
+        kind: "InitConfiguration",
+        bootstrap_tokens: vec![bootstrap_token(token)],
+    };
     format!(
         "set -eu
 {write}if ! kubeadm token create --config {TOKEN_CONFIG} >/dev/null 2>&1; then
@@ -551,7 +541,7 @@ fi
 rm -f {TOKEN_CONFIG}
 kubeadm init phase upload-certs --upload-certs --config {CONFIG} >/dev/null
 ",
-        write = write_file(TOKEN_CONFIG, &yaml_documents(&[doc]), "0600"),
+        write = write_file(TOKEN_CONFIG, &documents(&[&doc]), "0600"),
         id = quote(token.split('.').next().unwrap_or(token)),
     )
 }

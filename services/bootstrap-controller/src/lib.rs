@@ -3,6 +3,7 @@
 //! `aws`, simulated ones for `sim`.
 
 pub mod kubeadm;
+mod kubeadm_config;
 pub mod pki;
 pub mod plan;
 pub mod scripts;

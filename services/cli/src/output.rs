@@ -1,6 +1,7 @@
 //! Tables for people, JSON for scripts.
 use crate::Output;
 use ksctl_core::messages::{ClusterInfo, ClusterSummary, RequestReply};
+use ksctl_core::spec::{Cni, Provider};
 
 pub fn summaries(o: Output, rows: &[ClusterSummary]) {
     if o == Output::Json {
@@ -10,15 +11,15 @@ pub fn summaries(o: Output, rows: &[ClusterSummary]) {
         return;
     }
     println!(
-        "{:<24} {:<6} {:<12} {:<8} {:<10} {:<20} {:>3} {:>3} {:>3} {:>3}  OPERATION",
+        "{:<24} {:<12} {:<12} {:<8} {:<10} {:<20} {:>3} {:>3} {:>3} {:>3}  OPERATION",
         "NAME", "CLOUD", "TYPE", "DISTRO", "REGION", "STATE", "CP", "DS", "WP", "MP"
     );
     for r in rows {
         let op = r.operation.as_ref().map(|o| format!("{} ({})", o.kind, o.phase)).unwrap_or_else(|| "-".into());
         println!(
-            "{:<24} {:<6} {:<12} {:<8} {:<10} {:<20} {:>3} {:>3} {:>3} {:>3}  {op}",
+            "{:<24} {:<12} {:<12} {:<8} {:<10} {:<20} {:>3} {:>3} {:>3} {:>3}  {op}",
             r.name,
-            r.provider,
+            Provider::parse(&r.provider).map_or(r.provider.clone(), |p| p.shown().to_string()),
             r.cluster_type,
             r.distro.as_deref().unwrap_or("-"),
             r.region,
@@ -55,9 +56,9 @@ pub fn info(o: Output, i: &ClusterInfo) {
         println!("managed    {mc} ({} nodes)", i.node_pool_size);
     }
     if !i.vms.is_empty() {
-        println!("\n{:<36} {:<22} {:<16} PRIVATE IP", "VM", "ID", "PUBLIC IP");
+        println!("\n{:<36} {:<14} {:<22} {:<16} PRIVATE IP", "VM", "ROLE", "ID", "PUBLIC IP");
         for v in &i.vms {
-            println!("{:<36} {:<22} {:<16} {}", v.name, v.id, v.public_ip, v.private_ip);
+            println!("{:<36} {:<14} {:<22} {:<16} {}", v.name, v.role.title(), v.id, v.public_ip, v.private_ip);
         }
     }
     println!("\nbootstrap steps done: {}", i.bootstrap_steps_done);
@@ -141,14 +142,9 @@ pub fn artifacts(o: Output, a: &crate::ArtifactsList) -> Result<(), String> {
             apt = Some(k.apt_repository);
             packages = k.packages;
             upstream = k.images;
-            if ksctl_core::spec::Cni::parse(&a.cni).is_none() {
-                return Err(format!(
-                    "unknown CNI {:?}; expected one of {}",
-                    a.cni,
-                    ksctl_core::spec::Cni::spellings().join(", ")
-                ));
-            }
-            upstream.extend(ksctl_core::addons::cni_images(&a.cni).iter().map(|s| s.to_string()));
+            let cni = Cni::parse(&a.cni)
+                .ok_or_else(|| format!("unknown CNI {:?}; expected one of {}", a.cni, Cni::spellings().join(", ")))?;
+            upstream.extend(ksctl_core::addons::cni_images(cni).iter().map(|s| s.to_string()));
         }
         "k3s" => {
             // k3s' installer fetches its binary and checksums from the release download. The
@@ -158,8 +154,8 @@ pub fn artifacts(o: Output, a: &crate::ArtifactsList) -> Result<(), String> {
                 return Err(format!("{:?}: give a k3s release like 1.31.2+k3s1", a.version));
             }
             // Its own flannel is in k3s; Calico and Cilium are ksctl's.
-            if a.cni != "flannel" {
-                upstream.extend(ksctl_core::addons::cni_images(&a.cni).iter().map(|s| s.to_string()));
+            if let Some(cni) = Cni::parse(&a.cni).filter(|c| *c != Cni::Flannel) {
+                upstream.extend(ksctl_core::addons::cni_images(cni).iter().map(|s| s.to_string()));
             }
             let base = artifacts.mirror.clone().unwrap_or_else(|| "https://github.com/k3s-io/k3s".into());
             files.push(artifacts.k3s_installer());

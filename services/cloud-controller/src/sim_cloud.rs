@@ -197,3 +197,22 @@ impl SimCloud {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The plan the end-to-end tests count against, pinned: 1 network, 4 firewalls, 1 key and
+    /// 1 + 3 + 3 + 2 VMs; a managed cluster's network, cluster and node pool.
+    #[test]
+    fn planned_resources_of_an_ha_cluster() {
+        let spec: ClusterSpec = serde_json::from_value(serde_json::json!({
+            "cluster_name": "demo", "region": "local", "cloud_provider": "sim",
+            "cluster_type": "selfmanaged", "kubernetes_distro": "k3s",
+            "control_plane_nodes": 3, "datastore_nodes": 3, "worker_nodes": 2
+        }))
+        .unwrap();
+        assert_eq!(planned_resources(&spec, ClusterType::Selfmanaged), 6 + 9);
+        assert_eq!(planned_resources(&spec, ClusterType::Managed), 3);
+    }
+}

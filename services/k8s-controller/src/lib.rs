@@ -229,7 +229,7 @@ impl PhaseWorker for K8sWorker {
 /// The application stacks' records go with their cluster (their objects with its machines).
 async fn forget_apps(ctx: &PhaseCtx<'_>) -> Result<(), PhaseError> {
     let store = &ctx.rt.store;
-    for (key, _) in store.children(&format!("app.{}", ctx.cluster.id)).await? {
+    for (key, _) in store.children(&ksctl_core::keys::apps(&ctx.cluster.id)).await? {
         store.delete(&key).await?;
     }
     Ok(())

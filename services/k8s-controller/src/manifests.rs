@@ -667,8 +667,7 @@ mod tests {
     #[test]
     fn the_catalog_lists_the_images_the_manifests_run() {
         for c in [Cni::Flannel, Cni::Calico, Cni::Cilium] {
-            let mut listed: Vec<String> =
-                ksctl_core::addons::cni_images(c.as_str()).iter().map(|s| s.to_string()).collect();
+            let mut listed: Vec<String> = ksctl_core::addons::cni_images(c).iter().map(|s| s.to_string()).collect();
             listed.sort();
             assert_eq!(images(&cni(c).unwrap()), listed, "{c}");
         }

@@ -32,7 +32,7 @@ async fn round(rt: &Runtime, kube: &KubeApi) -> Result<(), String> {
     for (key, v) in records {
         let Ok(record) = serde_json::from_slice::<K8sRecord>(&v.value) else { continue };
         let due = record.agent_credential.as_ref().is_some_and(|c| rotation_due(c, now()));
-        let Some(id) = key.strip_prefix("k8s.").and_then(|i| ClusterId::new(i).ok()) else { continue };
+        let Some(id) = ksctl_core::keys::cluster_of(&key) else { continue };
         if due {
             rotate(rt, kube, &id).await;
         }

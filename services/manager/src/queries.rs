@@ -1,8 +1,9 @@
 //! `ksctl.query.<verb>` ([`QueryVerb`]): core NATS request/reply on a queue group shared by every
 //! manager replica, answered from the store.
 use crate::Manager;
+use async_nats::service::ServiceExt;
 use futures::StreamExt;
-use ksctl_bus::subjects::{QUERY_GROUP, QUERY_SUBJECTS};
+use ksctl_bus::subjects::{QUERY_GROUP, QUERY_SERVICE, QUERY_SUBJECTS};
 use ksctl_core::ClusterId;
 use ksctl_core::keys;
 use ksctl_core::messages::{
@@ -14,28 +15,40 @@ use ksctl_core::spec::ClusterType;
 use ksctl_runtime::{RuntimeError, read_record};
 use serde::Serialize;
 
+/// Serves the queries as the NATS service [`QUERY_SERVICE`] (`async_nats::service`): besides
+/// the answers, every replica answers `$SRV.PING|INFO|STATS` (discovery, request counts and
+/// processing times). One endpoint takes every verb, so a verb nobody serves still gets an
+/// answer saying so.
 pub async fn start(m: Manager) -> Result<tokio::task::JoinHandle<()>, RuntimeError> {
-    let client = m.rt.publisher.client.clone();
-    let mut sub = client
-        .queue_subscribe(QUERY_SUBJECTS, QUERY_GROUP.into())
-        .await
-        .map_err(|e| RuntimeError::Config(format!("subscribing to {QUERY_SUBJECTS}: {e}")))?;
+    let failed = |e: async_nats::Error| RuntimeError::Config(format!("serving {QUERY_SUBJECTS}: {e}"));
+    let service =
+        m.rt.publisher
+            .client
+            .service_builder()
+            .description(format!("ksctl-rs queries (ksctl.query.<verb>): {}", QueryVerb::spellings().join(", ")))
+            .queue_group(QUERY_GROUP)
+            .start(QUERY_SERVICE, env!("CARGO_PKG_VERSION"))
+            .await
+            .map_err(failed)?;
+    let mut requests = service.endpoint_builder().name("query").add(QUERY_SUBJECTS).await.map_err(failed)?;
     Ok(tokio::spawn(async move {
-        while let Some(msg) = sub.next().await {
+        // Kept while queries are served: it answers the service's own $SRV requests.
+        let _service = service;
+        while let Some(req) = requests.next().await {
             let m = m.clone();
             // At most `KSCTL_MAX_QUERIES` at once: a flood waits here (and the client library
             // drops what it cannot buffer) instead of spawning without bound.
             let Ok(permit) = m.in_flight.clone().acquire_owned().await else { return };
             tokio::spawn(async move {
                 let _permit = permit;
-                let Some(reply) = msg.reply.clone() else {
+                if req.message.reply.is_none() {
                     return;
-                };
-                let verb = msg.subject.as_str().rsplit('.').next().unwrap_or_default().to_string();
+                }
+                let verb = req.message.subject.as_str().rsplit('.').next().unwrap_or_default().to_string();
                 let label = QueryVerb::parse(&verb).map_or("unknown", QueryVerb::as_str);
                 m.rt.metrics.inc("queries_total", &[("query", label)]);
-                let body = answer(&m, &verb, &msg.payload).await;
-                if let Err(e) = m.rt.publisher.client.publish(reply, body.into()).await {
+                let body = answer(&m, &verb, &req.message.payload).await;
+                if let Err(e) = req.respond(Ok(body.into())).await {
                     tracing::warn!(error = %e, "query reply not sent");
                 }
             });

@@ -24,8 +24,8 @@ pub async fn run(store: &DynStore, sealer: &Sealer) -> Result<Resealed, RuntimeE
     }
     // Application stacks live one level further down: `app.<cluster>.<stack>`.
     for (cluster, _) in store.children("cluster").await? {
-        let Some(id) = cluster.strip_prefix("cluster.") else { continue };
-        for (key, _) in store.children(&format!("app.{id}")).await? {
+        let Some(id) = ksctl_core::keys::cluster_of(&cluster) else { continue };
+        for (key, _) in store.children(&ksctl_core::keys::apps(&id)).await? {
             total = add(total, reseal::<AppRecord>(store, sealer, &key).await?);
         }
     }

@@ -55,10 +55,11 @@ impl Metrics {
     /// The family `name`, made and registered by `make` on first use. Counters are named
     /// `<x>_total` at call sites; OpenMetrics registers them as `<x>` and renders `<x>_total`.
     fn with<R>(&self, name: &str, make: impl FnOnce() -> Series, f: impl FnOnce(&Series) -> R) -> R {
+        // Keyed as registered: `x_total` and `x` would be two families named `ksctl_x`.
+        let base = name.strip_suffix("_total").unwrap_or(name);
         let mut series = self.series.lock().expect("metrics lock");
-        if !series.contains_key(name) {
+        if !series.contains_key(base) {
             let made = make();
-            let base = name.strip_suffix("_total").unwrap_or(name);
             let help = format!("ksctl-rs {}", base.replace('_', " "));
             let mut registry = self.registry.lock().expect("metrics lock");
             match &made {
@@ -66,13 +67,14 @@ impl Metrics {
                 Series::Seconds(c) => registry.register(base, help, c.clone()),
                 Series::Histogram(h) => registry.register(base, help, h.clone()),
             }
-            series.insert(name.to_string(), made);
+            series.insert(base.to_string(), made);
         }
-        f(&series[name])
+        f(&series[base])
     }
 
     /// Adds `v` seconds to the counter `name{labels}`; labels are `(key, value)` pairs.
     pub fn add(&self, name: &str, labels: &[(&str, &str)], v: f64) {
+        debug_assert!(name.ends_with("_seconds_total"), "{name}: counters of seconds end in _seconds_total");
         self.with(
             name,
             || Series::Seconds(Family::default()),
@@ -87,6 +89,7 @@ impl Metrics {
 
     /// Counts one event in `name{labels}`.
     pub fn inc(&self, name: &str, labels: &[(&str, &str)]) {
+        debug_assert!(name.ends_with("_total"), "{name}: counters end in _total");
         self.with(
             name,
             || Series::Count(Family::default()),
@@ -101,6 +104,7 @@ impl Metrics {
 
     /// Records one observation of `name{labels}` (seconds) in the histogram.
     pub fn observe(&self, name: &str, labels: &[(&str, &str)], v: f64) {
+        debug_assert!(!name.ends_with("_total"), "{name}: a histogram is not a counter");
         self.with(
             name,
             || Series::Histogram(Family::new_with_constructor(seconds_histogram as fn() -> Histogram)),

@@ -32,6 +32,8 @@ pub const MANAGER_DEAD_CONSUMER: &str = "manager-dead";
 /// Queries answered by the manager over core request/reply, on this queue group.
 pub const QUERY_SUBJECTS: &str = "ksctl.query.*";
 pub const QUERY_GROUP: &str = "manager";
+/// The NATS service (`$SRV.PING|INFO|STATS.<name>`) the manager's replicas answer queries as.
+pub const QUERY_SERVICE: &str = "ksctl-queries";
 /// Fresh credentials for clouds whose kubeconfig tokens expire (EKS), answered by the
 /// cloud-controller over core request/reply (body: `NameQuery`, reply: `QueryReply<String>`).
 pub const KUBECONFIG_QUERY_SUBJECT: &str = "ksctl.cloudquery.kubeconfig";

@@ -115,13 +115,14 @@ pub const CILIUM_IMAGES: &[&str] = &[
     "quay.io/cilium/operator-generic:v1.20.0@sha256:80744a8cc7c91c2f9e6347629406844eb35d79b30a732c6d41c15b17232a74f3",
 ];
 
-/// The images of the CNI ksctl installs for `cni` (empty for `none` and unknown names).
-pub fn cni_images(cni: &str) -> &'static [&'static str] {
+/// The images of the CNI ksctl installs for `cni` (none for `none`).
+pub fn cni_images(cni: crate::spec::Cni) -> &'static [&'static str] {
+    use crate::spec::Cni;
     match cni {
-        "flannel" => FLANNEL_IMAGES,
-        "calico" => CALICO_IMAGES,
-        "cilium" => CILIUM_IMAGES,
-        _ => &[],
+        Cni::Flannel => FLANNEL_IMAGES,
+        Cni::Calico => CALICO_IMAGES,
+        Cni::Cilium => CILIUM_IMAGES,
+        Cni::None => &[],
     }
 }
 

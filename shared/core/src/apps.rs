@@ -71,7 +71,8 @@ pub fn left_out<'a>(of: &'a [ObjectRef], kept: &[ObjectRef]) -> Vec<&'a ObjectRe
 /// the CNIs carry the same ownership label).
 pub fn validate_stack_name(name: &str) -> Result<(), String> {
     crate::ids::validate_name(name)?;
-    if crate::addons::find(name).is_some() || ["flannel", "calico", "cilium"].contains(&name) {
+    let cni = crate::spec::Cni::parse(name).is_some_and(|c| c != crate::spec::Cni::None);
+    if crate::addons::find(name).is_some() || cni {
         return Err(format!("{name:?} is the name of one of ksctl's own stacks; choose another"));
     }
     Ok(())

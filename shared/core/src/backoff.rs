@@ -17,8 +17,8 @@ pub fn ssh_connect(attempts: u32) -> ExponentialBuilder {
 }
 
 /// A cloud API call that failed transiently or was throttled (unless the cloud says how long to
-/// wait): 0.2 s doubling to 12.8 s with up to as much again at random, [`CLOUD_CALL_ATTEMPTS`]
-/// tries in all.
+/// wait): 0.2 s doubling (to 3.2 s over the 5 pauses of [`CLOUD_CALL_ATTEMPTS`] tries), each
+/// with up to as much again at random so that replicas throttled together spread out.
 pub fn cloud_call() -> ExponentialBuilder {
     ExponentialBuilder::new()
         .with_min_delay(Duration::from_millis(200))

@@ -24,7 +24,15 @@ pub fn k8s(id: &ClusterId) -> String {
 /// One application stack of a cluster ([`crate::records::AppRecord`]): written by the manager
 /// when an apply is accepted (the desired manifests, sealed), its inventory by the k8s-controller.
 pub fn app(id: &ClusterId, stack: &str) -> String {
-    format!("app.{id}.{stack}")
+    format!("{}.{stack}", apps(id))
+}
+/// The parent of a cluster's application-stack records (for `Store::children`).
+pub fn apps(id: &ClusterId) -> String {
+    format!("app.{id}")
+}
+/// The cluster a per-cluster key (`<kind>.<cluster>`: a record, a lease) belongs to.
+pub fn cluster_of(key: &str) -> Option<ClusterId> {
+    key.split_once('.').and_then(|(_, id)| ClusterId::new(id).ok())
 }
 /// The outcome of the last phase a controller finished for the cluster (a `PhaseResult`),
 /// written before the result is published: a command repeated for a finished phase (the

@@ -98,6 +98,8 @@ pub enum Role {
 }
 
 impl Role {
+    /// The short spelling in names and keys (`lb`, `ds`, `cp`, `wp`, `mp`): stable, never shown
+    /// alone to people (see [`Role::title`]).
     pub fn as_str(self) -> &'static str {
         match self {
             Self::LoadBalancer => "lb",
@@ -107,6 +109,17 @@ impl Role {
             Self::Managed => "mp",
         }
     }
+    /// What people call the role, in messages and tables.
+    pub fn title(self) -> &'static str {
+        match self {
+            Self::LoadBalancer => "load balancer",
+            Self::Datastore => "datastore",
+            Self::ControlPlane => "control plane",
+            Self::Worker => "worker",
+            Self::Managed => "managed node",
+        }
+    }
+
     /// The deterministic VM name ksctl uses: `<cluster>-vm-<role>-<index>`.
     pub fn vm_name(self, cluster: &ClusterId, index: u32) -> String {
         format!("{cluster}-vm-{}-{index}", self.as_str())

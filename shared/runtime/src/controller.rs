@@ -271,7 +271,7 @@ impl CommandHandler {
             Ok(()) => None,
             Err(e) if e.is_retryable() && (env.delivered() < rt.bus.max_deliver || rt.bus.max_deliver <= 0) => {
                 rt.metrics.inc("phases_retried_total", &[("service", svc), ("phase", cmd.phase.as_str())]);
-                tracing::warn!(error = &e as &dyn std::error::Error, "phase failed; it will be retried");
+                tracing::warn!(error = %e, "phase failed; it will be retried");
                 let reason = e.to_string();
                 rt.publisher
                     .event(
@@ -287,10 +287,7 @@ impl CommandHandler {
                 return Err(HandlerError::retry(reason));
             }
             Err(e) if e.is_retryable() => Some(format!("{e} (gave up after {} attempts)", env.delivered())),
-            Err(e) => {
-                tracing::debug!(error = &e as &dyn std::error::Error, "phase failed for good");
-                Some(e.to_string())
-            }
+            Err(e) => Some(e.to_string()),
         };
         if let Some(e) = &error {
             tracing::warn!(error = %e, "phase failed");

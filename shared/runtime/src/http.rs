@@ -1,6 +1,5 @@
-//! `/livez`, `/readyz` and `/metrics` over HTTP/1.1 with `hyper` (already in every service's
-//! build through kube and the cloud SDKs): enough for probes and Prometheus, without a web
-//! framework.
+//! `/livez`, `/readyz` and `/metrics` over HTTP/1.1 with `hyper` (already in the workspace,
+//! through kube and the cloud SDKs): enough for probes and Prometheus, without a web framework.
 use crate::metrics::{self, Metrics};
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};

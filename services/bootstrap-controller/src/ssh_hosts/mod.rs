@@ -1,4 +1,4 @@
-//! The bootstrap over SSH, for every provider whose VMs are real hosts (`byo`, `aws`). Follows
+//! The bootstrap over SSH, for every provider whose VMs are real hosts (`byo`, `aws`, `azure`). Follows
 //! [`plan::bootstrap_waves`]: load balancer and datastores in parallel, etcd verified healthy,
 //! the first control plane alone, then the other control planes and the workers in parallel.
 //! Every host step is a script from [`scripts`]/[`kubeadm`] that is idempotent on the host and
@@ -66,7 +66,7 @@ fn first_host(infra: &InfraRecord, role: Role) -> Result<&Vm, PhaseError> {
     hosts_of(infra, role)
         .into_iter()
         .next()
-        .ok_or_else(|| PhaseError::permanent(format!("the cloud phase recorded no {} host", role.as_str())))
+        .ok_or_else(|| PhaseError::permanent(format!("the cloud phase recorded no {} host", role.title())))
 }
 
 /// A host's failure as a phase error that names the host and the step; a failed step is

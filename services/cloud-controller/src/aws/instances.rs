@@ -39,11 +39,10 @@ impl AwsCloud {
         let id = &ctx.cluster.id;
         let name = role.vm_name(id, index);
         let state = phase_record::<InfraRecord>(&self.store, ctx).await?;
-        let sg = state
-            .firewalls
-            .get(role.as_str())
-            .cloned()
-            .ok_or_else(|| PhaseError::permanent(format!("no security group for {}", role.as_str())))?;
+        let sg =
+            state.firewalls.get(role.as_str()).cloned().ok_or_else(|| {
+                PhaseError::permanent(format!("no security group recorded for the {}s", role.title()))
+            })?;
         let subnet = state
             .subnets
             .get(index as usize % state.subnets.len().max(1))

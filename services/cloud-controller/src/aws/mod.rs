@@ -185,7 +185,7 @@ impl CloudProvider for AwsCloud {
                 i.firewalls.insert(role.as_str().into(), sg.clone());
             })
             .await?;
-            step(format!("security group {sg} ({})", role.as_str())).await;
+            step(format!("security group {sg} ({}s)", role.title())).await;
         }
         let key = self.ensure_key(&ec2, ctx).await?;
         checkpoint(&self.store, ctx, |i: &mut InfraRecord| i.ssh_key_id = Some(key.clone())).await?;

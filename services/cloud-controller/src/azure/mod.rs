@@ -132,7 +132,7 @@ impl AzureCloud {
                     .firewalls
                     .get(role.as_str())
                     .cloned()
-                    .ok_or_else(|| PhaseError::permanent(format!("no NSG recorded for {}", role.as_str())))?;
+                    .ok_or_else(|| PhaseError::permanent(format!("no NSG recorded for the {}s", role.title())))?;
                 let nic_body = bodies::nic(location, tags, &nsg, subnet, &pip);
                 let rest = format!("/providers/Microsoft.Network/networkInterfaces/{nic_name}");
                 let (nic, _) = self.ensure(arm, ctx, parts.get(&nic_name), &rest, API_NETWORK, nic_body).await?;

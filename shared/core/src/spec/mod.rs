@@ -33,6 +33,14 @@ impl Provider {
             Self::Byo => "byo",
         }
     }
+    /// The provider as people see it in tables: `local` says it is kind.
+    pub fn shown(self) -> &'static str {
+        match self {
+            Self::Local => "local (kind)",
+            other => other.as_str(),
+        }
+    }
+
     /// Whether the cloud hands out short-lived kubeconfig credentials that `switch` must mint
     /// afresh (EKS tokens last 15 minutes) instead of reading them from state.
     pub fn kubeconfig_expires(self, t: ClusterType) -> bool {

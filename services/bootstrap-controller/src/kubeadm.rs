@@ -488,10 +488,13 @@ pub fn join(
 /// host's Node leaves it `Ready` for the controller manager's grace period (40 s) after the
 /// reset, and kubeadm refuses to join over a Ready Node of the same name ("You must delete the
 /// existing Node"), so each rerun until then fails. The host deletes its own Node with its
-/// kubelet's credentials (a kubelet may delete its own Node); without them there is none.
+/// kubelet's credentials (a kubelet may delete its own Node); without them there is none. The
+/// kubelet is stopped first: one still starting would register the Node again right after
+/// (seen in CI: the join then failed for the whole grace period).
 fn forget_own_node(name: &str) -> String {
     format!(
-        "    if [ -f /etc/kubernetes/kubelet.conf ]; then
+        "    systemctl stop kubelet 2>/dev/null || true
+    if [ -f /etc/kubernetes/kubelet.conf ]; then
       kubectl --kubeconfig /etc/kubernetes/kubelet.conf delete node {} --wait=false >/dev/null 2>&1 || true
     fi
 ",

@@ -7,6 +7,7 @@ use ksctl_bus::subjects::{KUBECONFIG_QUERY_GROUP, KUBECONFIG_QUERY_SUBJECT};
 use ksctl_core::keys;
 use ksctl_core::messages::{NameQuery, QueryReply};
 use ksctl_core::records::ClusterRecord;
+use ksctl_core::spec::Provider;
 use ksctl_runtime::{Runtime, RuntimeError};
 use std::sync::Arc;
 
@@ -23,7 +24,7 @@ pub async fn start(rt: Runtime, providers: Arc<Providers>) -> Result<tokio::task
                 let Some(reply) = msg.reply.clone() else { return };
                 let answer = match answer(&rt, &providers, &msg.payload).await {
                     Ok(kc) => QueryReply::ok(kc),
-                    Err(e) => QueryReply::err(e),
+                    Err(e) => QueryReply::err(e.to_string()),
                 };
                 let body = serde_json::to_vec(&answer).expect("replies serialise");
                 if let Err(e) = rt.publisher.client.publish(reply, body.into()).await {
@@ -34,17 +35,32 @@ pub async fn start(rt: Runtime, providers: Arc<Providers>) -> Result<tokio::task
     }))
 }
 
-async fn answer(rt: &Runtime, providers: &Providers, payload: &[u8]) -> Result<String, String> {
-    let q: NameQuery = serde_json::from_slice(payload).map_err(|e| format!("malformed query: {e}"))?;
-    let id = ksctl_core::ClusterId::new(&q.cluster_name)?;
+/// Why no fresh kubeconfig could be minted; its text is the reply's `error`.
+#[derive(Debug, thiserror::Error)]
+enum AnswerError {
+    #[error("malformed query: {0}")]
+    Malformed(#[from] serde_json::Error),
+    #[error("{0}")]
+    BadName(String),
+    #[error("no cluster named {0}")]
+    NotFound(ksctl_core::ClusterId),
+    #[error("provider {0} is not available")]
+    Unavailable(Provider),
+    #[error("provider {0} keeps its kubeconfig in state; nothing to refresh")]
+    NothingToRefresh(Provider),
+    #[error(transparent)]
+    Store(#[from] ksctl_store::StoreError),
+    #[error(transparent)]
+    Mint(#[from] ksctl_runtime::PhaseError),
+}
+
+async fn answer(rt: &Runtime, providers: &Providers, payload: &[u8]) -> Result<String, AnswerError> {
+    let q: NameQuery = serde_json::from_slice(payload)?;
+    let id = ksctl_core::ClusterId::new(&q.cluster_name).map_err(AnswerError::BadName)?;
     let rec: Option<ClusterRecord> =
-        ksctl_store::get_json(rt.store.as_ref(), &keys::cluster(&id)).await.map_err(|e| e.to_string())?.map(|(r, _)| r);
-    let rec = rec.ok_or_else(|| format!("no cluster named {id}"))?;
-    let provider = providers.get(&rec.provider).ok_or_else(|| format!("provider {} is not available", rec.provider))?;
+        ksctl_store::get_json(rt.store.as_ref(), &keys::cluster(&id)).await?.map(|(r, _)| r);
+    let rec = rec.ok_or(AnswerError::NotFound(id))?;
+    let provider = providers.get(&rec.provider).ok_or(AnswerError::Unavailable(rec.provider))?;
     rt.metrics.inc("kubeconfig_refreshes_total", &[("provider", rec.provider.as_str())]);
-    provider
-        .fresh_kubeconfig(&rec)
-        .await
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("provider {} keeps its kubeconfig in state; nothing to refresh", rec.provider))
+    provider.fresh_kubeconfig(&rec).await?.ok_or(AnswerError::NothingToRefresh(rec.provider))
 }

@@ -18,7 +18,7 @@ pub const REFRESH_AFTER: Duration = Duration::from_secs(10 * 60);
 
 /// A cluster's reach (server and CA) and a bearer token, as a cloud-controller minted them now.
 async fn minted(bus: &async_nats::Client, id: &ClusterId) -> Result<(Access, String), String> {
-    let kubeconfig = ksctl_bus::cloudquery::fresh_kubeconfig(bus, id).await?;
+    let kubeconfig = ksctl_bus::cloudquery::fresh_kubeconfig(bus, id).await.map_err(|e| e.to_string())?;
     let access = Access::parse_foreign(&kubeconfig)?;
     match &access.auth {
         Auth::Token(t) => {

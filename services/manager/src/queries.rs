@@ -76,8 +76,8 @@ enum QueryError {
     #[error(transparent)]
     Seal(#[from] ksctl_core::seal::SealError),
     /// The cloud-controller did not give fresh credentials.
-    #[error("{0}")]
-    Cloud(String),
+    #[error(transparent)]
+    Cloud(#[from] ksctl_bus::cloudquery::CloudQueryError),
 }
 
 fn reply<T: Serialize>(r: Result<T, QueryError>) -> Vec<u8> {
@@ -179,9 +179,7 @@ async fn info(m: &Manager, rec: &ClusterRecord) -> Result<ClusterInfo, QueryErro
 
 async fn switch(m: &Manager, rec: &ClusterRecord) -> Result<SwitchData, QueryError> {
     if rec.provider.kubeconfig_expires(rec.cluster_type) {
-        let kubeconfig = ksctl_bus::cloudquery::fresh_kubeconfig(&m.rt.publisher.client, &rec.id)
-            .await
-            .map_err(QueryError::Cloud)?;
+        let kubeconfig = ksctl_bus::cloudquery::fresh_kubeconfig(&m.rt.publisher.client, &rec.id).await?;
         return Ok(SwitchData { context: context_name(rec), kubeconfig });
     }
     let s = &m.rt.store;

@@ -190,7 +190,7 @@ pub fn init_config(c: &ClusterConfig<'_>, artifacts: &Artifacts) -> String {
         local_api_endpoint: ApiEndpoint { advertise_address: c.advertise_ip, bind_port: 6443 },
         node_registration: node_registration(c.version, c.node_name, c.advertise_ip, true),
     };
-    documents(&[&init, &cluster, &KUBELET, &KUBE_PROXY])
+    [yaml(&init), yaml(&cluster), yaml(&KUBELET), yaml(&KUBE_PROXY)].join("---\n")
 }
 
 /// `nodeRegistration` for a node: its name and address, containerd, and (control planes) the
@@ -244,7 +244,7 @@ pub fn join_config(j: &Join<'_>) -> String {
             certificate_key,
         }),
     };
-    documents(&[&doc])
+    yaml(&doc)
 }
 
 /// Shell that installs the commands' packages (`command:package`) from the host's own apt
@@ -544,7 +544,7 @@ fi
 rm -f {TOKEN_CONFIG}
 kubeadm init phase upload-certs --upload-certs --config {CONFIG} >/dev/null
 ",
-        write = write_file(TOKEN_CONFIG, &documents(&[&doc]), "0600"),
+        write = write_file(TOKEN_CONFIG, &yaml(&doc), "0600"),
         id = quote(token.split('.').next().unwrap_or(token)),
     )
 }

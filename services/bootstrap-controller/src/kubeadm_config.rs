@@ -171,20 +171,7 @@ pub(crate) struct Conntrack {
     pub max_per_core: &'static str,
 }
 
-/// Documents as one multi-document YAML file.
-pub(crate) fn documents(docs: &[&dyn erased::Document]) -> String {
-    docs.iter().map(|d| d.yaml()).collect::<Vec<_>>().join("---\n")
-}
-
-/// One YAML document of any of the types above.
-pub(crate) mod erased {
-    pub trait Document {
-        fn yaml(&self) -> String;
-    }
-
-    impl<T: serde::Serialize> Document for T {
-        fn yaml(&self) -> String {
-            serde_yaml::to_string(self).expect("plain data serialises")
-        }
-    }
+/// One YAML document of a multi-document file (joined with `---`).
+pub(crate) fn yaml(doc: &impl Serialize) -> String {
+    serde_yaml::to_string(doc).expect("plain data serialises")
 }

@@ -61,6 +61,16 @@ fn hosts_of(infra: &InfraRecord, role: Role) -> Vec<&Vm> {
     v
 }
 
+/// The etcd members: each datastore's name and private address.
+fn etcd_members(infra: &InfraRecord) -> Vec<(String, String)> {
+    hosts_of(infra, Role::Datastore).iter().map(|v| (v.name.clone(), v.private_ip.clone())).collect()
+}
+
+/// The etcd client endpoints, `https://<private address>:2379`.
+fn etcd_endpoints(infra: &InfraRecord) -> Vec<String> {
+    hosts_of(infra, Role::Datastore).iter().map(|d| format!("https://{}:2379", d.private_ip)).collect()
+}
+
 /// The first host of a role (the load balancer, the first control plane).
 fn first_host(infra: &InfraRecord, role: Role) -> Result<&Vm, PhaseError> {
     hosts_of(infra, role)

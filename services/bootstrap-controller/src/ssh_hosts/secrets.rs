@@ -14,10 +14,7 @@ impl SshHosts {
                 let sealed = match phase_record::<BootstrapRecord>(&self.store, ctx).await?.etcd_pki {
                     Some(sealed) => sealed,
                     None => {
-                        let ds: Vec<(String, String)> = hosts_of(&run.infra, Role::Datastore)
-                            .iter()
-                            .map(|v| (v.name.clone(), v.private_ip.clone()))
-                            .collect();
+                        let ds = etcd_members(&run.infra);
                         let made = pki::etcd(id.as_str(), &ds).map_err(|e| PhaseError::caused_by(false, e))?;
                         let bundle = ctx.rt.sealer.seal(&purpose, &serde_json::to_vec(&made).expect("serializable"));
                         let ca_cert = ctx.rt.sealer.seal(&format!("ca-cert/{id}"), made.ca.cert.as_bytes());

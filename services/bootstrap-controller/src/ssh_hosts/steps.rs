@@ -8,8 +8,7 @@ impl SshHosts {
         let infra = &run.infra;
         let vm = &s.host;
         let lb = first_host(infra, Role::LoadBalancer)?;
-        let endpoints: Vec<String> =
-            hosts_of(infra, Role::Datastore).iter().map(|d| format!("https://{}:2379", d.private_ip)).collect();
+        let endpoints = etcd_endpoints(infra);
         let cps: Vec<Backend> = hosts_of(infra, Role::ControlPlane)
             .iter()
             .map(|v| Backend { name: v.name.clone(), ip: v.private_ip.clone() })
@@ -21,8 +20,7 @@ impl SshHosts {
             Step::Haproxy => scripts::haproxy(&cps),
             Step::Etcd => {
                 let pki = self.etcd_pki(ctx, run).await?;
-                let ds: Vec<(String, String)> =
-                    hosts_of(infra, Role::Datastore).iter().map(|v| (v.name.clone(), v.private_ip.clone())).collect();
+                let ds = etcd_members(infra);
                 let missing = || PhaseError::permanent(format!("no etcd certificate for {}", vm.name));
                 scripts::etcd(&scripts::EtcdMember {
                     name: &vm.name,
@@ -144,7 +142,7 @@ impl SshHosts {
     /// etcd answers healthy over TLS with every member, checked from the first datastore.
     pub(super) async fn check_etcd(&self, ctx: &PhaseCtx<'_>, run: &Loaded) -> Result<(), PhaseError> {
         let ds = hosts_of(&run.infra, Role::Datastore);
-        let eps: Vec<String> = ds.iter().map(|d| format!("https://{}:2379", d.private_ip)).collect();
+        let eps = etcd_endpoints(&run.infra);
         let first = ds.first().ok_or_else(|| PhaseError::permanent("no datastore hosts".into()))?;
         let health = scripts::etcd_health(&eps, ds.len(), ETCD_HEALTH_SECS);
         self.exec(ctx, run, first, "etcd-health", &health, Step::Etcd.timeout()).await?;
